@@ -1,0 +1,15 @@
+//! The stable vocabulary of closewait-lab: TCP states as `ss` names them, the scenario file and its
+//! expectation language, the report format and the exit codes. Pure: no sockets, no processes.
+#![warn(missing_docs)]
+
+pub mod duration;
+pub mod exit;
+pub mod expect;
+pub mod report;
+pub mod scenario;
+pub mod state;
+
+pub use expect::{Expectation, Quantity, Window};
+pub use report::{Counts, Report, Sample, SideCounts};
+pub use scenario::{Scenario, ScenarioError};
+pub use state::TcpState;

@@ -1,0 +1,364 @@
+//! The JSON report a run writes, one document per scenario run.
+//!
+//! # Format
+//!
+//! ```text
+//! {
+//!   "schema_version": 1,
+//!   "scenario": {"name": "leak", "file": "scenarios/leak.toml", "behaviour": "close-only", "story": "…"},
+//!   "isolation": "netns" | "host",
+//!   "isolation_note": null | "why the run fell back to the host",
+//!   "port": 40123,                       // the server's listening port
+//!   "clients": 100,                      // how many clients the scenario runs
+//!   "acceptor": {"pid": 4711, "fds_baseline": 4, "fds_end": 104},
+//!   "phases": [{"phase": "listen", "t_ms": 0}, {"phase": "connect", "t_ms": 2}, …],
+//!   "samples": [{"t_ms": 0, "phase": "listen", "server": {"LISTEN": 1}, "client": {}, "acceptor_fds": 4}, …],
+//!   "final": {"server": {"CLOSE-WAIT": 100, "LISTEN": 1}, "client": {"FIN-WAIT-2": 100}},
+//!   "holders": [{"side": "server", "state": "CLOSE-WAIT", "local": "127.0.0.1:40123",
+//!                "remote": "127.0.0.1:51234", "inode": 81234, "pid": 4711, "fd": 5,
+//!                "role": "acceptor", "comm": "cwlab"}, …],
+//!   "client_outcome": {"completed": 100, "failed": 0, "first_error": null},
+//!   "expectations": [{"text": "server CLOSE-WAIT == clients for 1s", "passed": true,
+//!                     "observed": 100, "detail": "held 100 for 1.45s"}, …],
+//!   "verdict": "pass" | "fail" | "error",
+//!   "error": null | "what stopped the run",
+//!   "interrupted": false,
+//!   "duration_ms": 1712
+//! }
+//! ```
+//!
+//! Times are milliseconds since the server reported LISTEN. Counts maps name only the states with
+//! at least one socket: a state that is absent has a count of 0. `server` counts the sockets whose
+//! local port is the server's port, `client` those whose remote port is. Holders list every socket
+//! at the end that is in neither ESTAB, TIME-WAIT nor LISTEN, once per process fd that holds it; a
+//! socket no process holds has one row with `pid` and `fd` null and the role `nobody`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::TcpState;
+
+/// The version of this format; bumped on any change that a reader could notice.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Socket counts per state; states with no socket are absent.
+pub type Counts = BTreeMap<TcpState, u32>;
+
+/// One run of one scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`] when written.
+    pub schema_version: u32,
+    /// What was run.
+    pub scenario: ScenarioRef,
+    /// How the run was kept apart from the rest of the machine.
+    pub isolation: Isolation,
+    /// Why the run fell back to the host's loopback, when it did.
+    pub isolation_note: Option<String>,
+    /// The server's listening port.
+    pub port: u16,
+    /// The number of clients the scenario runs.
+    pub clients: u32,
+    /// The acceptor process and its descriptor counts.
+    pub acceptor: Acceptor,
+    /// When each phase began.
+    pub phases: Vec<PhaseMark>,
+    /// Every sample of the socket table, in time order; the last is taken at the end.
+    pub samples: Vec<Sample>,
+    /// The counts of the last sample.
+    #[serde(rename = "final")]
+    pub final_counts: SideCounts,
+    /// Who holds each socket that is stuck at the end.
+    pub holders: Vec<Holder>,
+    /// What the clients saw.
+    pub client_outcome: ClientOutcome,
+    /// Each expectation with what was observed.
+    pub expectations: Vec<ExpectationResult>,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What stopped the run, when something did.
+    pub error: Option<String>,
+    /// True when a signal ended the run early.
+    pub interrupted: bool,
+    /// Wall time of the run, from LISTEN to the report.
+    pub duration_ms: u64,
+}
+
+/// The scenario a report is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioRef {
+    /// The scenario's name.
+    pub name: String,
+    /// The file it was read from.
+    pub file: String,
+    /// The server behaviour.
+    pub behaviour: String,
+    /// The story the scenario tells.
+    pub story: String,
+}
+
+/// Where a run's sockets lived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A private network namespace: nothing else shares the socket table, counts are exact.
+    Netns,
+    /// The host's loopback, filtered by the run's own port.
+    Host,
+}
+
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolation::Netns => "private network namespace",
+            Isolation::Host => "host loopback",
+        })
+    }
+}
+
+/// The acceptor (the server process that listens and forks) and its descriptor counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acceptor {
+    /// Its pid as the runner sees it.
+    pub pid: u32,
+    /// Its open descriptors once it listened, before any client.
+    pub fds_baseline: Option<u32>,
+    /// Its open descriptors at the end.
+    pub fds_end: Option<u32>,
+}
+
+/// The phases of a run, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The server listens; no client yet.
+    Listen,
+    /// Clients connect, send their request and read the reply.
+    Connect,
+    /// Clients close their connections.
+    Close,
+    /// Nobody does anything: the lab watches what stays.
+    Hold,
+    /// The last sample, the holders and the verdict.
+    End,
+}
+
+impl Phase {
+    /// The phase's name as the report spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Listen => "listen",
+            Phase::Connect => "connect",
+            Phase::Close => "close",
+            Phase::Hold => "hold",
+            Phase::End => "end",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// When a phase began.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseMark {
+    /// The phase.
+    pub phase: Phase,
+    /// Milliseconds since LISTEN.
+    pub t_ms: u64,
+}
+
+/// Counts per state on each side of the connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SideCounts {
+    /// Sockets whose local port is the server's.
+    pub server: Counts,
+    /// Sockets whose remote port is the server's.
+    pub client: Counts,
+}
+
+impl SideCounts {
+    /// The count on one side in one state (0 when absent).
+    pub fn get(&self, side: Side, state: TcpState) -> u32 {
+        let counts = match side {
+            Side::Server => &self.server,
+            Side::Client => &self.client,
+        };
+        counts.get(&state).copied().unwrap_or(0)
+    }
+}
+
+/// One look at the socket table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    /// Milliseconds since LISTEN.
+    pub t_ms: u64,
+    /// The phase the run was in.
+    pub phase: Phase,
+    /// Server-side counts.
+    pub server: Counts,
+    /// Client-side counts.
+    pub client: Counts,
+    /// The acceptor's open descriptors, when it could be read.
+    pub acceptor_fds: Option<u32>,
+}
+
+impl Sample {
+    /// Both sides' counts.
+    pub fn counts(&self) -> SideCounts {
+        SideCounts { server: self.server.clone(), client: self.client.clone() }
+    }
+
+    /// The count on one side in one state (0 when absent).
+    pub fn get(&self, side: Side, state: TcpState) -> u32 {
+        let counts = match side {
+            Side::Server => &self.server,
+            Side::Client => &self.client,
+        };
+        counts.get(&state).copied().unwrap_or(0)
+    }
+}
+
+/// Which end of the connection a socket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Local port is the server's.
+    Server,
+    /// Remote port is the server's.
+    Client,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        })
+    }
+}
+
+/// What a process holding a socket is to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The server process that listens, accepts and forks.
+    Acceptor,
+    /// A child the acceptor forked for one connection.
+    Handler,
+    /// Any other descendant of the acceptor: a helper a handler started.
+    Helper,
+    /// The runner's own client driver.
+    Client,
+    /// No process holds the socket.
+    Nobody,
+    /// A process the run did not start.
+    Other,
+}
+
+impl Role {
+    /// The role's name as scenario files and reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Acceptor => "acceptor",
+            Role::Handler => "handler",
+            Role::Helper => "helper",
+            Role::Client => "client",
+            Role::Nobody => "nobody",
+            Role::Other => "other",
+        }
+    }
+
+    /// Every role, for error messages and parsing.
+    pub const ALL: [Role; 6] =
+        [Role::Acceptor, Role::Handler, Role::Helper, Role::Client, Role::Nobody, Role::Other];
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One process fd that holds one stuck socket (or, with `pid` null, a socket nobody holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Holder {
+    /// The socket's side.
+    pub side: Side,
+    /// The socket's state.
+    pub state: TcpState,
+    /// Local address:port.
+    pub local: String,
+    /// Remote address:port.
+    pub remote: String,
+    /// The socket's inode (0 for sockets no file refers to, such as orphans).
+    pub inode: u64,
+    /// The holding process, or null.
+    pub pid: Option<u32>,
+    /// The descriptor number in that process, or null.
+    pub fd: Option<i32>,
+    /// What the process is to the run.
+    pub role: Role,
+    /// The process's name, or null.
+    pub comm: Option<String>,
+}
+
+/// What the clients saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientOutcome {
+    /// Clients that connected, exchanged and closed as the scenario says.
+    pub completed: u32,
+    /// Clients that hit an error.
+    pub failed: u32,
+    /// The first error a client hit.
+    pub first_error: Option<String>,
+}
+
+/// One expectation and what was observed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectationResult {
+    /// The expectation as written in the scenario file.
+    pub text: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// The value that decided it (at the end, at the deciding sample, or the last one looked at).
+    pub observed: Option<i64>,
+    /// A sentence saying what was seen.
+    pub detail: String,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every expectation held.
+    Pass,
+    /// At least one expectation failed.
+    Fail,
+    /// The run could not finish (timeout, interruption, environment).
+    Error,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::Error => "ERROR",
+        })
+    }
+}

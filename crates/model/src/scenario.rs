@@ -1,0 +1,530 @@
+//! Scenario files: `scenarios/NAME.toml`, read and checked with errors that name the file, the
+//! line, the column and what was expected there.
+//!
+//! ```toml
+//! name = "leak"
+//! story = """
+//! What happens and why, in a few sentences the user is shown."""
+//! expect = [
+//!     "server CLOSE-WAIT == clients for 1s",
+//!     "client FIN-WAIT-2 == clients",
+//! ]
+//!
+//! [server]
+//! behaviour = "close-only"      # see Behaviour
+//! port = 0                      # optional: 0 or absent picks a free port
+//!
+//! [clients]
+//! count = 100
+//! concurrency = 100             # connections in flight at once (default: count)
+//! request_bytes = 64            # bytes each client sends; the server echoes them
+//! read_reply = true             # read the echo before closing
+//! close = "close"               # how clients end: see ClientClose
+//!
+//! [run]
+//! sample_interval = "50ms"
+//! hold = "1500ms"               # how long to watch after the clients closed
+//! timeout = "60s"               # the whole run's deadline
+//! ```
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::duration;
+use crate::expect::{Expectation, Window};
+
+/// How the server ends each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Behaviour {
+    /// The leak: the handler child reads to EOF, echoing, then only close()s; the acceptor keeps
+    /// its copy of the accepted fd, so the socket's last reference never goes and no FIN is sent.
+    CloseOnly,
+    /// The symptom fix: the child shutdown(SHUT_RDWR)s, then close()s. The FIN goes out whatever
+    /// the refcount, but the acceptor still keeps one fd per connection.
+    ShutdownClose,
+    /// The real fix: the acceptor closes its copy right after fork; the child close()s.
+    ParentCloses,
+}
+
+impl Behaviour {
+    /// Every behaviour.
+    pub const ALL: [Behaviour; 3] =
+        [Behaviour::CloseOnly, Behaviour::ShutdownClose, Behaviour::ParentCloses];
+
+    /// The name scenario files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Behaviour::CloseOnly => "close-only",
+            Behaviour::ShutdownClose => "shutdown-close",
+            Behaviour::ParentCloses => "parent-closes",
+        }
+    }
+
+    /// Parses a scenario file's name for a behaviour.
+    pub fn parse(s: &str) -> Option<Behaviour> {
+        Behaviour::ALL.iter().copied().find(|b| b.name() == s)
+    }
+
+    fn choices() -> String {
+        Behaviour::ALL.iter().map(|b| b.name()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl fmt::Display for Behaviour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How each client ends its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientClose {
+    /// close(): the FIN goes out, the socket is orphaned.
+    Close,
+}
+
+impl ClientClose {
+    /// The name scenario files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientClose::Close => "close",
+        }
+    }
+}
+
+/// What the clients do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clients {
+    /// How many clients connect, one connection each.
+    pub count: u32,
+    /// How many connect and exchange at once.
+    pub concurrency: u32,
+    /// Bytes each client sends; the server echoes them.
+    pub request_bytes: u32,
+    /// Whether a client reads the whole echo before it closes.
+    pub read_reply: bool,
+    /// How a client ends its connection.
+    pub close: ClientClose,
+}
+
+/// A scenario, read and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Its name.
+    pub name: String,
+    /// What it shows and why.
+    pub story: String,
+    /// How the server ends connections.
+    pub behaviour: Behaviour,
+    /// The port to listen on; 0 picks a free one.
+    pub port: u16,
+    /// What the clients do.
+    pub clients: Clients,
+    /// How often the socket table is sampled.
+    pub sample_interval: Duration,
+    /// How long the lab watches after the clients closed.
+    pub hold: Duration,
+    /// The whole run's deadline.
+    pub timeout: Duration,
+    /// What must hold.
+    pub expectations: Vec<Expectation>,
+}
+
+impl Scenario {
+    /// The first line of the story.
+    pub fn headline(&self) -> &str {
+        self.story.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
+    }
+}
+
+/// A scenario file that could not be read or is not a valid scenario.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place.
+    pub position: Option<(usize, usize)>,
+    /// What was wrong, or what was expected there.
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    story: String,
+    #[serde(default)]
+    expect: Vec<Spanned<String>>,
+    server: RawServer,
+    clients: RawClients,
+    #[serde(default)]
+    run: RawRun,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    behaviour: Spanned<String>,
+    #[serde(default)]
+    port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClients {
+    count: Spanned<u32>,
+    concurrency: Option<Spanned<u32>>,
+    #[serde(default = "default_request_bytes")]
+    request_bytes: u32,
+    #[serde(default = "default_true")]
+    read_reply: bool,
+    close: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    sample_interval: Option<Spanned<String>>,
+    hold: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+}
+
+fn default_request_bytes() -> u32 {
+    64
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The defaults of the `[run]` table.
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+/// How long the lab holds when the scenario does not say.
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(1);
+/// A run's deadline when neither the scenario nor the command line says.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, at: Option<usize>, message: impl Into<String>) -> ScenarioError {
+        ScenarioError {
+            file: self.file.to_path_buf(),
+            position: at.map(|offset| line_col(self.text, offset)),
+            message: message.into(),
+        }
+    }
+
+    fn at(&self, span: Range<usize>, message: impl Into<String>) -> ScenarioError {
+        self.error(Some(span.start), message)
+    }
+
+    fn duration(&self, value: &Option<Spanned<String>>, default: Duration) -> Result<Duration, ScenarioError> {
+        match value {
+            None => Ok(default),
+            Some(v) => duration::parse(v.get_ref()).map_err(|m| self.at(v.span(), m)),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+            file: path.to_path_buf(),
+            position: None,
+            message: format!("cannot read the scenario file: {e}"),
+        })?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Checks a scenario given as text; `file` names it in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+        let src = Source { file, text };
+        let raw: RawScenario = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().replace('\n', " ");
+            src.error(e.span().map(|s| s.start), message)
+        })?;
+        let behaviour_name = raw.server.behaviour.get_ref();
+        let behaviour = Behaviour::parse(behaviour_name).ok_or_else(|| {
+            src.at(
+                raw.server.behaviour.span(),
+                format!(
+                    "unknown server behaviour `{behaviour_name}` (expected one of {})",
+                    Behaviour::choices()
+                ),
+            )
+        })?;
+        let clients = clients(&src, &raw.clients)?;
+        let sample_interval = src.duration(&raw.run.sample_interval, DEFAULT_SAMPLE_INTERVAL)?;
+        let hold = src.duration(&raw.run.hold, DEFAULT_HOLD)?;
+        let timeout = src.duration(&raw.run.timeout, DEFAULT_TIMEOUT)?;
+        check_run(&src, &raw.run, sample_interval, hold, timeout)?;
+        let mut expectations = Vec::new();
+        for e in &raw.expect {
+            expectations.push(expectation(&src, e, hold)?);
+        }
+        Ok(Scenario {
+            file: file.to_path_buf(),
+            name: raw.name,
+            story: raw.story.trim().to_string(),
+            behaviour,
+            port: raw.server.port,
+            clients,
+            sample_interval,
+            hold,
+            timeout,
+            expectations,
+        })
+    }
+}
+
+fn clients(src: &Source<'_>, raw: &RawClients) -> Result<Clients, ScenarioError> {
+    let count = *raw.count.get_ref();
+    if count == 0 {
+        return Err(src.at(raw.count.span(), "expected a client count of at least 1, found 0"));
+    }
+    let concurrency = match &raw.concurrency {
+        None => count,
+        Some(c) if *c.get_ref() == 0 => {
+            return Err(src.at(c.span(), "expected a concurrency of at least 1, found 0"))
+        }
+        Some(c) => (*c.get_ref()).min(count),
+    };
+    let close = match &raw.close {
+        None => ClientClose::Close,
+        Some(c) => match c.get_ref().as_str() {
+            "close" => ClientClose::Close,
+            other => {
+                return Err(src.at(
+                    c.span(),
+                    format!("unknown client close `{other}` (expected one of close)"),
+                ))
+            }
+        },
+    };
+    Ok(Clients {
+        count,
+        concurrency,
+        request_bytes: raw.request_bytes,
+        read_reply: raw.read_reply,
+        close,
+    })
+}
+
+fn check_run(
+    src: &Source<'_>,
+    raw: &RawRun,
+    sample_interval: Duration,
+    hold: Duration,
+    timeout: Duration,
+) -> Result<(), ScenarioError> {
+    let place = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span().start);
+    if sample_interval.is_zero() {
+        return Err(src.error(place(&raw.sample_interval), "expected a sample_interval above 0"));
+    }
+    if sample_interval > hold {
+        return Err(src.error(
+            place(&raw.sample_interval),
+            format!(
+                "sample_interval {} is longer than the hold ({}): the hold would see no sample",
+                duration::format(sample_interval),
+                duration::format(hold)
+            ),
+        ));
+    }
+    if timeout <= hold {
+        return Err(src.error(
+            place(&raw.timeout),
+            format!(
+                "timeout {} leaves no time beyond the hold ({})",
+                duration::format(timeout),
+                duration::format(hold)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn expectation(
+    src: &Source<'_>,
+    raw: &Spanned<String>,
+    hold: Duration,
+) -> Result<Expectation, ScenarioError> {
+    // The span starts at the opening quote; expectations are plain one-line strings.
+    let quote = if src.text[raw.span()].starts_with("\"\"\"") { 3 } else { 1 };
+    let e = Expectation::parse(raw.get_ref())
+        .map_err(|e| src.at(raw.span().start + quote + e.offset..raw.span().end, e.message))?;
+    let window = match e.window {
+        Window::Within(d) | Window::For(d) => Some(d),
+        Window::End => None,
+    };
+    if let Some(d) = window.filter(|d| *d > hold) {
+        return Err(src.at(
+            raw.span(),
+            format!(
+                "`{}` looks {} past the hold ({}): raise [run] hold",
+                e.text,
+                duration::format(d),
+                duration::format(hold)
+            ),
+        ));
+    }
+    Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"name = "leak"
+story = """
+The parent keeps its copy.
+More lines."""
+expect = [
+    "server CLOSE-WAIT == clients for 1s",
+    "client FIN-WAIT-2 == clients",
+]
+
+[server]
+behaviour = "close-only"
+
+[clients]
+count = 100
+
+[run]
+sample_interval = "50ms"
+hold = "1500ms"
+"#;
+
+    fn load(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse(Path::new("scenarios/t.toml"), text)
+    }
+
+    fn err(text: &str) -> String {
+        load(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn reads_a_good_file_with_defaults() {
+        let s = load(GOOD).unwrap();
+        assert_eq!(s.name, "leak");
+        assert_eq!(s.headline(), "The parent keeps its copy.");
+        assert_eq!(s.behaviour, Behaviour::CloseOnly);
+        assert_eq!(s.clients.count, 100);
+        assert_eq!(s.clients.concurrency, 100);
+        assert_eq!(s.clients.request_bytes, 64);
+        assert!(s.clients.read_reply);
+        assert_eq!(s.hold, Duration::from_millis(1500));
+        assert_eq!(s.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(s.expectations.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let text = GOOD.replace("count = 100", "count = 100\ncolor = \"red\"");
+        let e = err(&text);
+        assert!(e.starts_with("scenarios/t.toml:15:1: unknown field `color`, expected one of"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_column() {
+        let e = err(&GOOD.replace("count = 100", "count = \"many\""));
+        assert!(e.starts_with("scenarios/t.toml:14:9: invalid type: string \"many\", expected u32"), "{e}");
+    }
+
+    #[test]
+    fn not_toml_names_the_place() {
+        let e = err("name = \"x\"\nstory = \n");
+        assert!(e.starts_with("scenarios/t.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_behaviour_lists_the_choices() {
+        let e = err(&GOOD.replace("close-only", "close-maybe"));
+        assert_eq!(
+            e,
+            "scenarios/t.toml:11:13: unknown server behaviour `close-maybe` (expected one of close-only, shutdown-close, parent-closes)"
+        );
+    }
+
+    #[test]
+    fn bad_expectation_points_inside_the_string() {
+        let e = err(&GOOD.replace("client FIN-WAIT-2 == clients", "client FIN-WAIT-3 == clients"));
+        assert!(e.starts_with("scenarios/t.toml:7:13: unknown TCP state `FIN-WAIT-3`"), "{e}");
+        let e = err(&GOOD.replace("client FIN-WAIT-2 == clients", "clinet FIN-WAIT-2 == clients"));
+        assert!(e.starts_with("scenarios/t.toml:7:6: expected a quantity"), "{e}");
+    }
+
+    #[test]
+    fn zero_clients_is_refused() {
+        let e = err(&GOOD.replace("count = 100", "count = 0"));
+        assert_eq!(e, "scenarios/t.toml:14:9: expected a client count of at least 1, found 0");
+    }
+
+    #[test]
+    fn sample_interval_must_fit_the_hold() {
+        let e = err(&GOOD.replace("\"50ms\"", "\"0ms\""));
+        assert_eq!(e, "scenarios/t.toml:17:19: expected a sample_interval above 0");
+        let e = err(&GOOD.replace("\"50ms\"", "\"2s\""));
+        assert_eq!(
+            e,
+            "scenarios/t.toml:17:19: sample_interval 2s is longer than the hold (1.5s): the hold would see no sample"
+        );
+    }
+
+    #[test]
+    fn windows_must_fit_the_hold() {
+        let e = err(&GOOD.replace("for 1s", "for 2s"));
+        assert_eq!(
+            e,
+            "scenarios/t.toml:6:5: `server CLOSE-WAIT == clients for 2s` looks 2s past the hold (1.5s): raise [run] hold"
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_placed() {
+        let e = err(&GOOD.replace("\"1500ms\"", "\"long\""));
+        assert_eq!(
+            e,
+            "scenarios/t.toml:18:8: expected a duration such as `500ms`, `2s` or `1m`, found `long`"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = Scenario::load(Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
+        assert!(e.starts_with("/nonexistent/x.toml: cannot read the scenario file: No such file"), "{e}");
+    }
+}
