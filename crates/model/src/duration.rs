@@ -14,12 +14,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     } else {
         return Err(format!("expected a duration such as `500ms`, `2s` or `1m`, found `{t}`"));
     };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| format!("expected a duration such as `500ms`, `2s` or `1m`, found `{t}`"))?;
+    let value: f64 =
+        number.trim().parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0).ok_or_else(
+            || format!("expected a duration such as `500ms`, `2s` or `1m`, found `{t}`"),
+        )?;
     Ok(Duration::from_micros((value * unit_ms * 1000.0).round() as u64))
 }
 

@@ -201,8 +201,7 @@ impl<'a> Tokens<'a> {
     }
 }
 
-const QUANTITY_HELP: &str =
-    "expected a quantity: `server STATE`, `client STATE` or `acceptor fds`";
+const QUANTITY_HELP: &str = "expected a quantity: `server STATE`, `client STATE` or `acceptor fds`";
 
 impl Expectation {
     /// Parses one expectation line.
@@ -246,15 +245,17 @@ fn parse_quantity(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseError>
             return parse_fds_suffix(toks);
         }
         _ => {
-            return Err(ParseError { offset: at, message: format!("{QUANTITY_HELP}, found `{word}`") })
+            return Err(ParseError {
+                offset: at,
+                message: format!("{QUANTITY_HELP}, found `{word}`"),
+            })
         }
     };
     let (at, st) = toks.take("a TCP state such as CLOSE-WAIT")?;
-    let state: TcpState =
-        st.parse().map_err(|e: crate::state::UnknownState| ParseError {
-            offset: at,
-            message: e.to_string(),
-        })?;
+    let state: TcpState = st.parse().map_err(|e: crate::state::UnknownState| ParseError {
+        offset: at,
+        message: e.to_string(),
+    })?;
     if toks.peek().is_some_and(|(_, t)| t.eq_ignore_ascii_case("held")) {
         toks.next += 1;
         toks.keyword("by")?;
@@ -471,7 +472,10 @@ mod tests {
         let e = parse("client TIME-WAIT == clients");
         assert_eq!(e.window, Window::End);
         let e = parse("acceptor fds grew by clients");
-        assert_eq!((e.quantity, e.cmp, e.rhs), (Quantity::AcceptorFdsGrowth, Cmp::Eq, Rhs::Clients));
+        assert_eq!(
+            (e.quantity, e.cmp, e.rhs),
+            (Quantity::AcceptorFdsGrowth, Cmp::Eq, Rhs::Clients)
+        );
         let e = parse("acceptor fds growth <= 3");
         assert_eq!((e.quantity, e.cmp), (Quantity::AcceptorFdsGrowth, Cmp::Le));
         let e = parse("server CLOSE-WAIT held by acceptor == clients");
@@ -487,16 +491,28 @@ mod tests {
         assert_eq!(e.offset, 7);
         assert!(e.message.starts_with("unknown TCP state `CLOSE-WIAT`"), "{}", e.message);
         let e = err("server CLOSE-WAIT ~ 1");
-        assert_eq!((e.offset, e.message.as_str()), (18, "expected a comparison (==, !=, <, <=, >, >=), found `~`"));
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (18, "expected a comparison (==, !=, <, <=, >, >=), found `~`")
+        );
         let e = err("server CLOSE-WAIT == many");
-        assert_eq!((e.offset, e.message.as_str()), (21, "expected a number or `clients`, found `many`"));
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (21, "expected a number or `clients`, found `many`")
+        );
         let e = err("server CLOSE-WAIT == 1 within forever");
         assert_eq!(e.offset, 30);
         assert!(e.message.contains("found `forever`"));
         let e = err("server CLOSE-WAIT == 1 please");
-        assert_eq!((e.offset, e.message.as_str()), (23, "expected `within D`, `for D` or the end, found `please`"));
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (23, "expected `within D`, `for D` or the end, found `please`")
+        );
         let e = err("server CLOSE-WAIT ==");
-        assert_eq!((e.offset, e.message.as_str()), (20, "expected a number or `clients`, found the end of the expectation"));
+        assert_eq!(
+            (e.offset, e.message.as_str()),
+            (20, "expected a number or `clients`, found the end of the expectation")
+        );
         let e = err("server CLOSE-WAIT held by landlord == 1");
         assert_eq!(e.offset, 26);
         assert!(e.message.starts_with("unknown role `landlord`"));
@@ -526,7 +542,13 @@ mod tests {
     }
 
     fn eval(text: &str, samples: &[Sample]) -> ExpectationResult {
-        let ev = Evidence { samples, hold_from_ms: 100, fds_baseline: Some(4), holders: &[], clients: 10 };
+        let ev = Evidence {
+            samples,
+            hold_from_ms: 100,
+            fds_baseline: Some(4),
+            holders: &[],
+            clients: 10,
+        };
         evaluate(&parse(text), &ev)
     }
 
@@ -591,7 +613,13 @@ mod tests {
             h(2, Some(10), Role::Acceptor),
             h(3, None, Role::Nobody),
         ];
-        let ev = Evidence { samples: &t, hold_from_ms: 100, fds_baseline: Some(4), holders: &holders, clients: 10 };
+        let ev = Evidence {
+            samples: &t,
+            hold_from_ms: 100,
+            fds_baseline: Some(4),
+            holders: &holders,
+            clients: 10,
+        };
         let r = evaluate(&parse("server CLOSE-WAIT held by acceptor == 2"), &ev);
         assert!(r.passed, "{r:?}");
         let r = evaluate(&parse("server CLOSE-WAIT held by nobody == 1"), &ev);

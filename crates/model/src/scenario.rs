@@ -242,7 +242,11 @@ impl Source<'_> {
         self.error(Some(span.start), message)
     }
 
-    fn duration(&self, value: &Option<Spanned<String>>, default: Duration) -> Result<Duration, ScenarioError> {
+    fn duration(
+        &self,
+        value: &Option<Spanned<String>>,
+        default: Duration,
+    ) -> Result<Duration, ScenarioError> {
         match value {
             None => Ok(default),
             Some(v) => duration::parse(v.get_ref()).map_err(|m| self.at(v.span(), m)),
@@ -455,13 +459,19 @@ hold = "1500ms"
     fn unknown_key_names_line_and_column() {
         let text = GOOD.replace("count = 100", "count = 100\ncolor = \"red\"");
         let e = err(&text);
-        assert!(e.starts_with("scenarios/t.toml:15:1: unknown field `color`, expected one of"), "{e}");
+        assert!(
+            e.starts_with("scenarios/t.toml:15:1: unknown field `color`, expected one of"),
+            "{e}"
+        );
     }
 
     #[test]
     fn wrong_type_names_line_and_column() {
         let e = err(&GOOD.replace("count = 100", "count = \"many\""));
-        assert!(e.starts_with("scenarios/t.toml:14:9: invalid type: string \"many\", expected u32"), "{e}");
+        assert!(
+            e.starts_with("scenarios/t.toml:14:9: invalid type: string \"many\", expected u32"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -525,6 +535,9 @@ hold = "1500ms"
     #[test]
     fn missing_file_is_named() {
         let e = Scenario::load(Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
-        assert!(e.starts_with("/nonexistent/x.toml: cannot read the scenario file: No such file"), "{e}");
+        assert!(
+            e.starts_with("/nonexistent/x.toml: cannot read the scenario file: No such file"),
+            "{e}"
+        );
     }
 }

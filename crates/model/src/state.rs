@@ -144,7 +144,8 @@ mod tests {
 
     #[test]
     fn every_spelling_parses() {
-        for s in ["CLOSE-WAIT", "close-wait", "close_wait", "CLOSE_WAIT", "closewait", "CloseWait"] {
+        for s in ["CLOSE-WAIT", "close-wait", "close_wait", "CLOSE_WAIT", "closewait", "CloseWait"]
+        {
             assert_eq!(s.parse::<TcpState>().unwrap(), TcpState::CloseWait, "{s}");
         }
         assert_eq!("fin_wait1".parse::<TcpState>().unwrap(), TcpState::FinWait1);
@@ -167,6 +168,8 @@ mod tests {
     #[test]
     fn unknown_state_names_the_choices() {
         let err = "close-wiat".parse::<TcpState>().unwrap_err();
-        assert!(err.to_string().starts_with("unknown TCP state `close-wiat` (expected one of ESTAB"));
+        assert!(err
+            .to_string()
+            .starts_with("unknown TCP state `close-wiat` (expected one of ESTAB"));
     }
 }
