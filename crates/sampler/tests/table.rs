@@ -238,8 +238,8 @@ fn the_holder_of_a_forked_copy_is_the_child_and_its_fd() {
     assert_eq!(h.of(socket.inode), &[holders::Holding { pid, fd }]);
     assert_eq!(h.processes[&pid].ppid, std::process::id());
     let q = Query { states: States::of(&[TcpState::FinWait2]), ..Query::default() };
+    wait_until("the client's socket to wait for a FIN", || t.count(&q).unwrap() == 1);
     let orphan = t.list(&q).unwrap();
-    assert_eq!(orphan.len(), 1, "the client's socket waits for a FIN");
     assert!(
         holders::find(&HashSet::from([orphan[0].inode])).of(orphan[0].inode).is_empty(),
         "nobody holds an orphan"
