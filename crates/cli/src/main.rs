@@ -1,1 +1,12 @@
-fn main() {}
+//! `cwlab`: the closewait-lab command line. Parses, dispatches, maps errors to exit codes.
+
+mod app;
+mod list;
+mod run;
+mod serve;
+mod sockets;
+mod summary;
+
+fn main() {
+    std::process::exit(app::main());
+}

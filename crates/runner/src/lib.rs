@@ -1,1 +1,44 @@
-//! placeholder
+//! Runs a scenario: a private network namespace, the forking server, the clients, a sampler
+//! watching the socket table, the holders of what is stuck at the end, and the verdict.
+//!
+//! The runner never prints. It reports [`Event`]s to a callback as the run goes, and returns the
+//! [`Report`]; human output, JSON and charts are the caller's. See `docs/runner.md` for the event
+//! lifecycle and the checklist for adding a scenario.
+#![warn(missing_docs)]
+
+mod clients;
+mod isolation;
+mod output;
+mod run;
+mod sampling;
+mod server;
+mod stuck;
+
+pub use isolation::IsolationMode;
+pub use output::write_atomically;
+pub use run::{run, Event, Options};
+
+/// Why a run could not produce a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The environment cannot run the scenario (exit 2).
+    #[error("{0}")]
+    Environment(String),
+    /// A system call failed (exit 2).
+    #[error("failed to {what}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket table could not be read (exit 2).
+    #[error(transparent)]
+    Sampler(#[from] cwlab_sampler::Error),
+}
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}

@@ -1,0 +1,81 @@
+//! The command line: subcommands, and errors printed with their chain and mapped to exit codes.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use cwlab_model::exit;
+
+/// closewait-lab: reproduce, watch and assert TCP's close sequence.
+#[derive(Parser)]
+#[command(name = "cwlab", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List TCP sockets from the kernel (sock_diag), filtered by port and state, with their holders.
+    Sockets(crate::sockets::Args),
+    /// Run scenarios and check their expectations; the exit code is the verdict.
+    Run(crate::run::Args),
+    /// List the scenarios with the first line of each story.
+    List {
+        /// Where the scenario files are.
+        #[arg(default_value = "scenarios")]
+        dir: PathBuf,
+    },
+    /// Run a forking server (the runner starts this; it never starts a thread).
+    #[command(hide = true)]
+    Serve(crate::serve::Args),
+}
+
+/// An error on its way to the terminal, with the exit code it means.
+pub struct Failure {
+    pub code: i32,
+    pub error: Box<dyn std::error::Error>,
+}
+
+impl Failure {
+    pub fn bad_input(error: impl Into<Box<dyn std::error::Error>>) -> Failure {
+        Failure { code: exit::BAD_INPUT, error: error.into() }
+    }
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sockets(a) => crate::sockets::main(&a),
+        Command::Run(a) => crate::run::main(&a),
+        Command::List { dir } => crate::list::main(&dir),
+        Command::Serve(a) => crate::serve::main(&a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(f) if is_broken_pipe(&*f.error) => exit::PASS,
+        Err(f) => {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {}", f.error);
+            let mut source = f.error.source();
+            while let Some(s) = source {
+                let _ = writeln!(err, "  caused by: {s}");
+                source = s.source();
+            }
+            f.code
+        }
+    }
+}
+
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::BrokenPipe {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}

@@ -1,0 +1,128 @@
+//! `cwlab run`: run scenario files, write each report, print the summary; the exit code is the
+//! verdict (0 every expectation held, 1 one failed, 2 bad input or an environment that cannot run).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use cwlab_model::report::{Report, Verdict};
+use cwlab_model::{exit, Scenario};
+use cwlab_runner::{IsolationMode, Options};
+
+use crate::app::Failure;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Scenario files (scenarios/NAME.toml).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Where to write the JSON report; with several files, a folder for NAME.json each.
+    /// Default: reports/NAME.json.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Print the report JSON on stdout (one line per scenario) instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// auto: a private network namespace if permitted, else the host's loopback on a port of the
+    /// run's own; netns: a namespace or exit 2; host: the host's loopback.
+    #[arg(long, value_enum, default_value_t = IsolationArg::Auto)]
+    isolation: IsolationArg,
+    /// The whole run's deadline, overriding the scenario's (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum IsolationArg {
+    Auto,
+    Netns,
+    Host,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    cwlab_model::duration::parse(s)
+}
+
+pub fn main(a: &Args) -> Result<i32, Failure> {
+    let mut scenarios = Vec::new();
+    for f in &a.files {
+        scenarios.push(Scenario::load(f).map_err(Failure::bad_input)?);
+    }
+    let paths: Vec<PathBuf> = scenarios.iter().map(|s| report_path(a, s)).collect();
+    for p in &paths {
+        check_writable(p)?;
+    }
+    let exe = std::env::current_exe().map_err(Failure::bad_input)?;
+    let opts = Options {
+        exe,
+        isolation: match a.isolation {
+            IsolationArg::Auto => IsolationMode::Auto,
+            IsolationArg::Netns => IsolationMode::Netns,
+            IsolationArg::Host => IsolationMode::Host,
+        },
+        timeout: a.timeout,
+        run_id: format!("{}", std::process::id()),
+    };
+    let mut worst = exit::PASS;
+    for (i, (scenario, path)) in scenarios.iter().zip(&paths).enumerate() {
+        let report = cwlab_runner::run(scenario, &opts, &mut |_| {}).map_err(Failure::bad_input)?;
+        let mut bytes = serde_json::to_vec_pretty(&report).expect("reports serialize");
+        bytes.push(b'\n');
+        cwlab_runner::write_atomically(path, &bytes).map_err(|e| {
+            Failure::bad_input(format!("{}: cannot write the report: {e}", path.display()))
+        })?;
+        let mut out = std::io::stdout().lock();
+        let text = if a.json {
+            let mut line = serde_json::to_string(&report).expect("reports serialize");
+            line.push('\n');
+            line
+        } else {
+            let sep = if i > 0 { "\n" } else { "" };
+            format!("{sep}{}", crate::summary::render(&report, path))
+        };
+        out.write_all(text.as_bytes()).map_err(Failure::bad_input)?;
+        worst = worst.max(code(&report));
+    }
+    Ok(worst)
+}
+
+fn code(r: &Report) -> i32 {
+    match r.verdict {
+        Verdict::Pass => exit::PASS,
+        Verdict::Fail => exit::FAIL,
+        Verdict::Error => exit::BAD_INPUT,
+    }
+}
+
+fn report_path(a: &Args, s: &Scenario) -> PathBuf {
+    let file = format!("{}.json", s.name);
+    match &a.report {
+        Some(p) if a.files.len() == 1 => p.clone(),
+        Some(dir) => dir.join(file),
+        None => Path::new("reports").join(file),
+    }
+}
+
+/// Refuses, before anything runs, a report path that cannot be written.
+fn check_writable(path: &Path) -> Result<(), Failure> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let fail = |why: String| {
+        Failure::bad_input(format!("{}: cannot write the report: {why}", path.display()))
+    };
+    if path.is_dir() {
+        return Err(fail("it is a folder".into()));
+    }
+    let created = !dir.exists();
+    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    let probe = dir.join(format!(".cwlab-probe-{}", std::process::id()));
+    let result = std::fs::File::create(&probe).map(|_| ()).map_err(|e| fail(e.to_string()));
+    let _ = std::fs::remove_file(&probe);
+    if result.is_err() && created {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    result
+}

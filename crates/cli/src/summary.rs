@@ -1,0 +1,213 @@
+//! The human summary of a report: the story, final counts per side and state, who holds the stuck
+//! sockets, what the acceptor's descriptors did, each expectation, the verdict.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::path::Path;
+
+use cwlab_model::report::{Holder, Report, Role, Side, Verdict};
+use cwlab_model::TcpState;
+
+pub fn render(r: &Report, report_path: &Path) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "━━ {} ━━ {}", r.scenario.name, r.scenario.file);
+    for line in wrap(&r.scenario.story, 76) {
+        let _ = writeln!(s, "  {line}");
+    }
+    let _ = writeln!(
+        s,
+        "\n  server {} · {} clients ({} completed{}) · port {} · {}",
+        r.scenario.behaviour,
+        r.clients,
+        r.client_outcome.completed,
+        if r.client_outcome.failed > 0 {
+            format!(", {} failed", r.client_outcome.failed)
+        } else {
+            String::new()
+        },
+        r.port,
+        r.isolation
+    );
+    if let Some(note) = &r.isolation_note {
+        let _ = writeln!(s, "  note: {note}");
+    }
+    if let Some(e) = &r.client_outcome.first_error {
+        let _ = writeln!(s, "  first client error: {e}");
+    }
+    counts(&mut s, r);
+    holders(&mut s, &r.holders);
+    fds(&mut s, r);
+    expectations(&mut s, r, report_path);
+    s
+}
+
+fn counts(s: &mut String, r: &Report) {
+    let _ = writeln!(s, "\n  {:<12}{:>8}{:>8}", "at the end", "server", "client");
+    let f = &r.final_counts;
+    for st in TcpState::ALL {
+        let (a, b) = (f.get(Side::Server, st), f.get(Side::Client, st));
+        if a + b > 0 {
+            let _ = writeln!(s, "  {:<12}{a:>8}{b:>8}", st.name());
+        }
+    }
+    if f.server.is_empty() && f.client.is_empty() {
+        let _ = writeln!(s, "  (no socket on the port)");
+    }
+}
+
+fn holders(s: &mut String, rows: &[Holder]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\n  who holds the stuck sockets");
+    type Group<'a> = (BTreeSet<(u64, &'a str, &'a str)>, BTreeMap<Option<u32>, Vec<i32>>);
+    let mut groups: BTreeMap<(Side, TcpState, Role), Group<'_>> = BTreeMap::new();
+    for h in rows {
+        let g = groups.entry((h.side, h.state, h.role)).or_default();
+        g.0.insert((h.inode, h.local.as_str(), h.remote.as_str()));
+        g.1.entry(h.pid).or_default().extend(h.fd);
+    }
+    for ((side, state, role), (sockets, pids)) in groups {
+        let sockets = sockets.len();
+        let noun = if sockets == 1 { "socket" } else { "sockets" };
+        let who = match (role, pids.len()) {
+            (Role::Nobody, _) => "held by nobody".to_string(),
+            (_, 1) => {
+                let (pid, fds) = pids.iter().next().unwrap();
+                format!(
+                    "held by pid {}, the {role}, {} {}",
+                    pid.unwrap_or(0),
+                    if fds.len() == 1 { "fd" } else { "fds" },
+                    ranges(fds)
+                )
+            }
+            (_, n) => {
+                let list: Vec<String> =
+                    pids.keys().take(4).map(|p| p.unwrap_or(0).to_string()).collect();
+                let more = if n > 4 { ", …" } else { "" };
+                format!("held by {n} {role} processes (pids {}{more})", list.join(", "))
+            }
+        };
+        let _ = writeln!(s, "    {sockets} {side} {state} {noun} {who}");
+    }
+}
+
+/// `5–104` or `5, 7, 9–12`; long lists are cut.
+fn ranges(fds: &[i32]) -> String {
+    let mut v = fds.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { v[i].to_string() } else { format!("{}–{}", v[i], v[j]) });
+        i = j + 1;
+    }
+    if parts.len() > 6 {
+        let n = parts.len();
+        parts.truncate(5);
+        parts.push(format!("… ({n} runs)"));
+    }
+    parts.join(", ")
+}
+
+fn fds(s: &mut String, r: &Report) {
+    let (Some(before), Some(after)) = (r.acceptor.fds_baseline, r.acceptor.fds_end) else {
+        return;
+    };
+    let grew = i64::from(after) - i64::from(before);
+    let _ = writeln!(
+        s,
+        "\n  acceptor (pid {}) fds: {before} before the clients, {after} at the end ({grew:+})",
+        r.acceptor.pid
+    );
+    let close_wait = r.final_counts.get(Side::Server, TcpState::CloseWait);
+    let reading = if close_wait > 0 {
+        let held = r
+            .holders
+            .iter()
+            .filter(|h| h.state == TcpState::CloseWait && h.role == Role::Acceptor)
+            .count();
+        if held > 0 {
+            format!("the acceptor holds {held} connections the clients have closed: the last reference never went, so no FIN was sent")
+        } else {
+            format!("{close_wait} server sockets wait in CLOSE-WAIT: the peer closed, this side never sent its FIN")
+        }
+    } else if grew > 0 {
+        format!("the symptom is gone, the fd leak is not: the acceptor holds {grew} more descriptors than before the clients came")
+    } else {
+        format!("clean: no socket waits in CLOSE-WAIT and the acceptor is back to its {before} descriptors")
+    };
+    let _ = writeln!(s, "  → {reading}");
+}
+
+fn expectations(s: &mut String, r: &Report, path: &Path) {
+    if !r.expectations.is_empty() {
+        let _ = writeln!(s, "\n  expectations");
+        let width = r.expectations.iter().map(|e| e.text.chars().count()).max().unwrap_or(0);
+        for e in &r.expectations {
+            let mark = if e.passed { "✓" } else { "✗" };
+            let _ = writeln!(s, "    {mark} {:width$}   {}", e.text, e.detail);
+        }
+    }
+    if let Some(e) = &r.error {
+        let _ = writeln!(s, "\n  error: {e}");
+    }
+    let held = r.expectations.iter().filter(|e| e.passed).count();
+    let verdict = match r.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::Error => "ERROR",
+    };
+    let _ = writeln!(
+        s,
+        "\n  {verdict}  {held} of {} expectations held · {:.2}s · report {}",
+        r.expectations.len(),
+        r.duration_ms as f64 / 1000.0,
+        path.display()
+    );
+}
+
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for para in text.split("\n\n") {
+        let mut line = String::new();
+        for w in para.split_whitespace() {
+            if !line.is_empty() && line.chars().count() + 1 + w.chars().count() > width {
+                lines.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(w);
+        }
+        if !line.is_empty() {
+            lines.push(line);
+        }
+        lines.push(String::new());
+    }
+    lines.pop();
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_ranges_read_like_a_person_writes_them() {
+        assert_eq!(ranges(&[5, 6, 7, 8]), "5–8");
+        assert_eq!(ranges(&[9, 5, 7, 10, 11]), "5, 7, 9–11");
+        assert_eq!(ranges(&[1, 3, 5, 7, 9, 11, 13]), "1, 3, 5, 7, 9, … (7 runs)");
+    }
+
+    #[test]
+    fn wraps_at_words() {
+        assert_eq!(wrap("aa bb cc", 5), vec!["aa bb", "cc"]);
+        assert_eq!(wrap("a\n\nb", 10), vec!["a", "", "b"]);
+    }
+}

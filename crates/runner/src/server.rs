@@ -1,0 +1,225 @@
+//! Starting and stopping the server: `cwlab serve` in a process group of its own, with a death
+//! signal armed before exec, a lifeline on its stdin and its events on its stdout.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use cwlab_model::scenario::Behaviour;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::{io, RunError};
+
+/// The environment variable that marks every process a run starts, with the run's id as value.
+pub const RUN_MARK: &str = "CWLAB_RUN";
+
+/// What the server reported after it started listening.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// errno of each failed accept.
+    pub accept_errors: Vec<i32>,
+}
+
+/// A running server; dropping it kills every process it started.
+pub struct Server {
+    child: Child,
+    lifeline: Option<ChildStdin>,
+    reader: Option<JoinHandle<()>>,
+    /// The acceptor's pid as the runner sees it.
+    pub acceptor: u32,
+    /// The port it listens on.
+    pub port: u16,
+    /// What it has reported since.
+    pub stats: Arc<Mutex<ServerStats>>,
+}
+
+/// How to start the server.
+pub struct Launch<'a> {
+    pub exe: &'a Path,
+    pub behaviour: Behaviour,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub pid_namespace: bool,
+    pub mark: &'a str,
+    pub deadline: Instant,
+}
+
+impl Server {
+    /// Starts the server and waits, to the deadline, until it reports that it listens.
+    pub fn start(l: &Launch<'_>) -> Result<Server, RunError> {
+        let mut cmd = Command::new(l.exe);
+        cmd.arg("serve")
+            .args(["--behaviour", l.behaviour.name()])
+            .args(["--addr", &l.addr.to_string()])
+            .args(["--port", &l.port.to_string()])
+            .env(RUN_MARK, l.mark)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if l.pid_namespace {
+            cmd.arg("--pid-namespace");
+        }
+        let parent = std::process::id() as i32;
+        // SAFETY: prctl(2), getppid(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(io(format!("start {} serve", l.exe.display())))?;
+        let mut lines = LineReader { out: child.stdout.take().expect("piped"), buf: Vec::new() };
+        let lifeline = child.stdin.take();
+        let mut server = Server {
+            acceptor: child.id(),
+            child,
+            lifeline,
+            reader: None,
+            port: 0,
+            stats: Arc::default(),
+        };
+        loop {
+            let Some(line) = lines.next_line(l.deadline)? else {
+                return Err(server.failed_to_start());
+            };
+            if let Some(pid) = line.strip_prefix("acceptor ") {
+                server.acceptor = pid.trim().parse().unwrap_or(server.acceptor);
+            } else if let Some(port) = line.strip_prefix("listening ") {
+                server.port = port.trim().parse().unwrap_or(0);
+                break;
+            }
+        }
+        let stats = server.stats.clone();
+        server.reader = Some(std::thread::spawn(move || follow(lines, &stats)));
+        Ok(server)
+    }
+
+    fn failed_to_start(&mut self) -> RunError {
+        let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
+        let status = self.child.wait().ok();
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let err = err.trim().trim_start_matches("error: ").to_string();
+        let status = status.map_or("an unknown status".into(), |s| s.to_string());
+        if err.is_empty() {
+            RunError::Environment(format!("the server exited before it listened ({status})"))
+        } else {
+            RunError::Environment(format!("the server could not start: {err}"))
+        }
+    }
+
+    /// Kills every process the server started and waits for the server.
+    pub fn stop(&mut self) {
+        self.lifeline.take();
+        let group = Pid::from_raw(-(self.child.id() as i32));
+        let _ = kill(group, Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(self.acceptor as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Reads the server's events until it exits.
+fn follow(mut lines: LineReader, stats: &Mutex<ServerStats>) {
+    while let Ok(Some(line)) = lines.next_line_blocking() {
+        let mut s = stats.lock().unwrap();
+        if let Some(n) = line.strip_prefix("accepted ") {
+            s.accepted = n.trim().parse().unwrap_or(s.accepted);
+        } else if let Some(e) = line.strip_prefix("accept-error ") {
+            s.accept_errors.push(e.trim().parse().unwrap_or(0));
+        }
+    }
+}
+
+struct LineReader {
+    out: ChildStdout,
+    buf: Vec<u8>,
+}
+
+impl LineReader {
+    fn take_line(&mut self) -> Option<String> {
+        let i = self.buf.iter().position(|b| *b == b'\n')?;
+        let line: Vec<u8> = self.buf.drain(..=i).collect();
+        Some(String::from_utf8_lossy(&line[..i]).into_owned())
+    }
+
+    /// The next line, waiting no later than the deadline; `None` at end-of-file.
+    fn next_line(&mut self, deadline: Instant) -> Result<Option<String>, RunError> {
+        loop {
+            if let Some(l) = self.take_line() {
+                return Ok(Some(l));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(RunError::Environment(
+                    "timeout while waiting for the server to listen".into(),
+                ));
+            }
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.out.as_raw_fd()) };
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
+                .unwrap_or(PollTimeout::MAX);
+            match poll(&mut fds, ms) {
+                Ok(0) | Err(nix::Error::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(io("wait for the server")(e.into())),
+            }
+            if !self.fill().map_err(io("read the server's events"))? {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn next_line_blocking(&mut self) -> std::io::Result<Option<String>> {
+        loop {
+            if let Some(l) = self.take_line() {
+                return Ok(Some(l));
+            }
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads what is there; false at end-of-file.
+    fn fill(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.out.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

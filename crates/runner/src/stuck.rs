@@ -1,0 +1,87 @@
+//! Who keeps each stuck socket open, and what that process is to the run.
+
+use std::collections::HashSet;
+
+use cwlab_model::report::{Holder, Role, Side};
+use cwlab_model::TcpState;
+use cwlab_sampler::{holders, SocketRecord};
+
+/// Sockets in these states are where they belong: nobody is asked who holds them.
+fn settled(s: TcpState) -> bool {
+    matches!(s, TcpState::Established | TcpState::TimeWait | TcpState::Listen)
+}
+
+/// One row per (stuck socket, holding fd), or one `nobody` row for a socket no process holds.
+/// One walk of /proc for the whole set.
+pub fn find(records: &[SocketRecord], port: u16, acceptor: u32) -> Vec<Holder> {
+    let stuck: Vec<&SocketRecord> = records.iter().filter(|r| !settled(r.state)).collect();
+    let inodes: HashSet<u64> = stuck.iter().map(|r| r.inode).filter(|i| *i != 0).collect();
+    let found = holders::find(&inodes);
+    let roles = Roles::new(acceptor);
+    let mut rows = Vec::new();
+    for r in stuck {
+        let side = if r.local.port() == port { Side::Server } else { Side::Client };
+        let row = |pid: Option<u32>, fd: Option<i32>, role: Role| Holder {
+            side,
+            state: r.state,
+            local: r.local.to_string(),
+            remote: r.remote.to_string(),
+            inode: r.inode,
+            pid,
+            fd,
+            role,
+            comm: pid.and_then(|p| found.processes.get(&p)).map(|p| p.comm.clone()),
+        };
+        let held = found.of(r.inode);
+        if held.is_empty() {
+            rows.push(row(None, None, Role::Nobody));
+        }
+        for h in held {
+            rows.push(row(Some(h.pid), Some(h.fd), roles.of(h.pid)));
+        }
+    }
+    rows.sort_by(|a, b| (a.side, a.state, a.pid, a.fd).cmp(&(b.side, b.state, b.pid, b.fd)));
+    rows
+}
+
+/// Tells the acceptor, its handlers, its helpers and the runner's clients apart.
+struct Roles {
+    acceptor: u32,
+    acceptor_cmdline: Option<String>,
+    me: u32,
+}
+
+impl Roles {
+    fn new(acceptor: u32) -> Roles {
+        let acceptor_cmdline = holders::process(acceptor).map(|p| p.cmdline);
+        Roles { acceptor, acceptor_cmdline, me: std::process::id() }
+    }
+
+    /// A handler is a fork of the acceptor that did not exec (same command line); any other
+    /// descendant of the acceptor is a helper. Orphans are reparented to the acceptor (a
+    /// subreaper, or the PID namespace's init), so parentage alone cannot tell them apart.
+    fn of(&self, pid: u32) -> Role {
+        if pid == self.acceptor {
+            return Role::Acceptor;
+        }
+        if pid == self.me {
+            return Role::Client;
+        }
+        let Some(p) = holders::process(pid) else { return Role::Other };
+        let mut up = p.ppid;
+        for _ in 0..64 {
+            if up == self.acceptor {
+                return if Some(&p.cmdline) == self.acceptor_cmdline.as_ref() {
+                    Role::Handler
+                } else {
+                    Role::Helper
+                };
+            }
+            match holders::process(up) {
+                Some(q) if q.ppid != 0 && q.ppid != up => up = q.ppid,
+                _ => break,
+            }
+        }
+        Role::Other
+    }
+}

@@ -1,0 +1,64 @@
+//! Process plumbing: the PID namespace, the death signal, the standard streams of a handler.
+//!
+//! # References
+//! pid_namespaces(7), prctl(2) (`PR_SET_PDEATHSIG`, `PR_SET_CHILD_SUBREAPER`), unshare(2).
+
+use std::io::Write;
+use std::os::fd::AsRawFd;
+
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::{errno, sys, Error};
+
+/// Unshares a PID namespace and forks its init, which becomes the acceptor. Returns `None` in
+/// the acceptor, and `Some(status)` in the supervisor once the acceptor has exited.
+pub fn enter_pid_namespace() -> Result<Option<i32>, Error> {
+    unshare(CloneFlags::CLONE_NEWPID).map_err(errno("unshare a PID namespace"))?;
+    let parent = Pid::this();
+    // SAFETY: this process never started a thread.
+    match unsafe { fork() }.map_err(errno("fork the acceptor"))? {
+        ForkResult::Child => {
+            die_with_parent(parent)?;
+            Ok(None)
+        }
+        ForkResult::Parent { child } => {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "acceptor {child}")
+                .and_then(|()| out.flush())
+                .map_err(sys("report the acceptor"))?;
+            drop(out);
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Some(128 + sig as i32)),
+                    Ok(_) | Err(nix::Error::EINTR) => continue,
+                    Err(e) => return Err(errno("wait for the acceptor")(e)),
+                }
+            }
+        }
+    }
+}
+
+/// Arms SIGKILL for when the parent dies, then checks the parent did not die first.
+/// `parent` is the parent's pid before the fork. A namespace's init sees its parent as pid 0, so
+/// there the check cannot tell, and the supervisor's lifeline covers that race instead.
+pub fn die_with_parent(parent: Pid) -> Result<(), Error> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("arm PR_SET_PDEATHSIG"))?;
+    let now = nix::unistd::getppid();
+    if now != parent && now.as_raw() != 0 {
+        // The parent is already gone: no signal will come.
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Points stdin and stdout at /dev/null: a handler keeps neither the lifeline nor the event pipe.
+pub fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+}
