@@ -24,9 +24,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Formats a duration the way [`parse`] reads it, in the largest exact unit.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
-    } else if ms > 1000 && ms % 100 == 0 {
+    } else if ms > 1000 && ms.is_multiple_of(100) {
         format!("{:.1}s", ms as f64 / 1000.0)
     } else {
         format!("{ms}ms")

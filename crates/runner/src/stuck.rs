@@ -40,7 +40,7 @@ pub fn find(records: &[SocketRecord], port: u16, acceptor: u32) -> Vec<Holder> {
             rows.push(row(Some(h.pid), Some(h.fd), roles.of(h.pid)));
         }
     }
-    rows.sort_by(|a, b| (a.side, a.state, a.pid, a.fd).cmp(&(b.side, b.state, b.pid, b.fd)));
+    rows.sort_by_key(|h| (h.side, h.state, h.pid, h.fd));
     rows
 }
 

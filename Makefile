@@ -1,0 +1,48 @@
+# closewait-lab: the front door. `make help` lists the targets.
+CARGO ?= cargo
+CWLAB := target/release/cwlab
+SCENARIOS := $(sort $(basename $(notdir $(wildcard scenarios/*.toml))))
+
+.PHONY: help build fmt fmt-check lint test doc bench scenarios list clean $(addprefix scenario-,$(SCENARIOS))
+
+help:
+	@echo "make scenario-leak       the leak: CLOSE-WAIT piles up, held by the acceptor"
+	@echo "make scenario-fixed      shutdown() before close(): no CLOSE-WAIT, the fd leak stays"
+	@echo "make scenario-NAME       any scenario in scenarios/ ($(SCENARIOS))"
+	@echo "make scenarios           every scenario; fails if any fails"
+	@echo "make test                unit and end-to-end tests (root: private network namespaces)"
+	@echo "make fmt | lint | doc | bench | list"
+
+build:
+	$(CARGO) build --release --quiet -p cwlab
+
+scenario-%: build
+	$(CWLAB) run scenarios/$*.toml
+
+scenarios: build
+	$(CWLAB) run $(addprefix scenarios/,$(addsuffix .toml,$(SCENARIOS)))
+
+list: build
+	$(CWLAB) list
+
+test:
+	$(CARGO) test --workspace
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint: fmt-check
+	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+bench: build
+	$(CARGO) bench -p cwlab --bench sockets
+
+clean:
+	$(CARGO) clean
+	rm -rf reports
