@@ -14,6 +14,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use crate::{Error, PortSide, Query, SocketRecord, TcpState};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// The original inet_diag request (`struct inet_diag_req`, message type 18): the kernel answers it
+/// with `sdiag_family = AF_UNSPEC`, so one walk of the socket hash covers IPv4 and IPv6 both.
+const TCPDIAG_GETSOCK: u16 = 18;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
@@ -24,6 +27,7 @@ const INET_DIAG_BC_S_EQ: u8 = 11;
 const INET_DIAG_BC_D_EQ: u8 = 12;
 const NLMSG_HDRLEN: usize = 16;
 const REQ_LEN: usize = 56;
+const REQ_V1_LEN: usize = 60;
 const MSG_LEN: usize = 72;
 /// The kernel caps a dump's skb near 32 KiB; a larger buffer never truncates one.
 const RECV_BUF: usize = 64 * 1024;
@@ -33,6 +37,8 @@ pub struct SockDiag {
     fd: OwnedFd,
     buf: Vec<u8>,
     seq: u32,
+    /// Whether the one-walk request works here; cleared the first time the kernel refuses it.
+    one_walk: bool,
 }
 
 impl SockDiag {
@@ -54,11 +60,29 @@ impl SockDiag {
         }
         // SAFETY: fd is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(SockDiag { fd, buf: vec![0; RECV_BUF], seq: 0 })
+        Ok(SockDiag { fd, buf: vec![0; RECV_BUF], seq: 0, one_walk: true })
     }
 
-    /// Calls `f` for every TCP socket, IPv4 then IPv6, that passes the query.
+    /// Uses one `SOCK_DIAG_BY_FAMILY` request per family from now on, as on kernels that refuse
+    /// the one-walk request (tests hold the two paths against each other).
+    pub fn per_family(&mut self) {
+        self.one_walk = false;
+    }
+
+    /// Calls `f` for every TCP socket, IPv4 and IPv6, that passes the query.
+    ///
+    /// One request walks the kernel's socket hash once for both families (the hash walk is most
+    /// of the cost of a dump that matches little); where the kernel refuses that request, one
+    /// `SOCK_DIAG_BY_FAMILY` request per family.
     pub fn for_each(&mut self, q: &Query, mut f: impl FnMut(&SocketRecord)) -> Result<(), Error> {
+        if self.one_walk {
+            self.seq = self.seq.wrapping_add(1);
+            send(&self.fd, &request_both(q, self.seq))?;
+            match self.read_replies(&mut f) {
+                Err(Error::Io { source, .. }) if refused(&source) => self.one_walk = false,
+                other => return other,
+            }
+        }
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             self.seq = self.seq.wrapping_add(1);
             let req = request(family, q, self.seq);
@@ -125,7 +149,7 @@ fn walk(mut data: &[u8], f: &mut impl FnMut(&SocketRecord)) -> Result<bool, Erro
                     payload.get(..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
                 return Err(Error::io("dump sockets")(io::Error::from_raw_os_error(-code)));
             }
-            SOCK_DIAG_BY_FAMILY => {
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 if let Some(r) = record(payload) {
                     f(&r);
                 }
@@ -178,27 +202,59 @@ fn ip6(b: &[u8]) -> IpAddr {
     IpAddr::V6(Ipv6Addr::from(a))
 }
 
+/// Errors that mean "this kernel does not take that request".
+fn refused(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT | libc::EOPNOTSUPP))
+}
+
+fn header(b: &mut Vec<u8>, total: usize, ty: u16, seq: u32) {
+    b.extend_from_slice(&(total as u32).to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
+    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+}
+
+fn bytecode_attr(b: &mut Vec<u8>, bc: &[u8]) {
+    if !bc.is_empty() {
+        b.extend_from_slice(&((4 + bc.len()) as u16).to_ne_bytes());
+        b.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        b.extend_from_slice(bc);
+    }
+}
+
+/// Builds `nlmsghdr` + `inet_diag_req` (the original request, both families) + the bytecode.
+fn request_both(q: &Query, seq: u32) -> Vec<u8> {
+    let bc = q.port.map(|p| bytecode(p, q.side)).unwrap_or_default();
+    let attr_len = if bc.is_empty() { 0 } else { 4 + bc.len() };
+    let total = NLMSG_HDRLEN + REQ_V1_LEN + attr_len;
+    let mut b = Vec::with_capacity(total);
+    header(&mut b, total, TCPDIAG_GETSOCK, seq);
+    // inet_diag_req: family (ignored: the kernel answers for both), src_len, dst_len, ext, a zero
+    // socket id with no cookie, the states, dbs.
+    b.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+    b.extend_from_slice(&[0u8; 40]);
+    b.extend_from_slice(&[0xff; 8]);
+    b.extend_from_slice(&q.states.mask().to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    bytecode_attr(&mut b, &bc);
+    debug_assert_eq!(b.len(), total);
+    b
+}
+
 /// Builds `nlmsghdr` + `inet_diag_req_v2` + the bytecode attribute.
 fn request(family: u8, q: &Query, seq: u32) -> Vec<u8> {
     let bc = q.port.map(|p| bytecode(p, q.side)).unwrap_or_default();
     let attr_len = if bc.is_empty() { 0 } else { 4 + bc.len() };
     let total = NLMSG_HDRLEN + REQ_LEN + attr_len;
     let mut b = Vec::with_capacity(total);
-    b.extend_from_slice(&(total as u32).to_ne_bytes());
-    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
+    header(&mut b, total, SOCK_DIAG_BY_FAMILY, seq);
     // inet_diag_req_v2: family, protocol, ext, pad, states, then a zero socket id with no cookie.
     b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
     b.extend_from_slice(&q.states.mask().to_ne_bytes());
     b.extend_from_slice(&[0u8; 40]);
     b.extend_from_slice(&[0xff; 8]);
-    if !bc.is_empty() {
-        b.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-        b.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-        b.extend_from_slice(&bc);
-    }
+    bytecode_attr(&mut b, &bc);
     debug_assert_eq!(b.len(), total);
     b
 }

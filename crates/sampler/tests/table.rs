@@ -187,6 +187,10 @@ fn sock_diag_proc_and_ss_agree() {
     // Per population: LISTEN, 2 per open pair, 2 per CLOSE-WAIT pair, 1 per TIME-WAIT pair.
     assert_eq!(d.len(), (1 + 8 + 12 + 3) + (1 + 4 + 6 + 5), "{d:?}");
     assert_eq!(d, all(&mut proc), "sock_diag and /proc/net/tcp");
+    let mut by_family = cwlab_sampler::diag::SockDiag::open().unwrap();
+    by_family.per_family();
+    let mut f = Table::SockDiag(by_family);
+    assert_eq!(d, all(&mut f), "one walk for both families and one request per family");
     assert_eq!(d, ss(), "sock_diag and ss -tan");
 }
 
