@@ -16,7 +16,7 @@ help:
 build:
 	$(CARGO) build --release --quiet -p cwlab
 
-scenario-%: build
+$(addprefix scenario-,$(SCENARIOS)): scenario-%: build
 	$(CWLAB) run scenarios/$*.toml
 
 scenarios: build

@@ -143,41 +143,45 @@ fn json(records: &[SocketRecord], held: Option<&Holders>) -> String {
 
 /// `ss -tan` columns, and `users:(("comm",pid=P,fd=F),…)` as `ss -p` prints holders.
 fn table_text(records: &[SocketRecord], held: Option<&Holders>) -> String {
-    let mut s = format!(
-        "{:<11}{:>7} {:>7} {:<40} {:<40}{}\n",
-        "State",
-        "Recv-Q",
-        "Send-Q",
-        "Local Address:Port",
-        "Peer Address:Port",
-        if held.is_some() { " Process" } else { "" }
-    );
-    for r in records {
-        let users = held.map_or(String::new(), |h| {
-            let list = h.of(r.inode);
-            if list.is_empty() {
-                return " -".into();
-            }
-            let each: Vec<String> = list
-                .iter()
-                .map(|x| {
-                    let comm = h.processes.get(&x.pid).map_or("?", |p| p.comm.as_str());
-                    format!("(\"{comm}\",pid={},fd={})", x.pid, x.fd)
-                })
-                .collect();
-            format!(" users:({})", each.join(","))
-        });
-        s.push_str(&format!(
-            "{:<11}{:>7} {:>7} {:<40} {:<40}{}\n",
+    let locals: Vec<String> = records.iter().map(|r| r.local.to_string()).collect();
+    let peers: Vec<String> = records.iter().map(peer).collect();
+    let lw = locals.iter().map(String::len).max().unwrap_or(0).max(18);
+    let pw = peers.iter().map(String::len).max().unwrap_or(0).max(17);
+    let mut s = String::new();
+    let mut line = |state: &str, rq: &str, sq: &str, local: &str, peer: &str, users: &str| {
+        let l = format!("{state:<11}{rq:>7} {sq:>7} {local:<lw$} {peer:<pw$} {users}");
+        s.push_str(l.trim_end());
+        s.push('\n');
+    };
+    let process = if held.is_some() { "Process" } else { "" };
+    line("State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", process);
+    for (i, r) in records.iter().enumerate() {
+        let users = held.map_or(String::new(), |h| users(h, r.inode));
+        line(
             r.state.name(),
-            r.recv_q,
-            r.send_q,
-            r.local.to_string(),
-            peer(r),
-            users
-        ));
+            &r.recv_q.to_string(),
+            &r.send_q.to_string(),
+            &locals[i],
+            &peers[i],
+            &users,
+        );
     }
     s
+}
+
+fn users(h: &Holders, inode: u64) -> String {
+    let list = h.of(inode);
+    if list.is_empty() {
+        return "-".into();
+    }
+    let each: Vec<String> = list
+        .iter()
+        .map(|x| {
+            let comm = h.processes.get(&x.pid).map_or("?", |p| p.comm.as_str());
+            format!("(\"{comm}\",pid={},fd={})", x.pid, x.fd)
+        })
+        .collect();
+    format!("users:({})", each.join(","))
 }
 
 fn peer(r: &SocketRecord) -> String {

@@ -62,6 +62,10 @@ pub(crate) fn errno(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error
 
 /// Runs a server until the lifeline (stdin) closes. Returns the process's exit status.
 pub fn serve(cfg: &Config) -> Result<i32, Error> {
+    // Start from a clean descriptor table: whatever the runner's own parent left open without
+    // CLOEXEC would otherwise sit in every process here and blur the acceptor's fd count.
+    // SAFETY: close_range(2) on descriptors this process has not taken ownership of yet.
+    unsafe { libc::close_range(3, u32::MAX, 0) };
     if cfg.pid_namespace {
         if let Some(status) = process::enter_pid_namespace()? {
             // The supervisor: the acceptor ran in the namespace and has exited.
