@@ -1,4 +1,5 @@
 # closewait-lab: the front door. `make help` lists the targets.
+SHELL := bash
 CARGO ?= cargo
 CWLAB := target/release/cwlab
 SCENARIOS := $(sort $(basename $(notdir $(wildcard scenarios/*.toml))))
@@ -25,8 +26,11 @@ scenarios: build
 list: build
 	$(CWLAB) list
 
+# The last line sums every test binary's results, so the verdict is one line, whichever crate ran last.
 test:
-	$(CARGO) test --workspace
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test.log
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test.log
 
 fmt:
 	$(CARGO) fmt --all
