@@ -3,87 +3,19 @@
 
 mod util;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 
-use cwlab_model::report::{Phase, Report, Role, Side, Verdict};
-use cwlab_model::TcpState;
-use serde::Deserialize;
-use util::{can_isolate, cwlab, root, scratch};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Expected {
-    server: BTreeMap<TcpState, u32>,
-    client: BTreeMap<TcpState, u32>,
-    acceptor_fds_grew: i64,
-    close_wait_held_by: Option<Role>,
-}
-
-fn expected() -> BTreeMap<String, Expected> {
-    let text = std::fs::read_to_string(root().join("tests/expected.toml")).unwrap();
-    toml::from_str(&text).unwrap()
-}
-
-fn read_report(path: &Path) -> Report {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Runs a scenario file in a private namespace; returns the output and the report.
-fn run(file: &Path, test: &str) -> (std::process::Output, Report) {
-    let dir = scratch(test);
-    let report = dir.join("report.json");
-    let out = cwlab(&[
-        "run",
-        file.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-        "--isolation",
-        "netns",
-    ]);
-    let r = read_report(&report);
-    (out, r)
-}
+use cwlab_model::report::Verdict;
+use util::{can_isolate, check_truth_of, cwlab, expected, root, run, scratch};
 
 fn check_truth(name: &str) {
     let test = format!("truth-{name}");
     if !can_isolate(&test) {
         return;
     }
-    let want = &expected()[name];
     let (out, r) = run(&root().join(format!("scenarios/{name}.toml")), &test);
-    assert_exit!(out, 0);
-    assert_eq!(r.verdict, Verdict::Pass);
-    assert_eq!(r.scenario.name, name);
-    assert_eq!(r.isolation, cwlab_model::report::Isolation::Netns);
-    assert_eq!(r.client_outcome.completed, r.clients);
-    assert_eq!(r.client_outcome.failed, 0);
-    assert_eq!(r.final_counts.server, want.server, "{name}: server counts at the end");
-    assert_eq!(r.final_counts.client, want.client, "{name}: client counts at the end");
-    let grew = i64::from(r.acceptor.fds_end.unwrap()) - i64::from(r.acceptor.fds_baseline.unwrap());
-    assert_eq!(grew, want.acceptor_fds_grew, "{name}: acceptor fds");
-    let phases: Vec<Phase> = r.phases.iter().map(|m| m.phase).collect();
-    assert_eq!(phases, [Phase::Listen, Phase::Connect, Phase::Close, Phase::Hold, Phase::End]);
-    assert!(r.samples.len() >= 10, "{name}: {} samples", r.samples.len());
-
-    let close_wait = r.final_counts.get(Side::Server, TcpState::CloseWait) as usize;
-    let rows: Vec<_> = r.holders.iter().filter(|h| h.state == TcpState::CloseWait).collect();
-    match want.close_wait_held_by {
-        Some(role) => {
-            assert!(rows.iter().all(|h| h.role == role), "{name}: {rows:?}");
-            let fds: BTreeSet<i32> = rows.iter().map(|h| h.fd.unwrap()).collect();
-            assert_eq!(fds.len(), close_wait, "{name}: one fd per stuck socket");
-            if role == Role::Acceptor {
-                assert!(rows.iter().all(|h| h.pid == Some(r.acceptor.pid)));
-            }
-        }
-        None => assert!(rows.is_empty(), "{name}: nobody should hold a CLOSE-WAIT socket"),
-    }
-    let fin_wait_2 = r.holders.iter().filter(|h| h.state == TcpState::FinWait2);
-    assert!(fin_wait_2.clone().all(|h| h.role == Role::Nobody && h.side == Side::Client));
-    assert_eq!(fin_wait_2.count() as u32, r.final_counts.get(Side::Client, TcpState::FinWait2));
+    check_truth_of(name, &out, &r);
 }
 
 #[test]

@@ -53,6 +53,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     for p in &paths {
         check_writable(p)?;
     }
+    cwlab_runner::signals::install().map_err(Failure::bad_input)?;
     let exe = std::env::current_exe().map_err(Failure::bad_input)?;
     let opts = Options {
         exe,
@@ -62,11 +63,20 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
             IsolationArg::Host => IsolationMode::Host,
         },
         timeout: a.timeout,
-        run_id: format!("{}", std::process::id()),
+        run_id: run_id(),
     };
     let mut worst = exit::PASS;
     for (i, (scenario, path)) in scenarios.iter().zip(&paths).enumerate() {
-        let report = cwlab_runner::run(scenario, &opts, &mut |_| {}).map_err(Failure::bad_input)?;
+        let report = match cwlab_runner::run(scenario, &opts, &mut |_| {}) {
+            Ok(r) => r,
+            Err(cwlab_runner::RunError::Interrupted(sig)) => {
+                return Err(Failure {
+                    code: 128 + sig,
+                    error: format!("interrupted by {}", cwlab_runner::signals::name(sig)).into(),
+                })
+            }
+            Err(e) => return Err(Failure::bad_input(e)),
+        };
         let mut bytes = serde_json::to_vec_pretty(&report).expect("reports serialize");
         bytes.push(b'\n');
         cwlab_runner::write_atomically(path, &bytes).map_err(|e| {
@@ -83,8 +93,23 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         };
         out.write_all(text.as_bytes()).map_err(Failure::bad_input)?;
         worst = worst.max(code(&report));
+        if let Some(sig) = cwlab_runner::signals::received() {
+            // A signal stopped this run (its report says so), or arrived after it ended: then
+            // the scenarios after it do not run, and the exit status says why.
+            if report.interrupted || i + 1 < scenarios.len() {
+                return Ok(128 + sig);
+            }
+        }
     }
     Ok(worst)
+}
+
+/// The mark on every process of this invocation: the runner's pid, then a nonce.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{}-{nanos:08x}", std::process::id())
 }
 
 fn code(r: &Report) -> i32 {

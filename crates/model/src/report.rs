@@ -22,7 +22,8 @@
 //!                     "observed": 100, "detail": "held 100 for 1.45s"}, …],
 //!   "verdict": "pass" | "fail" | "error",
 //!   "error": null | "what stopped the run",
-//!   "interrupted": false,
+//!   "interrupted": false,                // true when SIGINT or SIGTERM ended the run early
+//!   "stopped_in": null | "connect",      // the phase a signal or the deadline stopped
 //!   "duration_ms": 1712
 //! }
 //! ```
@@ -83,6 +84,8 @@ pub struct Report {
     pub error: Option<String>,
     /// True when a signal ended the run early.
     pub interrupted: bool,
+    /// The phase the run was in when a signal or the deadline stopped it.
+    pub stopped_in: Option<Phase>,
     /// Wall time of the run, from LISTEN to the report.
     pub duration_ms: u64,
 }

@@ -102,6 +102,8 @@ impl ClientClose {
 pub struct Clients {
     /// How many clients connect, one connection each.
     pub count: u32,
+    /// Where the count is written (line, column), for errors found when the run starts.
+    pub count_position: (usize, usize),
     /// How many connect and exchange at once.
     pub concurrency: u32,
     /// Bytes each client sends; the server echoes them.
@@ -340,6 +342,7 @@ fn clients(src: &Source<'_>, raw: &RawClients) -> Result<Clients, ScenarioError>
     };
     Ok(Clients {
         count,
+        count_position: line_col(src.text, raw.count.span().start),
         concurrency,
         request_bytes: raw.request_bytes,
         read_reply: raw.read_reply,

@@ -12,11 +12,13 @@ mod output;
 mod run;
 mod sampling;
 mod server;
+pub mod signals;
 mod stuck;
 
 pub use isolation::IsolationMode;
 pub use output::write_atomically;
 pub use run::{run, Event, Options};
+pub use server::RUN_MARK;
 
 /// Why a run could not produce a verdict.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,12 @@ pub enum RunError {
     /// The environment cannot run the scenario (exit 2).
     #[error("{0}")]
     Environment(String),
+    /// The scenario asks for what this machine cannot give (exit 2).
+    #[error("{0}")]
+    BadInput(String),
+    /// A signal arrived before the server listened (exit 128 + the signal).
+    #[error("interrupted by {} before the server listened", signals::name(*.0))]
+    Interrupted(i32),
     /// A system call failed (exit 2).
     #[error("failed to {what}")]
     Io {

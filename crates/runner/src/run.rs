@@ -2,22 +2,23 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cwlab_model::expect::{evaluate, Evidence};
 use cwlab_model::report::{
-    Acceptor, ClientOutcome, Isolation, Phase, PhaseMark, Report, Sample, ScenarioRef, Verdict,
-    SCHEMA_VERSION,
+    Acceptor, ClientOutcome, Holder, Isolation, Phase, PhaseMark, Report, Sample, ScenarioRef,
+    Verdict, SCHEMA_VERSION,
 };
-use cwlab_model::Scenario;
+use cwlab_model::{duration, Scenario};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::clients;
 use crate::isolation::{self, IsolationMode};
 use crate::sampling::{PhaseCell, Probe, Sampler};
 use crate::server::{Launch, Server};
-use crate::{io, stuck, RunError};
+use crate::{clients, io, signals, stuck, RunError};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -52,15 +53,33 @@ pub enum Event<'a> {
     Sample(&'a Sample),
 }
 
-struct Timeline<'e> {
+/// Why a run stopped before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Interrupted(i32),
+    Timeout,
+}
+
+/// Everything a run has gathered so far; a report can be made of it at any point.
+struct Draft<'e> {
+    started: Instant,
     t0: Instant,
     phase: PhaseCell,
     marks: Vec<PhaseMark>,
     samples: Vec<Sample>,
     on_event: &'e mut dyn FnMut(Event<'_>),
+    isolation: Isolation,
+    note: Option<String>,
+    port: u16,
+    acceptor: u32,
+    fds_baseline: Option<u32>,
+    fds_end: Option<u32>,
+    holders: Vec<Holder>,
+    outcome: ClientOutcome,
+    stop: Option<(Stop, Phase)>,
 }
 
-impl Timeline<'_> {
+impl Draft<'_> {
     fn now_ms(&self) -> u64 {
         self.t0.elapsed().as_millis() as u64
     }
@@ -77,18 +96,39 @@ impl Timeline<'_> {
         self.samples.push(s);
     }
 
-    /// Runs `fut` while filing every sample that arrives.
-    async fn sampling<F: Future>(
+    fn stopped(&mut self, why: Stop) {
+        if self.stop.is_none() {
+            self.stop = Some((why, self.phase.get()));
+        }
+    }
+
+    /// Runs `fut` while filing every sample that arrives, until it ends, the deadline passes or a
+    /// signal arrives.
+    async fn guard<F: Future>(
         &mut self,
         rx: &mut UnboundedReceiver<Sample>,
+        wake: Option<&AsyncFd<OwnedFd>>,
+        deadline: tokio::time::Instant,
         fut: F,
-    ) -> F::Output {
-        tokio::pin!(fut);
+    ) -> Result<F::Output, Stop> {
+        let interrupted = async {
+            match wake {
+                Some(w) => {
+                    let _ = w.readable().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(fut, interrupted);
         loop {
             tokio::select! {
                 biased;
+                () = &mut interrupted => {
+                    return Err(Stop::Interrupted(signals::received().unwrap_or(libc::SIGINT)))
+                }
+                () = tokio::time::sleep_until(deadline) => return Err(Stop::Timeout),
                 Some(s) = rx.recv() => self.push(s),
-                out = &mut fut => return out,
+                out = &mut fut => return Ok(out),
             }
         }
     }
@@ -104,9 +144,27 @@ pub fn run(
     let started = Instant::now();
     let timeout = opts.timeout.unwrap_or(scenario.timeout);
     let deadline = started + timeout;
+    descriptors(scenario)?;
     let (isolation, note) = isolation::enter(opts.isolation)?;
     let addr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let mut server = Server::start(&Launch {
+    let mut d = Draft {
+        started,
+        t0: Instant::now(),
+        phase: PhaseCell::default(),
+        marks: vec![PhaseMark { phase: Phase::Listen, t_ms: 0 }],
+        samples: Vec::new(),
+        on_event,
+        isolation,
+        note,
+        port: 0,
+        acceptor: 0,
+        fds_baseline: None,
+        fds_end: None,
+        holders: Vec::new(),
+        outcome: ClientOutcome::default(),
+        stop: None,
+    };
+    let launch = Launch {
         exe: &opts.exe,
         behaviour: scenario.behaviour,
         addr,
@@ -114,80 +172,133 @@ pub fn run(
         pid_namespace: isolation == Isolation::Netns,
         mark: &opts.run_id,
         deadline,
-    })?;
-    let port = server.port;
-    let mut tl = Timeline {
-        t0: Instant::now(),
-        phase: PhaseCell::default(),
-        marks: vec![PhaseMark { phase: Phase::Listen, t_ms: 0 }],
-        samples: Vec::new(),
-        on_event,
     };
-    (tl.on_event)(Event::Started { scenario, isolation, note: note.as_deref(), port });
-    let mut probe = Probe::open(port, server.acceptor)?;
+    let mut server = match Server::start(&launch) {
+        Ok(s) => s,
+        Err(RunError::Interrupted(sig)) => {
+            d.stopped(Stop::Interrupted(sig));
+            return Ok(finish(d, scenario, timeout));
+        }
+        Err(e) => return Err(e),
+    };
+    d.t0 = Instant::now();
+    d.port = server.port;
+    d.acceptor = server.acceptor;
+    (d.on_event)(Event::Started { scenario, isolation, note: d.note.as_deref(), port: d.port });
+    let mut probe = Probe::open(d.port, d.acceptor)?;
     let (first, _) = probe.sample(0, Phase::Listen)?;
-    let fds_baseline = first.acceptor_fds;
-    tl.push(first);
+    d.fds_baseline = first.acceptor_fds;
+    d.push(first);
 
     let (tx, mut rx) = unbounded_channel();
     let mut sampler = Sampler::spawn(
-        Probe::open(port, server.acceptor)?,
+        Probe::open(d.port, d.acceptor)?,
         scenario.sample_interval,
-        tl.t0,
-        tl.phase.clone(),
+        d.t0,
+        d.phase.clone(),
         tx,
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io("start the client runtime"))?;
-    let target = SocketAddr::new(addr, port);
-    let mut timed_out = None;
-    let outcome = rt.block_on(async {
-        let tokio_deadline = tokio::time::Instant::from_std(deadline);
-        tl.enter(Phase::Connect);
-        let connect = tl.sampling(&mut rx, clients::connect_all(target, &scenario.clients));
-        let Ok((streams, mut outcome)) = tokio::time::timeout_at(tokio_deadline, connect).await
-        else {
-            timed_out = Some(Phase::Connect);
-            return ClientOutcome::default();
+    let target = SocketAddr::new(addr, d.port);
+    rt.block_on(async {
+        let wake = match signals::wake() {
+            Some(fd) => Some(watch(fd.try_clone_to_owned().map_err(io("watch for signals"))?)?),
+            None => None,
         };
-        tl.enter(Phase::Close);
-        outcome.completed = clients::close_all(streams, scenario.clients.close);
-        tl.enter(Phase::Hold);
-        let hold_end = (tokio::time::Instant::now() + scenario.hold).min(tokio_deadline);
-        tl.sampling(&mut rx, tokio::time::sleep_until(hold_end)).await;
-        outcome
-    });
+        let wake = wake.as_ref();
+        let deadline = tokio::time::Instant::from_std(deadline);
+        d.enter(Phase::Connect);
+        let connect = clients::connect_all(target, &scenario.clients);
+        let (streams, outcome) = match d.guard(&mut rx, wake, deadline, connect).await {
+            Ok(v) => v,
+            Err(stop) => {
+                d.stopped(stop);
+                return Ok(());
+            }
+        };
+        d.outcome = outcome;
+        d.enter(Phase::Close);
+        d.outcome.completed = clients::close_all(streams, scenario.clients.close);
+        d.enter(Phase::Hold);
+        let hold = tokio::time::sleep(scenario.hold);
+        if let Err(stop) = d.guard(&mut rx, wake, deadline, hold).await {
+            d.stopped(stop);
+        }
+        Ok::<(), RunError>(())
+    })?;
     sampler.stop()?;
     while let Ok(s) = rx.try_recv() {
-        tl.push(s);
+        d.push(s);
     }
-    tl.enter(Phase::End);
-    let (last, records) = probe.sample(tl.now_ms(), Phase::End)?;
-    let fds_end = last.acceptor_fds;
-    let final_counts = last.counts();
-    tl.push(last);
-    let holders = stuck::find(&records, port, server.acceptor);
-    let acceptor = server.acceptor;
+    if let Some(sig) = signals::received() {
+        d.stopped(Stop::Interrupted(sig));
+    }
+    d.enter(Phase::End);
+    let (last, records) = probe.sample(d.now_ms(), Phase::End)?;
+    d.fds_end = last.acceptor_fds;
+    d.push(last);
+    d.holders = stuck::find(&records, d.port, d.acceptor);
     server.stop();
+    Ok(finish(d, scenario, timeout))
+}
 
-    let hold_from_ms =
-        tl.marks.iter().find(|m| m.phase == Phase::Hold).map_or(u64::MAX, |m| m.t_ms);
+/// Registers the wake pipe with the runtime.
+fn watch(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, RunError> {
+    // SAFETY: the AsyncFd owns `fd`, which stays open and the same until it is dropped.
+    unsafe { AsyncFd::register(fd) }
+        .map_err(|e| io("watch for signals")(std::io::Error::other(e.to_string())))
+}
+
+/// Refuses a client count the descriptor limit cannot hold, after raising the soft limit to the
+/// hard one where that is enough. The runner holds every client's socket at once, and the
+/// acceptor (which inherits the limit) may hold one per connection.
+fn descriptors(scenario: &Scenario) -> Result<(), RunError> {
+    let need = u64::from(scenario.clients.count) + 64;
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_err(|e| io("read RLIMIT_NOFILE")(e.into()))?;
+    if need <= soft {
+        return Ok(());
+    }
+    if need <= hard {
+        return nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard,
+            hard,
+        )
+        .map_err(|e| io("raise RLIMIT_NOFILE to its hard limit")(e.into()));
+    }
+    let (line, col) = scenario.clients.count_position;
+    Err(RunError::BadInput(format!(
+        "{}:{line}:{col}: {} clients need about {need} descriptors, but RLIMIT_NOFILE allows {hard} (soft {soft}, hard {hard})",
+        scenario.file.display(),
+        scenario.clients.count,
+    )))
+}
+
+fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
+    let hold_from_ms = d.marks.iter().find(|m| m.phase == Phase::Hold).map_or(u64::MAX, |m| m.t_ms);
     let evidence = Evidence {
-        samples: &tl.samples,
+        samples: &d.samples,
         hold_from_ms,
-        fds_baseline,
-        holders: &holders,
+        fds_baseline: d.fds_baseline,
+        holders: &d.holders,
         clients: scenario.clients.count,
     };
     let expectations: Vec<_> =
         scenario.expectations.iter().map(|e| evaluate(e, &evidence)).collect();
-    let error = timed_out.map(|p| {
-        format!(
-            "timeout: the {p} phase did not finish within the run's {}",
-            cwlab_model::duration::format(timeout)
-        )
+    let error = d.stop.map(|(why, phase)| match why {
+        Stop::Interrupted(sig) => {
+            format!("interrupted by {} in the {phase} phase", signals::name(sig))
+        }
+        Stop::Timeout => {
+            format!(
+                "timeout: the {phase} phase did not finish within the run's {}",
+                duration::format(timeout)
+            )
+        }
     });
     let verdict = if error.is_some() {
         Verdict::Error
@@ -196,7 +307,7 @@ pub fn run(
     } else {
         Verdict::Fail
     };
-    Ok(Report {
+    Report {
         schema_version: SCHEMA_VERSION,
         scenario: ScenarioRef {
             name: scenario.name.clone(),
@@ -204,20 +315,21 @@ pub fn run(
             behaviour: scenario.behaviour.name().to_string(),
             story: scenario.story.clone(),
         },
-        isolation,
-        isolation_note: note,
-        port,
+        isolation: d.isolation,
+        isolation_note: d.note,
+        port: d.port,
         clients: scenario.clients.count,
-        acceptor: Acceptor { pid: acceptor, fds_baseline, fds_end },
-        phases: tl.marks,
-        samples: tl.samples,
-        final_counts,
-        holders,
-        client_outcome: outcome,
+        acceptor: Acceptor { pid: d.acceptor, fds_baseline: d.fds_baseline, fds_end: d.fds_end },
+        phases: d.marks,
+        final_counts: d.samples.last().map(Sample::counts).unwrap_or_default(),
+        samples: d.samples,
+        holders: d.holders,
+        client_outcome: d.outcome,
         expectations,
         verdict,
         error,
-        interrupted: false,
-        duration_ms: started.elapsed().as_millis() as u64,
-    })
+        interrupted: matches!(d.stop, Some((Stop::Interrupted(_), _))),
+        stopped_in: d.stop.map(|(_, p)| p),
+        duration_ms: d.started.elapsed().as_millis() as u64,
+    }
 }

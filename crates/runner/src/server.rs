@@ -84,6 +84,7 @@ impl Server {
             });
         }
         let mut child = cmd.spawn().map_err(io(format!("start {} serve", l.exe.display())))?;
+        crate::signals::guard_group(child.id() as i32);
         let mut lines = LineReader { out: child.stdout.take().expect("piped"), buf: Vec::new() };
         let lifeline = child.stdin.take();
         let mut server = Server {
@@ -94,15 +95,18 @@ impl Server {
             port: 0,
             stats: Arc::default(),
         };
-        loop {
+        // With a PID namespace, the supervisor's `acceptor PID` and the acceptor's own
+        // `listening PORT` race each other to the pipe: wait for both.
+        let mut acceptor_known = !l.pid_namespace;
+        while server.port == 0 || !acceptor_known {
             let Some(line) = lines.next_line(l.deadline)? else {
                 return Err(server.failed_to_start());
             };
             if let Some(pid) = line.strip_prefix("acceptor ") {
                 server.acceptor = pid.trim().parse().unwrap_or(server.acceptor);
+                acceptor_known = true;
             } else if let Some(port) = line.strip_prefix("listening ") {
                 server.port = port.trim().parse().unwrap_or(0);
-                break;
             }
         }
         let stats = server.stats.clone();
@@ -113,6 +117,7 @@ impl Server {
     fn failed_to_start(&mut self) -> RunError {
         let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
         let status = self.child.wait().ok();
+        crate::signals::guard_group(0);
         let mut err = String::new();
         if let Some(mut e) = self.child.stderr.take() {
             let _ = e.read_to_string(&mut err);
@@ -133,6 +138,7 @@ impl Server {
         let _ = kill(group, Signal::SIGKILL);
         let _ = kill(Pid::from_raw(self.acceptor as i32), Signal::SIGKILL);
         let _ = self.child.wait();
+        crate::signals::guard_group(0);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -185,6 +191,9 @@ impl LineReader {
             let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
             let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
                 .unwrap_or(PollTimeout::MAX);
+            if let Some(sig) = crate::signals::received() {
+                return Err(RunError::Interrupted(sig));
+            }
             match poll(&mut fds, ms) {
                 Ok(0) | Err(nix::Error::EINTR) => continue,
                 Ok(_) => {}

@@ -1,0 +1,108 @@
+//! SIGINT and SIGTERM: the first one asks the run to stop, tear down and write its report, marked
+//! interrupted; a second one kills the server's process group and exits at once.
+//!
+//! The handler only touches atomics and calls async-signal-safe functions (write, kill, unlink,
+//! _exit). The run notices the first signal through a wake pipe it polls, or at its next check.
+//!
+//! # References
+//! signal-safety(7), sigaction(2), pipe2(2).
+
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::OnceLock;
+
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+static GROUP: AtomicI32 = AtomicI32::new(0);
+static WAKE: AtomicI32 = AtomicI32::new(-1);
+static TEMPORARY: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    if RECEIVED.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        // SAFETY: kill(2), unlink(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            let group = GROUP.load(Ordering::SeqCst);
+            if group > 0 {
+                libc::kill(-group, libc::SIGKILL);
+            }
+            let tmp = TEMPORARY.load(Ordering::SeqCst);
+            if !tmp.is_null() {
+                libc::unlink(tmp);
+            }
+            libc::_exit(128 + sig);
+        }
+    }
+    let fd = WAKE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; a full pipe already holds a wake-up.
+        unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
+    }
+}
+
+static WAKE_READ: OnceLock<OwnedFd> = OnceLock::new();
+
+/// The read end of the wake pipe, once [`install`] has run: it becomes readable when the first
+/// signal arrives.
+pub fn wake() -> Option<BorrowedFd<'static>> {
+    WAKE_READ.get().map(|fd| fd.as_fd())
+}
+
+/// Installs the handlers for SIGINT and SIGTERM. Once per process; later calls do nothing.
+pub fn install() -> std::io::Result<()> {
+    if WAKE_READ.get().is_some() {
+        return Ok(());
+    }
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors that nothing else owns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The write end lives as long as the process: the handler may write to it at any time.
+    WAKE.store(fds[1], Ordering::SeqCst);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with our handler and no SA_RESTART, so blocking calls return
+        // EINTR and the run can look at what arrived.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: fds[0] is ours alone.
+    let _ = WAKE_READ.set(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    Ok(())
+}
+
+/// The first signal received, if any: `SIGINT` (2) or `SIGTERM` (15).
+pub fn received() -> Option<i32> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
+
+/// The signal's name.
+pub fn name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+/// The process group a second signal kills (0: none).
+pub fn guard_group(pgid: i32) {
+    GROUP.store(pgid, Ordering::SeqCst);
+}
+
+/// The temporary file a second signal removes while a report is being written.
+pub fn guard_temporary(path: Option<&std::ffi::CStr>) {
+    let p = path.map_or(std::ptr::null_mut(), |p| p.to_owned().into_raw());
+    let old = TEMPORARY.swap(p, Ordering::SeqCst);
+    if !old.is_null() {
+        // SAFETY: `old` came from CString::into_raw above.
+        drop(unsafe { std::ffi::CString::from_raw(old) });
+    }
+}
