@@ -4,7 +4,7 @@ CARGO ?= cargo
 CWLAB := target/release/cwlab
 SCENARIOS := $(sort $(basename $(notdir $(wildcard scenarios/*.toml))))
 
-.PHONY: help build fmt fmt-check lint test doc bench scenarios list clean $(addprefix scenario-,$(SCENARIOS))
+.PHONY: help build fmt fmt-check lint test doc bench soak scenarios list clean $(addprefix scenario-,$(SCENARIOS))
 
 help:
 	@echo "make scenario-leak       the leak: CLOSE-WAIT piles up, held by the acceptor"
@@ -12,6 +12,7 @@ help:
 	@echo "make scenario-NAME       any scenario in scenarios/ ($(SCENARIOS))"
 	@echo "make scenarios           every scenario; fails if any fails"
 	@echo "make test                unit and end-to-end tests (root: private network namespaces)"
+	@echo "make soak                every scenario 50x, 8 at once, 50x with both cores busy"
 	@echo "make fmt | lint | doc | bench | list"
 
 build:
@@ -46,6 +47,10 @@ doc:
 
 bench: build
 	$(CARGO) bench -p cwlab --bench sockets
+
+# Every scenario 50 times in a row, 8 at once, then 50 in a row with both cores busy (about 7 min).
+soak: build
+	scripts/soak.sh
 
 clean:
 	$(CARGO) clean
