@@ -29,6 +29,9 @@ enum Command {
     /// Run a forking server (the runner starts this; it never starts a thread).
     #[command(hide = true)]
     Serve(crate::serve::Args),
+    /// Hold inherited descriptors until stdin closes (a handler starts this).
+    #[command(hide = true)]
+    Helper,
 }
 
 /// An error on its way to the terminal, with the exit code it means.
@@ -50,6 +53,7 @@ pub fn main() -> i32 {
         Command::Run(a) => crate::run::main(&a),
         Command::List { dir } => crate::list::main(&dir),
         Command::Serve(a) => crate::serve::main(&a),
+        Command::Helper => Ok(cwlab_servers::helper()),
     };
     match result {
         Ok(code) => code,

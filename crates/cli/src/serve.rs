@@ -8,7 +8,7 @@ use crate::app::Failure;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// How connections end: close-only, shutdown-close, parent-closes.
+    /// How connections end (see docs/scenarios.md).
     #[arg(long, value_parser = parse_behaviour)]
     behaviour: Behaviour,
     /// The address to listen on.
@@ -23,6 +23,15 @@ pub struct Args {
     /// Make the acceptor the init of a new PID namespace.
     #[arg(long)]
     pid_namespace: bool,
+    /// RLIMIT_NOFILE for the acceptor.
+    #[arg(long)]
+    nofile: Option<u64>,
+    /// SO_RCVBUF on the listener.
+    #[arg(long)]
+    rcvbuf: Option<u32>,
+    /// SO_SNDBUF on the listener.
+    #[arg(long)]
+    sndbuf: Option<u32>,
 }
 
 fn parse_behaviour(s: &str) -> Result<Behaviour, String> {
@@ -36,6 +45,9 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         port: a.port,
         backlog: a.backlog,
         pid_namespace: a.pid_namespace,
+        nofile: a.nofile,
+        rcvbuf: a.rcvbuf,
+        sndbuf: a.sndbuf,
     };
     cwlab_servers::serve(&cfg).map_err(Failure::bad_input)
 }

@@ -37,6 +37,7 @@ pub fn render(r: &Report, report_path: &Path) -> String {
     counts(&mut s, r);
     holders(&mut s, &r.holders);
     fds(&mut s, r);
+    outcomes(&mut s, r);
     expectations(&mut s, r, report_path);
     s
 }
@@ -125,24 +126,75 @@ fn fds(s: &mut String, r: &Report) {
         "\n  acceptor (pid {}) fds: {before} before the clients, {after} at the end ({grew:+})",
         r.acceptor.pid
     );
+    let _ = writeln!(s, "  → {}", reading(r, before, grew));
+}
+
+/// One sentence that says what the numbers mean.
+fn reading(r: &Report, before: u32, grew: i64) -> String {
     let close_wait = r.final_counts.get(Side::Server, TcpState::CloseWait);
-    let reading = if close_wait > 0 {
-        let held = r
+    let held = |role: Role| {
+        let mut v: Vec<(u64, &str)> = r
             .holders
             .iter()
-            .filter(|h| h.state == TcpState::CloseWait && h.role == Role::Acceptor)
-            .count();
-        if held > 0 {
-            format!("the acceptor holds {held} connections the clients have closed: the last reference never went, so no FIN was sent")
-        } else {
-            format!("{close_wait} server sockets wait in CLOSE-WAIT: the peer closed, this side never sent its FIN")
-        }
-    } else if grew > 0 {
-        format!("the symptom is gone, the fd leak is not: the acceptor holds {grew} more descriptors than before the clients came")
-    } else {
-        format!("clean: no socket waits in CLOSE-WAIT and the acceptor is back to its {before} descriptors")
+            .filter(|h| h.state == TcpState::CloseWait && h.side == Side::Server && h.role == role)
+            .map(|h| (h.inode, h.remote.as_str()))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v.len()
     };
-    let _ = writeln!(s, "  → {reading}");
+    if close_wait == 0 {
+        return if grew > 0 {
+            format!("the symptom is gone, the fd leak is not: the acceptor holds {grew} more descriptors than before the clients came")
+        } else {
+            format!("no socket waits in CLOSE-WAIT and the acceptor is back to its {before} descriptors")
+        };
+    }
+    let (acceptor, helper, worker, nobody) =
+        (held(Role::Acceptor), held(Role::Helper), held(Role::Worker), held(Role::Nobody));
+    if acceptor > 0 {
+        format!("the acceptor holds {acceptor} connections the clients have closed: the last reference never went, so no FIN was sent")
+    } else if helper > 0 {
+        format!("{helper} closed connections are held by helper processes that inherited them across exec: the acceptor is clean, the leak is in the children")
+    } else if worker > 0 {
+        format!("{worker} closed connections are held by workers forked while they were open: fork without exec copies every descriptor")
+    } else if nobody > 0 {
+        format!(
+            "{nobody} CLOSE-WAIT sockets are held by no process and {} were accepted: they wait in the listen queue. A busy server, not a leak",
+            r.server.accepted
+        )
+    } else {
+        format!("{close_wait} server sockets wait in CLOSE-WAIT: the peer closed, this side never sent its FIN")
+    }
+}
+
+fn outcomes(s: &mut String, r: &Report) {
+    let o = &r.server;
+    if o.accept_errors > 0 {
+        let errno = o.accept_errno.map_or("?".to_string(), errno_name);
+        let _ = writeln!(
+            s,
+            "  acceptor: {} connections accepted, {} accept() calls failed ({errno})",
+            o.accepted, o.accept_errors
+        );
+    }
+    if r.client_outcome.hung > 0 {
+        let _ = writeln!(
+            s,
+            "  clients: {} of {} waited for a reply or an EOF that never came",
+            r.client_outcome.hung, r.clients
+        );
+    }
+}
+
+fn errno_name(e: i32) -> String {
+    match e {
+        24 => "EMFILE: the acceptor is out of descriptors".into(),
+        23 => "ENFILE: the system is out of descriptors".into(),
+        12 => "ENOMEM".into(),
+        105 => "ENOBUFS".into(),
+        n => format!("errno {n}"),
+    }
 }
 
 fn expectations(s: &mut String, r: &Report, path: &Path) {

@@ -6,6 +6,9 @@
 //!              | SIDE STATE "held by" ROLE   e.g. `server CLOSE-WAIT held by acceptor` (end only)
 //!              | "acceptor fds"              the acceptor's open descriptors
 //!              | "acceptor fds growth"       the same, less its count before any client
+//!              | "hung clients"              clients whose reply or EOF never came (end only)
+//!              | "accepted"                  connections the acceptor accepted (end only)
+//!              | "accept errors"             accept() calls that failed (end only)
 //! OP          := == | != | < | <= | > | >=
 //! rhs         := a whole number | "clients"
 //! window      := "within" DURATION           true at some sample in the hold, no later than D
@@ -19,7 +22,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::duration;
-use crate::report::{ExpectationResult, Holder, Role, Sample, Side};
+use crate::report::{ClientOutcome, ExpectationResult, Holder, Role, Sample, ServerOutcome, Side};
 use crate::state::TcpState;
 
 /// What an expectation measures.
@@ -33,12 +36,24 @@ pub enum Quantity {
     AcceptorFds,
     /// The acceptor's open descriptors less its count before any client.
     AcceptorFdsGrowth,
+    /// Clients that waited for a reply or an EOF that never came (known at the end only).
+    HungClients,
+    /// Connections the acceptor accepted (known at the end only).
+    Accepted,
+    /// accept() calls that failed (known at the end only).
+    AcceptErrors,
 }
 
 impl Quantity {
     /// True when the quantity is only known at the end of a run.
     pub fn end_only(self) -> bool {
-        matches!(self, Quantity::HeldBy(..))
+        matches!(
+            self,
+            Quantity::HeldBy(..)
+                | Quantity::HungClients
+                | Quantity::Accepted
+                | Quantity::AcceptErrors
+        )
     }
 }
 
@@ -222,7 +237,9 @@ impl Expectation {
         if quantity.end_only() && window != Window::End {
             return Err(ParseError {
                 offset: toks.items[toks.next - 2].0,
-                message: "holders are known only at the end of a run: drop `within`/`for`".into(),
+                message: format!(
+                    "{quantity} is known only at the end of a run: drop `within`/`for`"
+                ),
             });
         }
         if let Some((at, t)) = toks.peek() {
@@ -243,6 +260,15 @@ fn parse_quantity(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseError>
         "acceptor" => {
             toks.keyword("fds")?;
             return parse_fds_suffix(toks);
+        }
+        "hung" => {
+            toks.keyword("clients")?;
+            return Ok((Quantity::HungClients, false));
+        }
+        "accepted" => return Ok((Quantity::Accepted, false)),
+        "accept" => {
+            toks.keyword("errors")?;
+            return Ok((Quantity::AcceptErrors, false));
         }
         _ => {
             return Err(ParseError {
@@ -319,6 +345,9 @@ impl fmt::Display for Quantity {
             Quantity::HeldBy(side, state, role) => write!(f, "{side} {state} held by {role}"),
             Quantity::AcceptorFds => f.write_str("acceptor fds"),
             Quantity::AcceptorFdsGrowth => f.write_str("acceptor fds growth"),
+            Quantity::HungClients => f.write_str("hung clients"),
+            Quantity::Accepted => f.write_str("accepted"),
+            Quantity::AcceptErrors => f.write_str("accept errors"),
         }
     }
 }
@@ -335,6 +364,10 @@ pub struct Evidence<'a> {
     pub holders: &'a [Holder],
     /// The scenario's client count.
     pub clients: u32,
+    /// What the clients saw.
+    pub client_outcome: &'a ClientOutcome,
+    /// What the acceptor reported.
+    pub server: &'a ServerOutcome,
 }
 
 impl Evidence<'_> {
@@ -345,6 +378,9 @@ impl Evidence<'_> {
             Quantity::AcceptorFdsGrowth => {
                 Some(i64::from(s.acceptor_fds?) - i64::from(self.fds_baseline?))
             }
+            Quantity::HungClients => Some(i64::from(self.client_outcome.hung)),
+            Quantity::Accepted => Some(self.server.accepted as i64),
+            Quantity::AcceptErrors => Some(self.server.accept_errors as i64),
             Quantity::HeldBy(side, state, role) => {
                 let mut sockets: Vec<(u64, &str, &str)> = self
                     .holders
@@ -517,7 +553,18 @@ mod tests {
         assert_eq!(e.offset, 26);
         assert!(e.message.starts_with("unknown role `landlord`"));
         let e = err("server CLOSE-WAIT held by acceptor == 1 for 1s");
-        assert!(e.message.starts_with("holders are known only at the end"), "{}", e.message);
+        assert!(
+            e.message.starts_with("server CLOSE-WAIT held by acceptor is known only at the end"),
+            "{}",
+            e.message
+        );
+        let e = parse("hung clients == 3");
+        assert_eq!((e.quantity, e.rhs), (Quantity::HungClients, Rhs::Number(3)));
+        let e = parse("accept errors >= 1");
+        assert_eq!((e.quantity, e.cmp), (Quantity::AcceptErrors, Cmp::Ge));
+        assert_eq!(parse("accepted == clients").quantity, Quantity::Accepted);
+        let e = err("accepted == 60 within 1s");
+        assert!(e.message.starts_with("accepted is known only at the end"), "{}", e.message);
         let e = err("acceptor sockets == 1");
         assert_eq!((e.offset, e.message.as_str()), (9, "expected `fds`, found `sockets`"));
     }
@@ -542,12 +589,15 @@ mod tests {
     }
 
     fn eval(text: &str, samples: &[Sample]) -> ExpectationResult {
+        let (c, s) = (ClientOutcome::default(), ServerOutcome::default());
         let ev = Evidence {
             samples,
             hold_from_ms: 100,
             fds_baseline: Some(4),
             holders: &[],
             clients: 10,
+            client_outcome: &c,
+            server: &s,
         };
         evaluate(&parse(text), &ev)
     }
@@ -613,13 +663,18 @@ mod tests {
             h(2, Some(10), Role::Acceptor),
             h(3, None, Role::Nobody),
         ];
+        let (c, s) =
+            (ClientOutcome::default(), ServerOutcome { accepted: 7, ..Default::default() });
         let ev = Evidence {
             samples: &t,
             hold_from_ms: 100,
             fds_baseline: Some(4),
             holders: &holders,
             clients: 10,
+            client_outcome: &c,
+            server: &s,
         };
+        assert!(evaluate(&parse("accepted == 7"), &ev).passed);
         let r = evaluate(&parse("server CLOSE-WAIT held by acceptor == 2"), &ev);
         assert!(r.passed, "{r:?}");
         let r = evaluate(&parse("server CLOSE-WAIT held by nobody == 1"), &ev);

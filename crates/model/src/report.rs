@@ -17,7 +17,8 @@
 //!   "holders": [{"side": "server", "state": "CLOSE-WAIT", "local": "127.0.0.1:40123",
 //!                "remote": "127.0.0.1:51234", "inode": 81234, "pid": 4711, "fd": 5,
 //!                "role": "acceptor", "comm": "cwlab"}, …],
-//!   "client_outcome": {"completed": 100, "failed": 0, "first_error": null},
+//!   "client_outcome": {"completed": 100, "failed": 0, "hung": 0, "first_error": null},
+//!   "server": {"accepted": 100, "accept_errors": 0, "accept_errno": null},
 //!   "expectations": [{"text": "server CLOSE-WAIT == clients for 1s", "passed": true,
 //!                     "observed": 100, "detail": "held 100 for 1.45s"}, …],
 //!   "verdict": "pass" | "fail" | "error",
@@ -76,6 +77,8 @@ pub struct Report {
     pub holders: Vec<Holder>,
     /// What the clients saw.
     pub client_outcome: ClientOutcome,
+    /// What the acceptor reported.
+    pub server: ServerOutcome,
     /// Each expectation with what was observed.
     pub expectations: Vec<ExpectationResult>,
     /// The verdict.
@@ -260,8 +263,10 @@ pub enum Role {
     Acceptor,
     /// A child the acceptor forked for one connection.
     Handler,
-    /// Any other descendant of the acceptor: a helper a handler started.
+    /// Any other descendant of the acceptor: a helper a handler started by fork and exec.
     Helper,
+    /// A long-lived fork of the acceptor that did not exec (the fork-worker behaviour).
+    Worker,
     /// The runner's own client driver.
     Client,
     /// No process holds the socket.
@@ -277,6 +282,7 @@ impl Role {
             Role::Acceptor => "acceptor",
             Role::Handler => "handler",
             Role::Helper => "helper",
+            Role::Worker => "worker",
             Role::Client => "client",
             Role::Nobody => "nobody",
             Role::Other => "other",
@@ -284,8 +290,15 @@ impl Role {
     }
 
     /// Every role, for error messages and parsing.
-    pub const ALL: [Role; 6] =
-        [Role::Acceptor, Role::Handler, Role::Helper, Role::Client, Role::Nobody, Role::Other];
+    pub const ALL: [Role; 7] = [
+        Role::Acceptor,
+        Role::Handler,
+        Role::Helper,
+        Role::Worker,
+        Role::Client,
+        Role::Nobody,
+        Role::Other,
+    ];
 }
 
 impl fmt::Display for Role {
@@ -326,8 +339,22 @@ pub struct ClientOutcome {
     pub completed: u32,
     /// Clients that hit an error.
     pub failed: u32,
+    /// Clients that waited for a reply or an EOF that never came, until `reply_timeout`.
+    pub hung: u32,
     /// The first error a client hit.
     pub first_error: Option<String>,
+}
+
+/// What the acceptor reported over its event pipe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOutcome {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// accept() calls that failed.
+    pub accept_errors: u64,
+    /// errno of the last failed accept(), if any (24 is EMFILE).
+    pub accept_errno: Option<i32>,
 }
 
 /// One expectation and what was observed.

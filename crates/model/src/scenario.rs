@@ -18,7 +18,7 @@
 //! count = 100
 //! concurrency = 100             # connections in flight at once (default: count)
 //! request_bytes = 64            # bytes each client sends; the server echoes them
-//! read_reply = true             # read the echo before closing
+//! read = "reply"                # reply, none, until-eof: see ClientRead
 //! close = "close"               # how clients end: see ClientClose
 //!
 //! [run]
@@ -49,12 +49,54 @@ pub enum Behaviour {
     ShutdownClose,
     /// The real fix: the acceptor closes its copy right after fork; the child close()s.
     ParentCloses,
+    /// The handler starts a long-lived helper by fork+exec with CLOEXEC cleared on the
+    /// connection, then echoes and close()s; the acceptor closes its copy. The helper keeps the
+    /// socket: CLOSE-WAIT, held by helpers.
+    ExecInherit,
+    /// As `exec-inherit`, but the connection keeps CLOEXEC: the helper inherits nothing.
+    ExecCloexec,
+    /// The acceptor serves every connection itself (no handler) and forks a long-lived worker per
+    /// connection; each worker inherits every connection open at that moment, so closed
+    /// connections stay CLOSE-WAIT while any worker lives.
+    ForkWorker,
+    /// The acceptor listens and never accepts: the look-alike of a leak (a busy server).
+    NoAccept,
+    /// The handler reads the request, replies and close()s first; the acceptor keeps its copy,
+    /// so no FIN reaches the client.
+    ReplyClose,
+    /// The handler reads the request, replies, shutdown()s and close()s first; the acceptor keeps
+    /// its copy, but the FIN goes out.
+    ReplyShutdown,
+    /// The handler reads the request, replies and close()s first; the acceptor closes its copy:
+    /// the server closes first, cleanly.
+    ServerFirst,
+    /// The handler never reads; the acceptor closes its copy.
+    NoRead,
+    /// The handler reads to EOF, then writes until the window is zero, then close()s; the
+    /// acceptor closes its copy. The FIN waits behind the unsent data.
+    FillClose,
+    /// The handler writes until the window is zero and shutdown(SHUT_WR)s (its FIN waits behind
+    /// the data), then, once the runner releases it (SIGUSR1), reads to EOF.
+    Simultaneous,
 }
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 3] =
-        [Behaviour::CloseOnly, Behaviour::ShutdownClose, Behaviour::ParentCloses];
+    pub const ALL: [Behaviour; 13] = [
+        Behaviour::CloseOnly,
+        Behaviour::ShutdownClose,
+        Behaviour::ParentCloses,
+        Behaviour::ExecInherit,
+        Behaviour::ExecCloexec,
+        Behaviour::ForkWorker,
+        Behaviour::NoAccept,
+        Behaviour::ReplyClose,
+        Behaviour::ReplyShutdown,
+        Behaviour::ServerFirst,
+        Behaviour::NoRead,
+        Behaviour::FillClose,
+        Behaviour::Simultaneous,
+    ];
 
     /// The name scenario files use.
     pub fn name(self) -> &'static str {
@@ -62,12 +104,38 @@ impl Behaviour {
             Behaviour::CloseOnly => "close-only",
             Behaviour::ShutdownClose => "shutdown-close",
             Behaviour::ParentCloses => "parent-closes",
+            Behaviour::ExecInherit => "exec-inherit",
+            Behaviour::ExecCloexec => "exec-cloexec",
+            Behaviour::ForkWorker => "fork-worker",
+            Behaviour::NoAccept => "no-accept",
+            Behaviour::ReplyClose => "reply-close",
+            Behaviour::ReplyShutdown => "reply-shutdown",
+            Behaviour::ServerFirst => "server-first",
+            Behaviour::NoRead => "no-read",
+            Behaviour::FillClose => "fill-close",
+            Behaviour::Simultaneous => "simultaneous",
         }
     }
 
     /// Parses a scenario file's name for a behaviour.
     pub fn parse(s: &str) -> Option<Behaviour> {
         Behaviour::ALL.iter().copied().find(|b| b.name() == s)
+    }
+
+    /// Whether the acceptor keeps its copy of each accepted socket.
+    pub fn acceptor_keeps(self) -> bool {
+        matches!(
+            self,
+            Behaviour::CloseOnly
+                | Behaviour::ShutdownClose
+                | Behaviour::ReplyClose
+                | Behaviour::ReplyShutdown
+        )
+    }
+
+    /// Whether the handlers wait for the runner's release (SIGUSR1) at the start of the hold.
+    pub fn needs_release(self) -> bool {
+        matches!(self, Behaviour::Simultaneous)
     }
 
     fn choices() -> String {
@@ -81,20 +149,66 @@ impl fmt::Display for Behaviour {
     }
 }
 
+/// What a client reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRead {
+    /// The echo of its request (`request_bytes`).
+    Reply,
+    /// Nothing.
+    None,
+    /// Until the server's FIN: a client the FIN never reaches hangs until `reply_timeout`.
+    UntilEof,
+}
+
 /// How each client ends its connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientClose {
     /// close(): the FIN goes out, the socket is orphaned.
     Close,
+    /// shutdown(SHUT_WR): the FIN goes out, the client keeps its socket (and reads) until the end
+    /// of the run.
+    ShutdownWrite,
+    /// Write until the send buffer is full (the peer does not read), then close(): the FIN waits
+    /// behind the data.
+    FillThenClose,
+    /// Write until the send buffer is full, then shutdown(SHUT_WR), keeping the socket.
+    FillThenShutdown,
 }
 
 impl ClientClose {
+    /// Every way, for parsing.
+    pub const ALL: [ClientClose; 4] = [
+        ClientClose::Close,
+        ClientClose::ShutdownWrite,
+        ClientClose::FillThenClose,
+        ClientClose::FillThenShutdown,
+    ];
+
     /// The name scenario files use.
     pub fn name(self) -> &'static str {
         match self {
             ClientClose::Close => "close",
+            ClientClose::ShutdownWrite => "shutdown-write",
+            ClientClose::FillThenClose => "fill-then-close",
+            ClientClose::FillThenShutdown => "fill-then-shutdown",
         }
     }
+
+    /// Whether the client keeps its socket open until the end of the run.
+    pub fn keeps_socket(self) -> bool {
+        matches!(self, ClientClose::ShutdownWrite | ClientClose::FillThenShutdown)
+    }
+}
+
+/// The server's settings beyond its behaviour.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServerLimits {
+    /// RLIMIT_NOFILE for the acceptor, if the scenario sets one.
+    pub nofile: Option<u64>,
+    /// SO_RCVBUF on the listener (accepted sockets inherit it), if set.
+    pub rcvbuf: Option<u32>,
+    /// SO_SNDBUF on the listener, if set.
+    pub sndbuf: Option<u32>,
 }
 
 /// What the clients do.
@@ -108,10 +222,16 @@ pub struct Clients {
     pub concurrency: u32,
     /// Bytes each client sends; the server echoes them.
     pub request_bytes: u32,
-    /// Whether a client reads the whole echo before it closes.
-    pub read_reply: bool,
+    /// What a client reads before it closes.
+    pub read: ClientRead,
+    /// How long a client waits for what it reads; past it, the client counts as hung.
+    pub reply_timeout: Option<Duration>,
     /// How a client ends its connection.
     pub close: ClientClose,
+    /// SO_SNDBUF for each client socket, if set.
+    pub sndbuf: Option<u32>,
+    /// SO_RCVBUF for each client socket, if set.
+    pub rcvbuf: Option<u32>,
 }
 
 /// A scenario, read and checked.
@@ -127,6 +247,8 @@ pub struct Scenario {
     pub behaviour: Behaviour,
     /// The port to listen on; 0 picks a free one.
     pub port: u16,
+    /// The acceptor's descriptor limit and socket buffers.
+    pub server: ServerLimits,
     /// What the clients do.
     pub clients: Clients,
     /// How often the socket table is sampled.
@@ -189,6 +311,9 @@ struct RawServer {
     behaviour: Spanned<String>,
     #[serde(default)]
     port: u16,
+    nofile: Option<Spanned<u64>>,
+    rcvbuf: Option<u32>,
+    sndbuf: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -198,9 +323,11 @@ struct RawClients {
     concurrency: Option<Spanned<u32>>,
     #[serde(default = "default_request_bytes")]
     request_bytes: u32,
-    #[serde(default = "default_true")]
-    read_reply: bool,
+    read: Option<Spanned<String>>,
+    reply_timeout: Option<Spanned<String>>,
     close: Option<Spanned<String>>,
+    sndbuf: Option<u32>,
+    rcvbuf: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -213,10 +340,6 @@ struct RawRun {
 
 fn default_request_bytes() -> u32 {
     64
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// The defaults of the `[run]` table.
@@ -293,6 +416,16 @@ impl Scenario {
             )
         })?;
         let clients = clients(&src, &raw.clients)?;
+        if let Some(n) = raw.server.nofile.as_ref().filter(|n| *n.get_ref() < 8) {
+            return Err(
+                src.at(n.span(), format!("expected a nofile of at least 8, found {}", n.get_ref()))
+            );
+        }
+        let server = ServerLimits {
+            nofile: raw.server.nofile.as_ref().map(|n| *n.get_ref()),
+            rcvbuf: raw.server.rcvbuf,
+            sndbuf: raw.server.sndbuf,
+        };
         let sample_interval = src.duration(&raw.run.sample_interval, DEFAULT_SAMPLE_INTERVAL)?;
         let hold = src.duration(&raw.run.hold, DEFAULT_HOLD)?;
         let timeout = src.duration(&raw.run.timeout, DEFAULT_TIMEOUT)?;
@@ -307,6 +440,7 @@ impl Scenario {
             story: raw.story.trim().to_string(),
             behaviour,
             port: raw.server.port,
+            server,
             clients,
             sample_interval,
             hold,
@@ -330,23 +464,41 @@ fn clients(src: &Source<'_>, raw: &RawClients) -> Result<Clients, ScenarioError>
     };
     let close = match &raw.close {
         None => ClientClose::Close,
-        Some(c) => match c.get_ref().as_str() {
-            "close" => ClientClose::Close,
-            other => {
-                return Err(src.at(
-                    c.span(),
-                    format!("unknown client close `{other}` (expected one of close)"),
-                ))
-            }
-        },
+        Some(c) => ClientClose::ALL.iter().copied().find(|x| x.name() == c.get_ref()).ok_or_else(|| {
+            src.at(
+                c.span(),
+                format!(
+                    "unknown client close `{}` (expected one of close, shutdown-write, fill-then-close, fill-then-shutdown)",
+                    c.get_ref()
+                ),
+            )
+        })?,
+    };
+    let read = match raw.read.as_ref().map(|r| (r, r.get_ref().as_str())) {
+        None | Some((_, "reply")) => ClientRead::Reply,
+        Some((_, "none")) => ClientRead::None,
+        Some((_, "until-eof")) => ClientRead::UntilEof,
+        Some((r, other)) => {
+            return Err(src.at(
+                r.span(),
+                format!("unknown client read `{other}` (expected one of reply, none, until-eof)"),
+            ))
+        }
+    };
+    let reply_timeout = match &raw.reply_timeout {
+        None => None,
+        Some(t) => Some(duration::parse(t.get_ref()).map_err(|m| src.at(t.span(), m))?),
     };
     Ok(Clients {
         count,
         count_position: line_col(src.text, raw.count.span().start),
         concurrency,
         request_bytes: raw.request_bytes,
-        read_reply: raw.read_reply,
+        read,
+        reply_timeout,
         close,
+        sndbuf: raw.sndbuf,
+        rcvbuf: raw.rcvbuf,
     })
 }
 
@@ -452,7 +604,8 @@ hold = "1500ms"
         assert_eq!(s.clients.count, 100);
         assert_eq!(s.clients.concurrency, 100);
         assert_eq!(s.clients.request_bytes, 64);
-        assert!(s.clients.read_reply);
+        assert_eq!(s.clients.read, ClientRead::Reply);
+        assert_eq!(s.clients.close, ClientClose::Close);
         assert_eq!(s.hold, Duration::from_millis(1500));
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
         assert_eq!(s.expectations.len(), 2);
@@ -488,7 +641,7 @@ hold = "1500ms"
         let e = err(&GOOD.replace("close-only", "close-maybe"));
         assert_eq!(
             e,
-            "scenarios/t.toml:11:13: unknown server behaviour `close-maybe` (expected one of close-only, shutdown-close, parent-closes)"
+            "scenarios/t.toml:11:13: unknown server behaviour `close-maybe` (expected one of close-only, shutdown-close, parent-closes, exec-inherit, exec-cloexec, fork-worker, no-accept, reply-close, reply-shutdown, server-first, no-read, fill-close, simultaneous)"
         );
     }
 

@@ -1,14 +1,15 @@
 //! The client driver: `count` real TCP clients on tokio, at most `concurrency` connecting at once.
-//! Each connects, sends its request and reads the echo; the driver returns the open streams so
-//! that every client closes in the next phase, together.
+//! Each connects, sends its request and reads what the scenario says; the driver returns the open
+//! streams so that every client closes in the next phase, together.
 
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use cwlab_model::report::ClientOutcome;
-use cwlab_model::scenario::{ClientClose, Clients};
+use cwlab_model::scenario::{ClientClose, ClientRead, Clients};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -20,17 +21,20 @@ pub async fn connect_all(addr: SocketAddr, c: &Clients) -> (Vec<TcpStream>, Clie
     for _ in 0..c.count {
         let gate = gate.clone();
         let request = request.clone();
-        let read_reply = c.read_reply;
+        let c = c.clone();
         set.spawn(async move {
             let _permit = gate.acquire_owned().await.expect("the semaphore is never closed");
-            exchange(addr, &request, read_reply).await
+            exchange(addr, &request, &c).await
         });
     }
     let mut streams = Vec::with_capacity(c.count as usize);
     let mut outcome = ClientOutcome::default();
     while let Some(r) = set.join_next().await {
         match r.expect("a client task panicked") {
-            Ok(s) => streams.push(s),
+            Ok((s, hung)) => {
+                outcome.hung += u32::from(hung);
+                streams.push(s);
+            }
             Err(e) => {
                 outcome.failed += 1;
                 outcome.first_error.get_or_insert(e);
@@ -40,21 +44,71 @@ pub async fn connect_all(addr: SocketAddr, c: &Clients) -> (Vec<TcpStream>, Clie
     (streams, outcome)
 }
 
-async fn exchange(addr: SocketAddr, request: &[u8], read_reply: bool) -> Result<TcpStream, String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect to {addr}: {e}"))?;
-    s.write_all(request).await.map_err(|e| format!("send the request: {e}"))?;
-    if read_reply {
-        let mut reply = vec![0u8; request.len()];
-        s.read_exact(&mut reply).await.map_err(|e| format!("read the reply: {e}"))?;
+async fn connect(addr: SocketAddr, c: &Clients) -> std::io::Result<TcpStream> {
+    let s = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if let Some(n) = c.sndbuf {
+        s.set_send_buffer_size(n)?;
     }
-    Ok(s)
+    if let Some(n) = c.rcvbuf {
+        s.set_recv_buffer_size(n)?;
+    }
+    s.connect(addr).await
 }
 
-/// Ends every connection the way the scenario says; returns how many closed.
-pub fn close_all(streams: Vec<TcpStream>, how: ClientClose) -> u32 {
-    let n = streams.len() as u32;
-    match how {
-        ClientClose::Close => drop(streams),
+/// One client's exchange; true beside the stream when what it waited for never came.
+async fn exchange(
+    addr: SocketAddr,
+    request: &[u8],
+    c: &Clients,
+) -> Result<(TcpStream, bool), String> {
+    let mut s = connect(addr, c).await.map_err(|e| format!("connect to {addr}: {e}"))?;
+    s.write_all(request).await.map_err(|e| format!("send the request: {e}"))?;
+    let wait = c.reply_timeout.unwrap_or(Duration::MAX);
+    let read = async {
+        match c.read {
+            ClientRead::None => Ok(()),
+            ClientRead::Reply => {
+                let mut reply = vec![0u8; request.len()];
+                s.read_exact(&mut reply).await.map(|_| ())
+            }
+            ClientRead::UntilEof => {
+                let mut sink = Vec::new();
+                s.read_to_end(&mut sink).await.map(|_| ())
+            }
+        }
+    };
+    match tokio::time::timeout(wait, read).await {
+        Ok(Ok(())) => Ok((s, false)),
+        Ok(Err(e)) => Err(format!("read the reply: {e}")),
+        Err(_) => Ok((s, true)),
     }
-    n
+}
+
+/// Ends every connection the way the scenario says. Returns how many ended, and the sockets the
+/// clients keep until the end of the run (after a half-close), off the runtime.
+pub fn close_all(streams: Vec<TcpStream>, how: ClientClose) -> (u32, Vec<std::net::TcpStream>) {
+    let n = streams.len() as u32;
+    let mut kept = Vec::new();
+    for s in streams {
+        if matches!(how, ClientClose::FillThenClose | ClientClose::FillThenShutdown) {
+            fill(&s);
+        }
+        if how.keeps_socket() {
+            let _ = socket2::SockRef::from(&s).shutdown(Shutdown::Write);
+            if let Ok(std) = s.into_std() {
+                kept.push(std);
+            }
+        }
+    }
+    (n, kept)
+}
+
+/// Writes until the send buffer is full: the server does not read, so its window closes.
+fn fill(s: &TcpStream) {
+    let buf = [b'z'; 16 * 1024];
+    while let Ok(n) = s.try_write(&buf) {
+        if n == 0 {
+            break;
+        }
+    }
 }

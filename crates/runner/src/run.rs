@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use cwlab_model::expect::{evaluate, Evidence};
 use cwlab_model::report::{
     Acceptor, ClientOutcome, Holder, Isolation, Phase, PhaseMark, Report, Sample, ScenarioRef,
-    Verdict, SCHEMA_VERSION,
+    ServerOutcome, Verdict, SCHEMA_VERSION,
 };
 use cwlab_model::{duration, Scenario};
 use tokio::io::unix::AsyncFd;
@@ -76,6 +76,9 @@ struct Draft<'e> {
     fds_end: Option<u32>,
     holders: Vec<Holder>,
     outcome: ClientOutcome,
+    server: ServerOutcome,
+    /// Sockets the clients keep until the end (a half-close).
+    kept: Vec<std::net::TcpStream>,
     stop: Option<(Stop, Phase)>,
 }
 
@@ -162,11 +165,14 @@ pub fn run(
         fds_end: None,
         holders: Vec::new(),
         outcome: ClientOutcome::default(),
+        server: ServerOutcome::default(),
+        kept: Vec::new(),
         stop: None,
     };
     let launch = Launch {
         exe: &opts.exe,
         behaviour: scenario.behaviour,
+        limits: &scenario.server,
         addr,
         port: scenario.port,
         pid_namespace: isolation == Isolation::Netns,
@@ -221,8 +227,22 @@ pub fn run(
         };
         d.outcome = outcome;
         d.enter(Phase::Close);
-        d.outcome.completed = clients::close_all(streams, scenario.clients.close);
+        let (closed, kept) = clients::close_all(streams, scenario.clients.close);
+        d.outcome.completed = closed;
+        d.kept = kept;
         d.enter(Phase::Hold);
+        if scenario.behaviour.needs_release() {
+            // A client's connect completes before the acceptor has forked its handler: release
+            // only once every handler exists (each inherits SIGUSR1 blocked, so none misses it).
+            let mut accepted = server.accepted.clone();
+            let want = u64::from(scenario.clients.count);
+            let all_forked = accepted.wait_for(|n| *n >= want);
+            if let Err(stop) = d.guard(&mut rx, wake, deadline, all_forked).await {
+                d.stopped(stop);
+                return Ok(());
+            }
+            server.release();
+        }
         let hold = tokio::time::sleep(scenario.hold);
         if let Err(stop) = d.guard(&mut rx, wake, deadline, hold).await {
             d.stopped(stop);
@@ -242,6 +262,8 @@ pub fn run(
     d.push(last);
     d.holders = stuck::find(&records, d.port, d.acceptor);
     server.stop();
+    d.server = server.outcome();
+    d.kept.clear();
     Ok(finish(d, scenario, timeout))
 }
 
@@ -286,6 +308,8 @@ fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
         fds_baseline: d.fds_baseline,
         holders: &d.holders,
         clients: scenario.clients.count,
+        client_outcome: &d.outcome,
+        server: &d.server,
     };
     let expectations: Vec<_> =
         scenario.expectations.iter().map(|e| evaluate(e, &evidence)).collect();
@@ -325,6 +349,7 @@ fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
         samples: d.samples,
         holders: d.holders,
         client_outcome: d.outcome,
+        server: d.server,
         expectations,
         verdict,
         error,

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use cwlab_model::scenario::Behaviour;
+use cwlab_model::report::ServerOutcome;
+use cwlab_model::scenario::{Behaviour, ServerLimits};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -20,15 +21,6 @@ use crate::{io, RunError};
 
 /// The environment variable that marks every process a run starts, with the run's id as value.
 pub const RUN_MARK: &str = "CWLAB_RUN";
-
-/// What the server reported after it started listening.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServerStats {
-    /// Connections accepted.
-    pub accepted: u64,
-    /// errno of each failed accept.
-    pub accept_errors: Vec<i32>,
-}
 
 /// A running server; dropping it kills every process it started.
 pub struct Server {
@@ -40,13 +32,16 @@ pub struct Server {
     /// The port it listens on.
     pub port: u16,
     /// What it has reported since.
-    pub stats: Arc<Mutex<ServerStats>>,
+    pub stats: Arc<Mutex<ServerOutcome>>,
+    /// The number of connections accepted so far, as it changes.
+    pub accepted: tokio::sync::watch::Receiver<u64>,
 }
 
 /// How to start the server.
 pub struct Launch<'a> {
     pub exe: &'a Path,
     pub behaviour: Behaviour,
+    pub limits: &'a ServerLimits,
     pub addr: IpAddr,
     pub port: u16,
     pub pid_namespace: bool,
@@ -70,6 +65,15 @@ impl Server {
         if l.pid_namespace {
             cmd.arg("--pid-namespace");
         }
+        for (flag, value) in [
+            ("--nofile", l.limits.nofile),
+            ("--rcvbuf", l.limits.rcvbuf.map(u64::from)),
+            ("--sndbuf", l.limits.sndbuf.map(u64::from)),
+        ] {
+            if let Some(v) = value {
+                cmd.args([flag, &v.to_string()]);
+            }
+        }
         let parent = std::process::id() as i32;
         // SAFETY: prctl(2), getppid(2) and _exit(2) are async-signal-safe.
         unsafe {
@@ -87,6 +91,7 @@ impl Server {
         crate::signals::guard_group(child.id() as i32);
         let mut lines = LineReader { out: child.stdout.take().expect("piped"), buf: Vec::new() };
         let lifeline = child.stdin.take();
+        let (accepted_tx, accepted_rx) = tokio::sync::watch::channel(0u64);
         let mut server = Server {
             acceptor: child.id(),
             child,
@@ -94,6 +99,7 @@ impl Server {
             reader: None,
             port: 0,
             stats: Arc::default(),
+            accepted: accepted_rx,
         };
         // With a PID namespace, the supervisor's `acceptor PID` and the acceptor's own
         // `listening PORT` race each other to the pipe: wait for both.
@@ -110,7 +116,7 @@ impl Server {
             }
         }
         let stats = server.stats.clone();
-        server.reader = Some(std::thread::spawn(move || follow(lines, &stats)));
+        server.reader = Some(std::thread::spawn(move || follow(lines, &stats, &accepted_tx)));
         Ok(server)
     }
 
@@ -129,6 +135,16 @@ impl Server {
         } else {
             RunError::Environment(format!("the server could not start: {err}"))
         }
+    }
+
+    /// Sends SIGUSR1 to every process of the server: handlers waiting for their release go on.
+    pub fn release(&self) {
+        let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGUSR1);
+    }
+
+    /// What the acceptor has reported so far.
+    pub fn outcome(&self) -> ServerOutcome {
+        self.stats.lock().unwrap().clone()
     }
 
     /// Kills every process the server started and waits for the server.
@@ -152,13 +168,19 @@ impl Drop for Server {
 }
 
 /// Reads the server's events until it exits.
-fn follow(mut lines: LineReader, stats: &Mutex<ServerStats>) {
+fn follow(
+    mut lines: LineReader,
+    stats: &Mutex<ServerOutcome>,
+    accepted: &tokio::sync::watch::Sender<u64>,
+) {
     while let Ok(Some(line)) = lines.next_line_blocking() {
         let mut s = stats.lock().unwrap();
         if let Some(n) = line.strip_prefix("accepted ") {
             s.accepted = n.trim().parse().unwrap_or(s.accepted);
+            accepted.send_replace(s.accepted);
         } else if let Some(e) = line.strip_prefix("accept-error ") {
-            s.accept_errors.push(e.trim().parse().unwrap_or(0));
+            s.accept_errors += 1;
+            s.accept_errno = e.trim().parse().ok();
         }
     }
 }

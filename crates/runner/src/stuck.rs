@@ -44,22 +44,21 @@ pub fn find(records: &[SocketRecord], port: u16, acceptor: u32) -> Vec<Holder> {
     rows
 }
 
-/// Tells the acceptor, its handlers, its helpers and the runner's clients apart.
+/// Tells the acceptor, its handlers, workers and helpers, and the runner's clients apart.
 struct Roles {
     acceptor: u32,
-    acceptor_cmdline: Option<String>,
     me: u32,
 }
 
 impl Roles {
     fn new(acceptor: u32) -> Roles {
-        let acceptor_cmdline = holders::process(acceptor).map(|p| p.cmdline);
-        Roles { acceptor, acceptor_cmdline, me: std::process::id() }
+        Roles { acceptor, me: std::process::id() }
     }
 
-    /// A handler is a fork of the acceptor that did not exec (same command line); any other
-    /// descendant of the acceptor is a helper. Orphans are reparented to the acceptor (a
-    /// subreaper, or the PID namespace's init), so parentage alone cannot tell them apart.
+    /// Descendants of the acceptor are told apart by the names the server gives them
+    /// (`cwlab-handler`, `cwlab-worker`); one that exec'd something else is a helper. Orphans are
+    /// reparented to the acceptor (a subreaper, or the PID namespace's init), so parentage alone
+    /// cannot tell them apart.
     fn of(&self, pid: u32) -> Role {
         if pid == self.acceptor {
             return Role::Acceptor;
@@ -71,10 +70,10 @@ impl Roles {
         let mut up = p.ppid;
         for _ in 0..64 {
             if up == self.acceptor {
-                return if Some(&p.cmdline) == self.acceptor_cmdline.as_ref() {
-                    Role::Handler
-                } else {
-                    Role::Helper
+                return match p.comm.as_str() {
+                    "cwlab-handler" => Role::Handler,
+                    "cwlab-worker" => Role::Worker,
+                    _ => Role::Helper,
                 };
             }
             match holders::process(up) {

@@ -1,29 +1,106 @@
-//! A handler: the forked child that serves one connection. It echoes what it reads until the
-//! client's FIN, then ends the connection the way the behaviour says.
+//! A handler: the forked child that serves one connection and ends it the way the behaviour says.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 
+use nix::sys::signal::{SigSet, Signal};
 use socket2::Socket;
 
-use crate::Behaviour;
+use crate::{process, Behaviour};
 
 /// Serves one connection; returns the exit status for the child.
 pub fn handle(behaviour: Behaviour, conn: Socket) -> i32 {
-    let code = match echo_until_eof(&conn) {
-        Ok(()) => 0,
-        Err(_) => 3,
-    };
     match behaviour {
-        // close() drops this process's reference; the FIN waits for the last one.
-        Behaviour::CloseOnly | Behaviour::ParentCloses => drop(conn),
-        // shutdown() acts on the socket itself: the FIN goes now, whoever else holds it.
-        Behaviour::ShutdownClose => {
-            let _ = conn.shutdown(Shutdown::Both);
+        Behaviour::ExecInherit | Behaviour::ExecCloexec => {
+            // The helper gets the lifeline (stdin), so it dies with the runner even on the host.
+            spawn_helper(&conn, behaviour == Behaviour::ExecInherit);
+            process::detach_stdio(false);
+            let code = status(echo_until_eof(&conn));
             drop(conn);
+            code
+        }
+        _ => {
+            process::detach_stdio(false);
+            end(behaviour, conn)
         }
     }
-    code
+}
+
+fn end(behaviour: Behaviour, conn: Socket) -> i32 {
+    match behaviour {
+        // close() drops this process's reference; the FIN waits for the last one.
+        Behaviour::CloseOnly | Behaviour::ParentCloses => {
+            let code = status(echo_until_eof(&conn));
+            drop(conn);
+            code
+        }
+        // shutdown() acts on the socket itself: the FIN goes now, whoever else holds it.
+        Behaviour::ShutdownClose => {
+            let code = status(echo_until_eof(&conn));
+            let _ = conn.shutdown(Shutdown::Both);
+            code
+        }
+        // The server speaks and closes first.
+        Behaviour::ReplyClose | Behaviour::ServerFirst => status(echo_once(&conn)),
+        Behaviour::ReplyShutdown => {
+            let code = status(echo_once(&conn));
+            let _ = conn.shutdown(Shutdown::Both);
+            code
+        }
+        Behaviour::NoRead => process::wait_forever(),
+        Behaviour::FillClose => {
+            let code = status(drain(&conn).and_then(|()| fill(&conn)));
+            drop(conn);
+            code
+        }
+        Behaviour::Simultaneous => {
+            let _ = fill(&conn);
+            let _ = conn.shutdown(Shutdown::Write);
+            release();
+            let _ = conn.set_nonblocking(false);
+            let _ = drain(&conn);
+            // Keep the socket: it stays CLOSING until the peer reads and acknowledges our FIN.
+            process::wait_forever()
+        }
+        Behaviour::ExecInherit
+        | Behaviour::ExecCloexec
+        | Behaviour::ForkWorker
+        | Behaviour::NoAccept => {
+            unreachable!("{behaviour} has no handler of this kind")
+        }
+    }
+}
+
+fn status(r: std::io::Result<()>) -> i32 {
+    if r.is_ok() {
+        0
+    } else {
+        3
+    }
+}
+
+/// Starts `cwlab helper` by fork+exec; with `inherit`, the connection's CLOEXEC is cleared first,
+/// as in servers that spawn subprocesses with `close_fds=False` or from a runtime that does not
+/// set CLOEXEC.
+fn spawn_helper(conn: &Socket, inherit: bool) {
+    if inherit {
+        let _ = conn.set_cloexec(false);
+    }
+    let _ = std::process::Command::new("/proc/self/exe")
+        .arg("helper")
+        .stdin(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    if inherit {
+        let _ = conn.set_cloexec(true);
+    }
+}
+
+/// Waits for the runner's release: SIGUSR1, blocked since the acceptor started.
+fn release() {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGUSR1);
+    let _ = set.wait();
 }
 
 fn echo_until_eof(mut conn: &Socket) -> std::io::Result<()> {
@@ -32,9 +109,43 @@ fn echo_until_eof(mut conn: &Socket) -> std::io::Result<()> {
         let n = match conn.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
         conn.write_all(&buf[..n])?;
+    }
+}
+
+/// Reads the request (what one read returns) and echoes it.
+fn echo_once(mut conn: &Socket) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    let n = conn.read(&mut buf)?;
+    conn.write_all(&buf[..n])
+}
+
+/// Reads and discards until EOF.
+fn drain(mut conn: &Socket) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes until the send buffer is full: the peer's window is zero and nothing more can go.
+fn fill(mut conn: &Socket) -> std::io::Result<()> {
+    conn.set_nonblocking(true)?;
+    let buf = [b'y'; 16 * 1024];
+    loop {
+        match conn.write(&buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }

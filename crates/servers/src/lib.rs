@@ -9,6 +9,9 @@
 //! - stdout carries one event a line: `acceptor PID` (when a PID namespace put the acceptor one
 //!   fork further), `listening PORT`, then `accepted N` after each accept and `accept-error ERRNO`
 //!   when accept fails.
+//!
+//! Processes name themselves (`comm`) for `ps` and for the runner's roles: `cwlab-acceptor`,
+//! `cwlab-handler`, `cwlab-worker`; a helper is `cwlab helper`, exec'd.
 #![warn(missing_docs)]
 
 mod acceptor;
@@ -34,6 +37,12 @@ pub struct Config {
     /// Put the acceptor in a new PID namespace as its init: when it dies, the kernel kills every
     /// process the server started, helpers included.
     pub pid_namespace: bool,
+    /// RLIMIT_NOFILE for the acceptor (soft and hard), if set.
+    pub nofile: Option<u64>,
+    /// SO_RCVBUF on the listener, inherited by accepted sockets.
+    pub rcvbuf: Option<u32>,
+    /// SO_SNDBUF on the listener, inherited by accepted sockets.
+    pub sndbuf: Option<u32>,
 }
 
 /// A server that could not start or went wrong.
@@ -60,12 +69,31 @@ pub(crate) fn errno(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error
     move |e| Error::Sys { what, source: io::Error::from(e) }
 }
 
+/// A helper: started by fork+exec from a handler, it holds whatever it inherited until its stdin
+/// (the runner's lifeline) reaches end-of-file.
+pub fn helper() -> i32 {
+    let mut buf = [0u8; 64];
+    // SAFETY: reading stdin into a local buffer.
+    while unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    0
+}
+
 /// Runs a server until the lifeline (stdin) closes. Returns the process's exit status.
 pub fn serve(cfg: &Config) -> Result<i32, Error> {
     // Start from a clean descriptor table: whatever the runner's own parent left open without
     // CLOEXEC would otherwise sit in every process here and blur the acceptor's fd count.
     // SAFETY: close_range(2) on descriptors this process has not taken ownership of yet.
     unsafe { libc::close_range(3, u32::MAX, 0) };
+    // SIGUSR1 releases waiting handlers; every other process of the server must survive it, the
+    // supervisor included: block it before anything forks, and the mask is inherited.
+    let mut usr1 = nix::sys::signal::SigSet::empty();
+    usr1.add(nix::sys::signal::Signal::SIGUSR1);
+    nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&usr1), None)
+        .map_err(errno("block SIGUSR1"))?;
+    if let Some(n) = cfg.nofile {
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+            .map_err(errno(format!("set RLIMIT_NOFILE to {n}")))?;
+    }
     if cfg.pid_namespace {
         if let Some(status) = process::enter_pid_namespace()? {
             // The supervisor: the acceptor ran in the namespace and has exited.

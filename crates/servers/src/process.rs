@@ -55,10 +55,26 @@ pub fn die_with_parent(parent: Pid) -> Result<(), Error> {
     Ok(())
 }
 
-/// Points stdin and stdout at /dev/null: a handler keeps neither the lifeline nor the event pipe.
-pub fn detach_stdio() {
+/// Points stdout at /dev/null: a handler does not keep the event pipe. With `lifeline` false,
+/// stdin too.
+pub fn detach_stdio(lifeline: bool) {
     if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        if !lifeline {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), 0);
+        }
         let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+}
+
+/// Names the calling process (`comm`, at most 15 bytes), as `ps` and the runner's roles see it.
+pub fn set_name(name: &std::ffi::CStr) {
+    let _ = nix::sys::prctl::set_name(name);
+}
+
+/// Blocks until the process is killed.
+pub fn wait_forever() -> ! {
+    loop {
+        // SAFETY: pause(2) only waits for a signal.
+        unsafe { libc::pause() };
     }
 }
