@@ -7,13 +7,14 @@ use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
 
 use cwlab_model::report::Verdict;
-use util::{can_isolate, check_truth_of, cwlab, expected, root, run, scratch};
+use util::{can_isolate, check_truth_of, cwlab, expected, root, run, scratch, serial};
 
 fn check_truth(name: &str) {
     let test = format!("truth-{name}");
     if !can_isolate(&test) {
         return;
     }
+    let _one_at_a_time = serial();
     let (out, r) = run(&root().join(format!("scenarios/{name}.toml")), &test);
     check_truth_of(name, &out, &r);
 }
@@ -31,6 +32,76 @@ fn fixed_matches_the_truth_table() {
 #[test]
 fn parent_closes_matches_the_truth_table() {
     check_truth("parent-closes");
+}
+
+#[test]
+fn exec_inherit_matches_the_truth_table() {
+    check_truth("exec-inherit");
+}
+
+#[test]
+fn exec_cloexec_matches_the_truth_table() {
+    check_truth("exec-cloexec");
+}
+
+#[test]
+fn backlog_matches_the_truth_table() {
+    check_truth("backlog");
+}
+
+#[test]
+fn half_close_matches_the_truth_table() {
+    check_truth("half-close");
+}
+
+#[test]
+fn server_closes_first_matches_the_truth_table() {
+    check_truth("server-closes-first");
+}
+
+#[test]
+fn server_closes_first_shutdown_matches_the_truth_table() {
+    check_truth("server-closes-first-shutdown");
+}
+
+#[test]
+fn fork_worker_matches_the_truth_table() {
+    check_truth("fork-worker");
+}
+
+#[test]
+fn time_wait_matches_the_truth_table() {
+    check_truth("time-wait");
+}
+
+#[test]
+fn fin_wait_1_matches_the_truth_table() {
+    check_truth("fin-wait-1");
+}
+
+#[test]
+fn last_ack_matches_the_truth_table() {
+    check_truth("last-ack");
+}
+
+#[test]
+fn closing_matches_the_truth_table() {
+    check_truth("closing");
+}
+
+#[test]
+fn fd_exhaustion_matches_the_truth_table() {
+    check_truth("fd-exhaustion");
+}
+
+#[test]
+fn fd_exhaustion_fixed_matches_the_truth_table() {
+    check_truth("fd-exhaustion-fixed");
+}
+
+#[test]
+fn scale_matches_the_truth_table() {
+    check_truth("scale");
 }
 
 #[test]
@@ -55,6 +126,7 @@ fn the_leak_judged_by_the_fixed_expectations_fails_and_says_why() {
     let text = text.replace("\"shutdown-close\"", "\"close-only\"");
     let file = dir.join("leak-as-fixed.toml");
     std::fs::write(&file, text).unwrap();
+    let _one_at_a_time = serial();
     let (out, r) = run(&file, "leak-as-fixed");
     assert_exit!(out, 1);
     assert_eq!(r.verdict, Verdict::Fail);
@@ -153,7 +225,15 @@ fn list_shows_each_scenario_with_the_first_line_of_its_story() {
     let out = cwlab(&["list"]);
     assert_exit!(out, 0);
     let text = String::from_utf8_lossy(&out.stdout);
-    let names: Vec<&str> = text.lines().map(|l| l.split_whitespace().next().unwrap()).collect();
-    assert_eq!(names, ["fixed", "leak", "parent-closes"]);
-    assert!(text.contains("leak           The leak: the acceptor keeps its copy"), "{text}");
+    let names: Vec<String> =
+        text.lines().map(|l| l.split_whitespace().next().unwrap().to_string()).collect();
+    let rows: Vec<String> = expected().into_keys().collect();
+    let mut sorted = rows.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "every scenario, by file name");
+    let leak = text.lines().find(|l| l.starts_with("leak ")).unwrap();
+    assert!(
+        leak.ends_with(" The leak: the acceptor keeps its copy of every accepted socket, and the handler child only close()s."),
+        "{leak}"
+    );
 }

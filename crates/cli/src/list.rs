@@ -26,6 +26,7 @@ pub fn main(dir: &Path) -> Result<i32, Failure> {
     for f in scenario_files(dir)? {
         scenarios.push(Scenario::load(&f).map_err(Failure::bad_input)?);
     }
+    scenarios.sort_by(|a, b| a.name.cmp(&b.name));
     let width = scenarios.iter().map(|s| s.name.len()).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
     for s in &scenarios {
