@@ -9,6 +9,8 @@
 //!              | "hung clients"              clients whose reply or EOF never came (end only)
 //!              | "accepted"                  connections the acceptor accepted (end only)
 //!              | "accept errors"             accept() calls that failed (end only)
+//!              | ROLE "fds"                  descriptors open in processes of that role: handler,
+//!                                            helper or worker (end only)
 //! OP          := == | != | < | <= | > | >=
 //! rhs         := a whole number | "clients"
 //! window      := "within" DURATION           true at some sample in the hold, no later than D
@@ -42,6 +44,8 @@ pub enum Quantity {
     Accepted,
     /// accept() calls that failed (known at the end only).
     AcceptErrors,
+    /// Descriptors open in the acceptor's descendants of one role (known at the end only).
+    RoleFds(Role),
 }
 
 impl Quantity {
@@ -254,7 +258,9 @@ impl Expectation {
 
 fn parse_quantity(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseError> {
     let (at, word) = toks.take("a quantity")?;
-    let side = match word.to_ascii_lowercase().as_str() {
+    let lower = word.to_ascii_lowercase();
+    let word = lower.as_str();
+    let side = match word {
         "server" => Side::Server,
         "client" => Side::Client,
         "acceptor" => {
@@ -266,6 +272,11 @@ fn parse_quantity(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseError>
             return Ok((Quantity::HungClients, false));
         }
         "accepted" => return Ok((Quantity::Accepted, false)),
+        "handler" | "helper" | "worker" => {
+            toks.keyword("fds")?;
+            let role = Role::ALL.iter().copied().find(|r| r.name() == word).expect("listed");
+            return Ok((Quantity::RoleFds(role), false));
+        }
         "accept" => {
             toks.keyword("errors")?;
             return Ok((Quantity::AcceptErrors, false));
@@ -348,6 +359,7 @@ impl fmt::Display for Quantity {
             Quantity::HungClients => f.write_str("hung clients"),
             Quantity::Accepted => f.write_str("accepted"),
             Quantity::AcceptErrors => f.write_str("accept errors"),
+            Quantity::RoleFds(role) => write!(f, "{role} fds"),
         }
     }
 }
@@ -368,6 +380,8 @@ pub struct Evidence<'a> {
     pub client_outcome: &'a ClientOutcome,
     /// What the acceptor reported.
     pub server: &'a ServerOutcome,
+    /// Descriptors open at the end per role.
+    pub fds_by_role: &'a std::collections::BTreeMap<Role, u64>,
 }
 
 impl Evidence<'_> {
@@ -381,6 +395,9 @@ impl Evidence<'_> {
             Quantity::HungClients => Some(i64::from(self.client_outcome.hung)),
             Quantity::Accepted => Some(self.server.accepted as i64),
             Quantity::AcceptErrors => Some(self.server.accept_errors as i64),
+            Quantity::RoleFds(role) => {
+                Some(self.fds_by_role.get(&role).copied().unwrap_or(0) as i64)
+            }
             Quantity::HeldBy(side, state, role) => {
                 let mut sockets: Vec<(u64, &str, &str)> = self
                     .holders
@@ -563,6 +580,7 @@ mod tests {
         let e = parse("accept errors >= 1");
         assert_eq!((e.quantity, e.cmp), (Quantity::AcceptErrors, Cmp::Ge));
         assert_eq!(parse("accepted == clients").quantity, Quantity::Accepted);
+        assert_eq!(parse("helper fds == 50").quantity, Quantity::RoleFds(Role::Helper));
         let e = err("accepted == 60 within 1s");
         assert!(e.message.starts_with("accepted is known only at the end"), "{}", e.message);
         let e = err("acceptor sockets == 1");
@@ -598,6 +616,7 @@ mod tests {
             clients: 10,
             client_outcome: &c,
             server: &s,
+            fds_by_role: &BTreeMap::new(),
         };
         evaluate(&parse(text), &ev)
     }
@@ -673,6 +692,7 @@ mod tests {
             clients: 10,
             client_outcome: &c,
             server: &s,
+            fds_by_role: &BTreeMap::new(),
         };
         assert!(evaluate(&parse("accepted == 7"), &ev).passed);
         let r = evaluate(&parse("server CLOSE-WAIT held by acceptor == 2"), &ev);

@@ -19,6 +19,7 @@
 //!                "role": "acceptor", "comm": "cwlab"}, …],
 //!   "client_outcome": {"completed": 100, "failed": 0, "hung": 0, "first_error": null},
 //!   "server": {"accepted": 100, "accept_errors": 0, "accept_errno": null},
+//!   "fds_by_role": {"acceptor": 104, "helper": 150},  // at the end, summed per role
 //!   "expectations": [{"text": "server CLOSE-WAIT == clients for 1s", "passed": true,
 //!                     "observed": 100, "detail": "held 100 for 1.45s"}, …],
 //!   "verdict": "pass" | "fail" | "error",
@@ -79,6 +80,8 @@ pub struct Report {
     pub client_outcome: ClientOutcome,
     /// What the acceptor reported.
     pub server: ServerOutcome,
+    /// Open descriptors at the end, summed over the acceptor and its descendants by role.
+    pub fds_by_role: BTreeMap<Role, u64>,
     /// Each expectation with what was observed.
     pub expectations: Vec<ExpectationResult>,
     /// The verdict.

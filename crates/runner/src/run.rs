@@ -77,6 +77,7 @@ struct Draft<'e> {
     holders: Vec<Holder>,
     outcome: ClientOutcome,
     server: ServerOutcome,
+    fds_by_role: std::collections::BTreeMap<cwlab_model::report::Role, u64>,
     /// Sockets the clients keep until the end (a half-close).
     kept: Vec<std::net::TcpStream>,
     stop: Option<(Stop, Phase)>,
@@ -166,6 +167,7 @@ pub fn run(
         holders: Vec::new(),
         outcome: ClientOutcome::default(),
         server: ServerOutcome::default(),
+        fds_by_role: Default::default(),
         kept: Vec::new(),
         stop: None,
     };
@@ -261,6 +263,7 @@ pub fn run(
     d.fds_end = last.acceptor_fds;
     d.push(last);
     d.holders = stuck::find(&records, d.port, d.acceptor);
+    d.fds_by_role = stuck::fds_by_role(d.acceptor);
     server.stop();
     d.server = server.outcome();
     d.kept.clear();
@@ -310,6 +313,7 @@ fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
         clients: scenario.clients.count,
         client_outcome: &d.outcome,
         server: &d.server,
+        fds_by_role: &d.fds_by_role,
     };
     let expectations: Vec<_> =
         scenario.expectations.iter().map(|e| evaluate(e, &evidence)).collect();
@@ -350,6 +354,7 @@ fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
         holders: d.holders,
         client_outcome: d.outcome,
         server: d.server,
+        fds_by_role: d.fds_by_role,
         expectations,
         verdict,
         error,

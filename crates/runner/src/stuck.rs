@@ -1,6 +1,6 @@
 //! Who keeps each stuck socket open, and what that process is to the run.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cwlab_model::report::{Holder, Role, Side};
 use cwlab_model::TcpState;
@@ -44,6 +44,51 @@ pub fn find(records: &[SocketRecord], port: u16, acceptor: u32) -> Vec<Holder> {
     rows
 }
 
+/// Open descriptors of the acceptor and every descendant, summed per role: one walk of /proc.
+pub fn fds_by_role(acceptor: u32) -> BTreeMap<Role, u64> {
+    let mut procs: HashMap<u32, holders::Process> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                if let Some(p) = holders::process(pid) {
+                    procs.insert(pid, p);
+                }
+            }
+        }
+    }
+    let descends = |mut pid: u32| {
+        for _ in 0..64 {
+            if pid == acceptor {
+                return true;
+            }
+            match procs.get(&pid) {
+                Some(p) if p.ppid != 0 && p.ppid != pid => pid = p.ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut sums = BTreeMap::new();
+    for (&pid, p) in &procs {
+        if !descends(pid) {
+            continue;
+        }
+        let role = if pid == acceptor { Role::Acceptor } else { role_by_name(&p.comm) };
+        if let Ok(n) = cwlab_sampler::fds::count(pid) {
+            *sums.entry(role).or_insert(0) += u64::from(n);
+        }
+    }
+    sums
+}
+
+fn role_by_name(comm: &str) -> Role {
+    match comm {
+        "cwlab-handler" => Role::Handler,
+        "cwlab-worker" => Role::Worker,
+        _ => Role::Helper,
+    }
+}
+
 /// Tells the acceptor, its handlers, workers and helpers, and the runner's clients apart.
 struct Roles {
     acceptor: u32,
@@ -70,11 +115,7 @@ impl Roles {
         let mut up = p.ppid;
         for _ in 0..64 {
             if up == self.acceptor {
-                return match p.comm.as_str() {
-                    "cwlab-handler" => Role::Handler,
-                    "cwlab-worker" => Role::Worker,
-                    _ => Role::Helper,
-                };
+                return role_by_name(&p.comm);
             }
             match holders::process(up) {
                 Some(q) if q.ppid != 0 && q.ppid != up => up = q.ppid,
