@@ -58,10 +58,24 @@ fn wait_for_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
     }
 }
 
+/// Tracefs instances this runner made (`cwlab-PID-*`).
+fn instances(runner: u32) -> Vec<String> {
+    let prefix = format!("cwlab-{runner}-");
+    std::fs::read_dir("/sys/kernel/tracing/instances")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn no_survivors(runner: u32, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = marked(runner);
+        let mut left: Vec<String> = marked(runner).iter().map(|p| format!("pid {p}")).collect();
+        left.extend(instances(runner).into_iter().map(|i| format!("tracefs instance {i}")));
         if left.is_empty() {
             return;
         }

@@ -132,7 +132,7 @@ fn the_leak_judged_by_the_fixed_expectations_fails_and_says_why() {
     assert_eq!(r.verdict, Verdict::Fail);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("✗ server CLOSE-WAIT == 0 "), "{stdout}");
-    assert!(stdout.contains("FAIL  1 of 5 expectations held"), "{stdout}");
+    assert!(stdout.contains("FAIL  1 of 7 expectations held"), "{stdout}");
     let failed: Vec<_> = r.expectations.iter().filter(|e| !e.passed).collect();
     let texts: Vec<&str> = failed.iter().map(|e| e.text.as_str()).collect();
     assert_eq!(
@@ -141,9 +141,12 @@ fn the_leak_judged_by_the_fixed_expectations_fails_and_says_why() {
             "server CLOSE-WAIT == 0 within 1s",
             "server CLOSE-WAIT == 0",
             "client FIN-WAIT-2 == 0",
-            "client TIME-WAIT == clients"
+            "client TIME-WAIT == clients",
+            "server path ESTAB -> CLOSE-WAIT -> LAST-ACK -> CLOSE == clients",
+            "server FIN == clients",
         ]
     );
+    assert_eq!(failed[5].detail, "0 at the end", "the leak's server never sent a FIN");
     assert_eq!(failed[1].observed, Some(100));
     assert_eq!(failed[1].detail, "100 at the end");
     assert_eq!(failed[3].observed, Some(0));
@@ -236,4 +239,102 @@ fn list_shows_each_scenario_with_the_first_line_of_its_story() {
         leak.ends_with(" The leak: the acceptor keeps its copy of every accepted socket, and the handler child only close()s."),
         "{leak}"
     );
+}
+
+/// Segments in a pcap file written by the lab, read with a parser of the test's own:
+/// (server FINs, client FINs, segments in all).
+fn fins_in_pcap(path: &std::path::Path, port: u16) -> (u64, u64, u64) {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], &0xa1b2_c3d4u32.to_le_bytes(), "pcap magic");
+    assert_eq!(u32::from_le_bytes(b[20..24].try_into().unwrap()), 1, "LINKTYPE_ETHERNET");
+    let (mut at, mut server, mut client, mut all) = (24, 0, 0, 0);
+    while at + 16 <= b.len() {
+        let incl = u32::from_le_bytes(b[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &b[at + 16..at + 16 + incl];
+        at += 16 + incl;
+        assert_eq!(&frame[12..14], &[0x08, 0x00], "IPv4 over loopback's Ethernet header");
+        let tcp = &frame[14 + usize::from(frame[14] & 0x0f) * 4..];
+        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+        let fin = tcp[13] & 0x01 != 0;
+        all += 1;
+        if fin && sport == port {
+            server += 1;
+        } else if fin {
+            client += 1;
+        }
+    }
+    (server, client, all)
+}
+
+/// Issue 6: the kernel's transitions and the wire tell the leak from the fix.
+fn witnessed(name: &str) -> (cwlab_model::Report, std::path::PathBuf) {
+    let dir = scratch(&format!("witness-{name}"));
+    let report = dir.join("r.json");
+    let pcap = dir.join("r.pcap");
+    let file = root().join(format!("scenarios/{name}.toml"));
+    let _one_at_a_time = serial();
+    let out = cwlab(&[
+        "run",
+        file.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--pcap",
+        pcap.to_str().unwrap(),
+    ]);
+    assert_exit!(out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let r = util::read_report(&report);
+    assert!(r.transitions.available, "{:?}", r.transitions.note);
+    assert!(r.packets.available, "{:?}", r.packets.note);
+    assert_eq!(r.packets.pcap.as_deref(), Some(pcap.to_str().unwrap()));
+    assert!(stdout.contains(&format!("packets: {}", pcap.display())), "{stdout}");
+    (r, pcap)
+}
+
+#[test]
+fn issue_6_the_kernel_and_the_wire_tell_the_leak_from_the_fix() {
+    use cwlab_model::report::Side;
+    use cwlab_model::TcpState::*;
+    if !can_isolate("witness") {
+        return;
+    }
+    let (leak, leak_pcap) = witnessed("leak");
+    let t = &leak.transitions;
+    assert_eq!(t.lost, 0);
+    assert_eq!(t.path(Side::Server, &[Established, CloseWait]), 100);
+    assert_eq!(t.count(Side::Server, CloseWait, LastAck), 0);
+    assert_eq!(t.count(Side::Client, Established, FinWait1), 100);
+    assert_eq!(t.first.len(), 3);
+    let fw1 = t.durations.iter().find(|d| d.side == Side::Client && d.state == FinWait1).unwrap();
+    assert_eq!(fw1.connections, 100);
+    assert!(fw1.min_ms <= fw1.median_ms && fw1.median_ms <= fw1.max_ms);
+    assert_eq!(
+        (leak.packets.sent(Side::Server, "FIN"), leak.packets.sent(Side::Client, "FIN")),
+        (0, 100)
+    );
+    assert_eq!(leak.packets.connections, 100);
+    let (server_fins, client_fins, all) = fins_in_pcap(&leak_pcap, leak.port);
+    assert_eq!((server_fins, client_fins), (0, 100), "the pcap file agrees");
+    let counted = leak.packets.server_segments["all"] + leak.packets.client_segments["all"];
+    assert_eq!(all, counted, "every segment counted is in the file");
+
+    let (fixed, fixed_pcap) = witnessed("fixed");
+    let t = &fixed.transitions;
+    assert_eq!(t.path(Side::Server, &[Established, CloseWait, LastAck, Close]), 100);
+    assert_eq!(t.count(Side::Server, CloseWait, LastAck), 100);
+    assert_eq!(fixed.packets.sent(Side::Server, "FIN"), 100);
+    assert_eq!(fixed.packets.sent(Side::Server, "RST"), 0);
+    let (server_fins, client_fins, _) = fins_in_pcap(&fixed_pcap, fixed.port);
+    assert_eq!((server_fins, client_fins), (100, 100));
+
+    for tool in [["tcpdump", "-nr"], ["tshark", "-r"]] {
+        let Ok(out) = std::process::Command::new(tool[0]).args([tool[1]]).arg(&fixed_pcap).output()
+        else {
+            eprintln!("{} is not installed: no cross-check with it", tool[0]);
+            continue;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let fins = text.lines().filter(|l| l.contains("[F") || l.contains("FIN")).count();
+        assert_eq!(fins, 200, "{} counts the FINs the lab counted", tool[0]);
+    }
 }

@@ -32,6 +32,13 @@ enum Command {
     /// Hold inherited descriptors until stdin closes (a handler starts this).
     #[command(hide = true)]
     Helper,
+    /// When stdin closes (the runner ended, however), remove a tracefs instance (the runner
+    /// starts this, so that even its SIGKILL leaves nothing behind).
+    #[command(hide = true)]
+    Janitor {
+        /// The instance's folder.
+        dir: PathBuf,
+    },
 }
 
 /// An error on its way to the terminal, with the exit code it means.
@@ -54,6 +61,7 @@ pub fn main() -> i32 {
         Command::List { dir } => crate::list::main(&dir),
         Command::Serve(a) => crate::serve::main(&a),
         Command::Helper => Ok(cwlab_servers::helper()),
+        Command::Janitor { dir } => Ok(cwlab_runner::janitor(&dir)),
     };
     match result {
         Ok(code) => code,

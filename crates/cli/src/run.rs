@@ -31,6 +31,10 @@ pub struct Args {
     /// The whole run's deadline, overriding the scenario's (e.g. 30s).
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Write the run's packets as a pcap file (tcpdump, Wireshark): to FILE, or without one
+    /// beside the report as NAME.pcap.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pcap: Option<Option<PathBuf>>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,9 +68,11 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         },
         timeout: a.timeout,
         run_id: run_id(),
+        pcap: None,
     };
     let mut worst = exit::PASS;
     for (i, (scenario, path)) in scenarios.iter().zip(&paths).enumerate() {
+        let opts = Options { pcap: pcap_path(a, path, scenarios.len()), ..opts.clone() };
         let report = match cwlab_runner::run(scenario, &opts, &mut |_| {}) {
             Ok(r) => r,
             Err(cwlab_runner::RunError::Interrupted(sig)) => {
@@ -117,6 +123,15 @@ fn code(r: &Report) -> i32 {
         Verdict::Pass => exit::PASS,
         Verdict::Fail => exit::FAIL,
         Verdict::Error => exit::BAD_INPUT,
+    }
+}
+
+/// `--pcap FILE` with one scenario; `--pcap` alone (or with several): beside each report.
+fn pcap_path(a: &Args, report: &Path, scenarios: usize) -> Option<PathBuf> {
+    match &a.pcap {
+        None => None,
+        Some(Some(file)) if scenarios == 1 => Some(file.clone()),
+        Some(_) => Some(report.with_extension("pcap")),
     }
 }
 

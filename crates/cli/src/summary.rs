@@ -38,6 +38,7 @@ pub fn render(r: &Report, report_path: &Path) -> String {
     holders(&mut s, &r.holders);
     fds(&mut s, r);
     outcomes(&mut s, r);
+    witnesses(&mut s, r);
     expectations(&mut s, r, report_path);
     s
 }
@@ -187,6 +188,60 @@ fn outcomes(s: &mut String, r: &Report) {
     }
 }
 
+/// The kernel's transitions (paths, the first connections step by step) and the FIN counts.
+fn witnesses(s: &mut String, r: &Report) {
+    let t = &r.transitions;
+    let _ = writeln!(s, "\n  what the kernel did");
+    if t.available {
+        for p in &t.paths {
+            let path: Vec<&str> = p.path.iter().map(|x| x.name()).collect();
+            let _ = writeln!(s, "    {} {} × {}", p.side, p.connections, path.join(" → "));
+        }
+        let handed_over = t.paths.iter().any(|p| {
+            p.path.ends_with(&[TcpState::FinWait2, TcpState::Close])
+                || p.path.ends_with(&[TcpState::FinWait1, TcpState::Close])
+        });
+        if handed_over {
+            let _ = writeln!(
+                s,
+                "    (FIN-WAIT → CLOSE: the socket was handed to a timewait socket, which the table shows as TIME-WAIT or FIN-WAIT-2)"
+            );
+        }
+        for c in &t.first {
+            let steps = |v: &[(TcpState, f64)]| -> String {
+                v.iter().map(|(st, ms)| format!("{st} {ms:.1}")).collect::<Vec<_>>().join(" → ")
+            };
+            let _ = writeln!(s, "    :{:<5} server {}", c.client_port, steps(&c.server));
+            let _ = writeln!(s, "    {:6} client {}", "", steps(&c.client));
+        }
+        if t.lost > 0 {
+            let _ = writeln!(s, "    ({} transitions lost: the counts are lower bounds)", t.lost);
+        }
+    } else {
+        let _ =
+            writeln!(s, "    transitions: not observable ({})", t.note.as_deref().unwrap_or("?"));
+    }
+    let p = &r.packets;
+    if p.available {
+        let n = p.connections;
+        let _ = writeln!(
+            s,
+            "    server sent FIN: {} of {n} connections · client sent FIN: {} of {n}",
+            p.sent(Side::Server, "FIN"),
+            p.sent(Side::Client, "FIN")
+        );
+        let rst = (p.sent(Side::Server, "RST"), p.sent(Side::Client, "RST"));
+        if rst != (0, 0) {
+            let _ = writeln!(s, "    RST: server in {} connections, client in {}", rst.0, rst.1);
+        }
+        if let Some(f) = &p.pcap {
+            let _ = writeln!(s, "    packets: {f}");
+        }
+    } else {
+        let _ = writeln!(s, "    packets: not observable ({})", p.note.as_deref().unwrap_or("?"));
+    }
+}
+
 fn errno_name(e: i32) -> String {
     match e {
         24 => "EMFILE: the acceptor is out of descriptors".into(),
@@ -202,7 +257,11 @@ fn expectations(s: &mut String, r: &Report, path: &Path) {
         let _ = writeln!(s, "\n  expectations");
         let width = r.expectations.iter().map(|e| e.text.chars().count()).max().unwrap_or(0);
         for e in &r.expectations {
-            let mark = if e.passed { "✓" } else { "✗" };
+            let mark = match (e.observable, e.passed) {
+                (false, _) => "?",
+                (true, true) => "✓",
+                (true, false) => "✗",
+            };
             let _ = writeln!(s, "    {mark} {:width$}   {}", e.text, e.detail);
         }
     }

@@ -11,6 +11,12 @@
 //!              | "accept errors"             accept() calls that failed (end only)
 //!              | ROLE "fds"                  descriptors open in processes of that role: handler,
 //!                                            helper or worker (end only)
+//!              | SIDE "transitions" STATE "->" STATE
+//!                                            connections whose socket made that transition (end only)
+//!              | SIDE "path" STATE ("->" STATE)*
+//!                                            connections whose path from ESTAB on is exactly that
+//!              | SIDE ("FIN" | "SYN" | "RST")
+//!                                            connections in which that side sent such a segment
 //! OP          := == | != | < | <= | > | >=
 //! rhs         := a whole number | "clients"
 //! window      := "within" DURATION           true at some sample in the hold, no later than D
@@ -24,11 +30,12 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::duration;
+use crate::evidence::{Packets, Transitions};
 use crate::report::{ClientOutcome, ExpectationResult, Holder, Role, Sample, ServerOutcome, Side};
 use crate::state::TcpState;
 
 /// What an expectation measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Quantity {
     /// Sockets on one side in one state.
     Sockets(Side, TcpState),
@@ -46,18 +53,18 @@ pub enum Quantity {
     AcceptErrors,
     /// Descriptors open in the acceptor's descendants of one role (known at the end only).
     RoleFds(Role),
+    /// Connections whose socket on one side made a transition (from the kernel's tracepoint).
+    Transitions(Side, TcpState, TcpState),
+    /// Connections whose socket on one side took exactly this path from ESTAB on.
+    Path(Side, Vec<TcpState>),
+    /// Connections in which one side sent a segment with this flag (from the capture).
+    Sent(Side, &'static str),
 }
 
 impl Quantity {
     /// True when the quantity is only known at the end of a run.
-    pub fn end_only(self) -> bool {
-        matches!(
-            self,
-            Quantity::HeldBy(..)
-                | Quantity::HungClients
-                | Quantity::Accepted
-                | Quantity::AcceptErrors
-        )
+    pub fn end_only(&self) -> bool {
+        !matches!(self, Quantity::Sockets(..) | Quantity::AcceptorFds | Quantity::AcceptorFdsGrowth)
     }
 }
 
@@ -288,6 +295,29 @@ fn parse_quantity(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseError>
             })
         }
     };
+    if let Some((_, next)) = toks.peek() {
+        let upper = next.to_ascii_uppercase();
+        if let Some((flag, _)) = crate::evidence::FLAGS.iter().find(|(f, _)| *f == upper) {
+            toks.next += 1;
+            return Ok((Quantity::Sent(side, flag), false));
+        }
+        if next.eq_ignore_ascii_case("transitions") {
+            toks.next += 1;
+            let from = parse_state(toks)?;
+            toks.keyword("->")?;
+            let to = parse_state(toks)?;
+            return Ok((Quantity::Transitions(side, from, to), false));
+        }
+        if next.eq_ignore_ascii_case("path") {
+            toks.next += 1;
+            let mut path = vec![parse_state(toks)?];
+            while toks.peek().is_some_and(|(_, t)| t == "->") {
+                toks.next += 1;
+                path.push(parse_state(toks)?);
+            }
+            return Ok((Quantity::Path(side, path), false));
+        }
+    }
     let (at, st) = toks.take("a TCP state such as CLOSE-WAIT")?;
     let state: TcpState = st.parse().map_err(|e: crate::state::UnknownState| ParseError {
         offset: at,
@@ -308,6 +338,12 @@ fn parse_quantity(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseError>
         return Ok((Quantity::HeldBy(side, state, role), false));
     }
     Ok((Quantity::Sockets(side, state), false))
+}
+
+fn parse_state(toks: &mut Tokens<'_>) -> Result<TcpState, ParseError> {
+    let (at, st) = toks.take("a TCP state such as CLOSE-WAIT")?;
+    st.parse()
+        .map_err(|e: crate::state::UnknownState| ParseError { offset: at, message: e.to_string() })
 }
 
 fn parse_fds_suffix(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseError> {
@@ -360,6 +396,12 @@ impl fmt::Display for Quantity {
             Quantity::Accepted => f.write_str("accepted"),
             Quantity::AcceptErrors => f.write_str("accept errors"),
             Quantity::RoleFds(role) => write!(f, "{role} fds"),
+            Quantity::Transitions(side, from, to) => write!(f, "{side} transitions {from} -> {to}"),
+            Quantity::Path(side, path) => {
+                let p: Vec<&str> = path.iter().map(|s| s.name()).collect();
+                write!(f, "{side} path {}", p.join(" -> "))
+            }
+            Quantity::Sent(side, flag) => write!(f, "{side} {flag}"),
         }
     }
 }
@@ -382,11 +424,32 @@ pub struct Evidence<'a> {
     pub server: &'a ServerOutcome,
     /// Descriptors open at the end per role.
     pub fds_by_role: &'a std::collections::BTreeMap<Role, u64>,
+    /// The kernel's transitions.
+    pub transitions: &'a Transitions,
+    /// The capture.
+    pub packets: &'a Packets,
 }
 
 impl Evidence<'_> {
-    fn value(&self, q: Quantity, s: &Sample) -> Option<i64> {
+    /// Why a quantity cannot be observed in this run, if it cannot.
+    fn unobservable(&self, q: &Quantity) -> Option<String> {
         match q {
+            Quantity::Transitions(..) | Quantity::Path(..) if !self.transitions.available => {
+                Some(format!(
+                    "not observable: {}",
+                    self.transitions.note.as_deref().unwrap_or("no transitions")
+                ))
+            }
+            Quantity::Sent(..) if !self.packets.available => Some(format!(
+                "not observable: {}",
+                self.packets.note.as_deref().unwrap_or("no capture")
+            )),
+            _ => None,
+        }
+    }
+
+    fn value(&self, q: &Quantity, s: &Sample) -> Option<i64> {
+        match *q {
             Quantity::Sockets(side, state) => Some(i64::from(s.get(side, state))),
             Quantity::AcceptorFds => s.acceptor_fds.map(i64::from),
             Quantity::AcceptorFdsGrowth => {
@@ -398,6 +461,11 @@ impl Evidence<'_> {
             Quantity::RoleFds(role) => {
                 Some(self.fds_by_role.get(&role).copied().unwrap_or(0) as i64)
             }
+            Quantity::Transitions(side, from, to) => {
+                Some(self.transitions.count(side, from, to) as i64)
+            }
+            Quantity::Path(side, ref path) => Some(self.transitions.path(side, path) as i64),
+            Quantity::Sent(side, flag) => Some(self.packets.sent(side, flag) as i64),
             Quantity::HeldBy(side, state, role) => {
                 let mut sockets: Vec<(u64, &str, &str)> = self
                     .holders
@@ -421,13 +489,23 @@ pub fn evaluate(e: &Expectation, ev: &Evidence<'_>) -> ExpectationResult {
         passed,
         observed,
         detail,
+        observable: true,
     };
+    if let Some(why) = ev.unobservable(&e.quantity) {
+        return ExpectationResult {
+            text: e.text.clone(),
+            passed: false,
+            observed: None,
+            detail: why,
+            observable: false,
+        };
+    }
     let Some(last) = ev.samples.last() else {
         return result(false, None, "no sample was taken".into());
     };
     let hold: Vec<&Sample> = ev.samples.iter().filter(|s| s.t_ms >= ev.hold_from_ms).collect();
     match e.window {
-        Window::End => match ev.value(e.quantity, last) {
+        Window::End => match ev.value(&e.quantity, last) {
             Some(v) => {
                 let ok = e.cmp.holds(v, want);
                 result(ok, Some(v), format!("{v} at the end"))
@@ -438,7 +516,7 @@ pub fn evaluate(e: &Expectation, ev: &Evidence<'_>) -> ExpectationResult {
             let limit = ev.hold_from_ms + d.as_millis() as u64;
             let mut last_seen = None;
             for s in hold.iter().take_while(|s| s.t_ms <= limit) {
-                let v = ev.value(e.quantity, s);
+                let v = ev.value(&e.quantity, s);
                 if let Some(v) = v {
                     if e.cmp.holds(v, want) {
                         let after = s.t_ms - ev.hold_from_ms;
@@ -469,7 +547,7 @@ fn evaluate_for(
     let mut run_start: Option<(u64, i64)> = None;
     let mut first_miss: Option<(u64, Option<i64>)> = None;
     for s in hold {
-        let v = ev.value(e.quantity, s);
+        let v = ev.value(&e.quantity, s);
         match v.filter(|v| e.cmp.holds(*v, want)) {
             Some(v) => {
                 let (start, v0) = *run_start.get_or_insert((s.t_ms, v));
@@ -496,7 +574,7 @@ fn evaluate_for(
         }
         (None, None) => (None, "no sample in the hold phase".into()),
     };
-    ExpectationResult { text: e.text.clone(), passed, observed, detail }
+    ExpectationResult { text: e.text.clone(), passed, observed, detail, observable: true }
 }
 
 #[cfg(test)]
@@ -533,6 +611,33 @@ mod tests {
         assert_eq!((e.quantity, e.cmp), (Quantity::AcceptorFdsGrowth, Cmp::Le));
         let e = parse("server CLOSE-WAIT held by acceptor == clients");
         assert_eq!(e.quantity, Quantity::HeldBy(Side::Server, TcpState::CloseWait, Role::Acceptor));
+    }
+
+    #[test]
+    fn without_the_witness_an_expectation_is_not_observable() {
+        let t = timeline();
+        let (c, s) = (ClientOutcome::default(), ServerOutcome::default());
+        let tr = Transitions {
+            available: false,
+            note: Some("tracefs is not mounted".into()),
+            ..Default::default()
+        };
+        let ev = Evidence {
+            samples: &t,
+            hold_from_ms: 100,
+            fds_baseline: Some(4),
+            holders: &[],
+            clients: 10,
+            client_outcome: &c,
+            server: &s,
+            fds_by_role: &BTreeMap::new(),
+            transitions: &tr,
+            packets: &Packets::default(),
+        };
+        let r = evaluate(&parse("server path ESTAB -> CLOSE-WAIT == clients"), &ev);
+        assert!(!r.observable);
+        assert_eq!(r.detail, "not observable: tracefs is not mounted");
+        assert!(evaluate(&parse("server CLOSE-WAIT == 9"), &ev).observable);
     }
 
     #[test]
@@ -581,6 +686,20 @@ mod tests {
         assert_eq!((e.quantity, e.cmp), (Quantity::AcceptErrors, Cmp::Ge));
         assert_eq!(parse("accepted == clients").quantity, Quantity::Accepted);
         assert_eq!(parse("helper fds == 50").quantity, Quantity::RoleFds(Role::Helper));
+        let e = parse("server transitions CLOSE-WAIT -> LAST-ACK == clients");
+        assert_eq!(
+            e.quantity,
+            Quantity::Transitions(Side::Server, TcpState::CloseWait, TcpState::LastAck)
+        );
+        let e = parse("server path ESTAB -> CLOSE-WAIT == clients");
+        assert_eq!(
+            e.quantity,
+            Quantity::Path(Side::Server, vec![TcpState::Established, TcpState::CloseWait])
+        );
+        assert_eq!(parse("client fin == clients").quantity, Quantity::Sent(Side::Client, "FIN"));
+        assert_eq!(parse("server RST == 0").quantity, Quantity::Sent(Side::Server, "RST"));
+        let e = err("server transitions CLOSE-WAIT LAST-ACK == 1");
+        assert_eq!(e.message, "expected `->`, found `LAST-ACK`");
         let e = err("accepted == 60 within 1s");
         assert!(e.message.starts_with("accepted is known only at the end"), "{}", e.message);
         let e = err("acceptor sockets == 1");
@@ -617,6 +736,8 @@ mod tests {
             client_outcome: &c,
             server: &s,
             fds_by_role: &BTreeMap::new(),
+            transitions: &Transitions::default(),
+            packets: &Packets::default(),
         };
         evaluate(&parse(text), &ev)
     }
@@ -693,6 +814,8 @@ mod tests {
             client_outcome: &c,
             server: &s,
             fds_by_role: &BTreeMap::new(),
+            transitions: &Transitions::default(),
+            packets: &Packets::default(),
         };
         assert!(evaluate(&parse("accepted == 7"), &ev).passed);
         let r = evaluate(&parse("server CLOSE-WAIT held by acceptor == 2"), &ev);

@@ -20,6 +20,17 @@
 //!   "client_outcome": {"completed": 100, "failed": 0, "hung": 0, "first_error": null},
 //!   "server": {"accepted": 100, "accept_errors": 0, "accept_errno": null},
 //!   "fds_by_role": {"acceptor": 104, "helper": 150},  // at the end, summed per role
+//!   "transitions": {"available": true, "note": null, "events": 600, "lost": 0,
+//!                   "counts": [{"side": "server", "from": "ESTAB", "to": "CLOSE-WAIT", "connections": 100}, …],
+//!                   "paths": [{"side": "server", "path": ["ESTAB", "CLOSE-WAIT"], "connections": 100}, …],
+//!                   "durations": [{"side": "client", "state": "FIN-WAIT-1", "connections": 100,
+//!                                  "min_ms": 0.02, "median_ms": 0.04, "max_ms": 0.3}, …],
+//!                   "first": [{"client_port": 51234, "server": [["SYN-RECV", 3.1], …], "client": […]}]},
+//!   "packets": {"available": true, "note": null, "pcap": "reports/leak.pcap" | null,
+//!               "server_segments": {"all": 300, "ACK": 300, "PSH": 100, "SYN": 100},
+//!               "client_segments": {…}, "connections": 100,
+//!               "server_sent": {"SYN": 100, "ACK": 100, "PSH": 100},   // connections, by flag
+//!               "client_sent": {"FIN": 100, …}},
 //!   "expectations": [{"text": "server CLOSE-WAIT == clients for 1s", "passed": true,
 //!                     "observed": 100, "detail": "held 100 for 1.45s"}, …],
 //!   "verdict": "pass" | "fail" | "error",
@@ -41,6 +52,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::{Packets, Transitions};
 use crate::state::TcpState;
 
 /// The version of this format; bumped on any change that a reader could notice.
@@ -82,6 +94,10 @@ pub struct Report {
     pub server: ServerOutcome,
     /// Open descriptors at the end, summed over the acceptor and its descendants by role.
     pub fds_by_role: BTreeMap<Role, u64>,
+    /// Every state transition, from the kernel's tracepoint.
+    pub transitions: Transitions,
+    /// Every segment, from a packet capture.
+    pub packets: Packets,
     /// Each expectation with what was observed.
     pub expectations: Vec<ExpectationResult>,
     /// The verdict.
@@ -372,6 +388,9 @@ pub struct ExpectationResult {
     pub observed: Option<i64>,
     /// A sentence saying what was seen.
     pub detail: String,
+    /// False when the run could not observe what the expectation needs (no tracefs, no
+    /// capture): it then neither passes nor fails the run.
+    pub observable: bool,
 }
 
 /// The outcome of a run.

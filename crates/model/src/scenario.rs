@@ -259,6 +259,9 @@ pub struct Scenario {
     pub timeout: Duration,
     /// What must hold.
     pub expectations: Vec<Expectation>,
+    /// Witnesses the run cannot do without (`transitions`, `packets`): where one cannot be had,
+    /// the run exits 2 instead of reporting its expectations "not observable".
+    pub require: Vec<String>,
 }
 
 impl Scenario {
@@ -336,6 +339,8 @@ struct RawRun {
     sample_interval: Option<Spanned<String>>,
     hold: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    require: Vec<Spanned<String>>,
 }
 
 fn default_request_bytes() -> u32 {
@@ -430,6 +435,15 @@ impl Scenario {
         let hold = src.duration(&raw.run.hold, DEFAULT_HOLD)?;
         let timeout = src.duration(&raw.run.timeout, DEFAULT_TIMEOUT)?;
         check_run(&src, &raw.run, sample_interval, hold, timeout)?;
+        for r in &raw.run.require {
+            if !["transitions", "packets"].contains(&r.get_ref().as_str()) {
+                return Err(src.at(
+                    r.span(),
+                    format!("unknown witness `{}` (expected transitions or packets)", r.get_ref()),
+                ));
+            }
+        }
+        let require = raw.run.require.iter().map(|r| r.get_ref().clone()).collect();
         let mut expectations = Vec::new();
         for e in &raw.expect {
             expectations.push(expectation(&src, e, hold)?);
@@ -446,6 +460,7 @@ impl Scenario {
             hold,
             timeout,
             expectations,
+            require,
         })
     }
 }

@@ -14,11 +14,13 @@ mod sampling;
 mod server;
 pub mod signals;
 mod stuck;
+mod witness;
 
 pub use isolation::IsolationMode;
-pub use output::write_atomically;
+pub use output::{write_atomically, AtomicFile};
 pub use run::{run, Event, Options};
 pub use server::RUN_MARK;
+pub use witness::janitor;
 
 /// Why a run could not produce a verdict.
 #[derive(Debug, thiserror::Error)]

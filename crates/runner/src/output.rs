@@ -1,5 +1,5 @@
-//! Writing reports atomically: a reader sees the old report or the whole new one, never half, and
-//! no temporary file outlives the writer, whatever ends it.
+//! Writing reports and captures atomically: a reader sees the old file or the whole new one, never
+//! half, and no temporary file outlives the writer, whatever ends it.
 //!
 //! The bytes go to an unnamed file in the target's folder (`O_TMPFILE`), which vanishes by itself
 //! if the process dies, even by SIGKILL. Once written and synced, it gets a temporary name
@@ -14,54 +14,96 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A file that appears at its path, whole, only when committed.
+pub struct AtomicFile {
+    file: File,
+    path: PathBuf,
+    tmp: PathBuf,
+    /// True when the file has no name yet (O_TMPFILE).
+    unnamed: bool,
+}
+
+impl AtomicFile {
+    /// Starts a file that will replace `path`; the folder is created if missing.
+    pub fn create(path: &Path) -> std::io::Result<AtomicFile> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir)?;
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("report");
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let (file, unnamed) = match unnamed(dir) {
+            Ok(f) => (f, true),
+            Err(_) => {
+                guard(&tmp);
+                (File::create(&tmp)?, false)
+            }
+        };
+        Ok(AtomicFile { file, path: path.to_path_buf(), tmp, unnamed })
+    }
+
+    /// The file, to write to.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Syncs, names and renames the file over its path.
+    pub fn commit(self) -> std::io::Result<()> {
+        let result = (|| {
+            self.file.sync_all()?;
+            if self.unnamed {
+                guard(&self.tmp);
+                let from =
+                    CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd())).unwrap();
+                let to =
+                    CString::new(self.tmp.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+                // SAFETY: two valid C strings; AT_SYMLINK_FOLLOW links the file the fd names.
+                let rc = unsafe {
+                    libc::linkat(
+                        libc::AT_FDCWD,
+                        from.as_ptr(),
+                        libc::AT_FDCWD,
+                        to.as_ptr(),
+                        libc::AT_SYMLINK_FOLLOW,
+                    )
+                };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            std::fs::rename(&self.tmp, &self.path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        crate::signals::guard_temporary(None);
+        result
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.unnamed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// A second signal removes this name if it exists then.
+fn guard(tmp: &Path) {
+    if let Ok(c) = CString::new(tmp.as_os_str().as_bytes()) {
+        crate::signals::guard_temporary(Some(&c));
+    }
+}
 
 /// Writes `bytes` to `path` atomically, creating the folder if missing. On error nothing is left.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("report");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let c_tmp = CString::new(tmp.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let result = match unnamed(dir) {
-        Ok(mut f) => (|| {
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            crate::signals::guard_temporary(Some(&c_tmp));
-            let from = CString::new(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
-            // SAFETY: two valid C strings; AT_SYMLINK_FOLLOW links the file the fd names.
-            let rc = unsafe {
-                libc::linkat(
-                    libc::AT_FDCWD,
-                    from.as_ptr(),
-                    libc::AT_FDCWD,
-                    c_tmp.as_ptr(),
-                    libc::AT_SYMLINK_FOLLOW,
-                )
-            };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            std::fs::rename(&tmp, path)
-        })(),
-        Err(_) => {
-            crate::signals::guard_temporary(Some(&c_tmp));
-            (|| {
-                let mut f = File::create(&tmp)?;
-                f.write_all(bytes)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, path)
-            })()
-        }
-    };
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    crate::signals::guard_temporary(None);
-    result
+    let mut f = AtomicFile::create(path)?;
+    f.file().write_all(bytes)?;
+    f.commit()
 }
 
 /// An unnamed regular file in `dir`.
@@ -91,6 +133,9 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let left: Vec<_> = std::fs::read_dir(dir.join("sub")).unwrap().collect();
         assert_eq!(left.len(), 1);
+        let abandoned = AtomicFile::create(&dir.join("sub/never.json")).unwrap();
+        drop(abandoned);
+        assert_eq!(std::fs::read_dir(dir.join("sub")).unwrap().count(), 1, "nothing of it stays");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

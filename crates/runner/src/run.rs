@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use cwlab_model::evidence::{Packets, Transitions};
 use cwlab_model::expect::{evaluate, Evidence};
 use cwlab_model::report::{
     Acceptor, ClientOutcome, Holder, Isolation, Phase, PhaseMark, Report, Sample, ScenarioRef,
@@ -18,6 +19,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::isolation::{self, IsolationMode};
 use crate::sampling::{PhaseCell, Probe, Sampler};
 use crate::server::{Launch, Server};
+use crate::witness::Witness;
 use crate::{clients, io, signals, stuck, RunError};
 
 /// How to run.
@@ -31,6 +33,8 @@ pub struct Options {
     pub timeout: Option<Duration>,
     /// The mark put on every process the run starts (the `CWLAB_RUN` variable).
     pub run_id: String,
+    /// Where to write the run's packets as a pcap file, if anywhere.
+    pub pcap: Option<PathBuf>,
 }
 
 /// What a run reports as it goes.
@@ -78,6 +82,8 @@ struct Draft<'e> {
     outcome: ClientOutcome,
     server: ServerOutcome,
     fds_by_role: std::collections::BTreeMap<cwlab_model::report::Role, u64>,
+    transitions: Transitions,
+    packets: Packets,
     /// Sockets the clients keep until the end (a half-close).
     kept: Vec<std::net::TcpStream>,
     stop: Option<(Stop, Phase)>,
@@ -168,6 +174,14 @@ pub fn run(
         outcome: ClientOutcome::default(),
         server: ServerOutcome::default(),
         fds_by_role: Default::default(),
+        transitions: Transitions {
+            note: Some("the run stopped before the clients came".into()),
+            ..Transitions::default()
+        },
+        packets: Packets {
+            note: Some("the run stopped before the clients came".into()),
+            ..Packets::default()
+        },
         kept: Vec::new(),
         stop: None,
     };
@@ -193,6 +207,16 @@ pub fn run(
     d.port = server.port;
     d.acceptor = server.acceptor;
     (d.on_event)(Event::Started { scenario, isolation, note: d.note.as_deref(), port: d.port });
+    let t0_us = monotonic_us();
+    let pcap = match &opts.pcap {
+        Some(path) => Some((
+            crate::AtomicFile::create(path).map_err(io(format!("create {}", path.display())))?,
+            path.display().to_string(),
+        )),
+        None => None,
+    };
+    let instance = format!("cwlab-{}", opts.run_id);
+    let witness = Witness::start(&opts.exe, &opts.run_id, &instance, d.port, pcap);
     let mut probe = Probe::open(d.port, d.acceptor)?;
     let (first, _) = probe.sample(0, Phase::Listen)?;
     d.fds_baseline = first.acceptor_fds;
@@ -262,12 +286,21 @@ pub fn run(
     let (last, records) = probe.sample(d.now_ms(), Phase::End)?;
     d.fds_end = last.acceptor_fds;
     d.push(last);
+    (d.transitions, d.packets) = witness.finish(d.port, t0_us, 3);
     d.holders = stuck::find(&records, d.port, d.acceptor);
     d.fds_by_role = stuck::fds_by_role(d.acceptor);
     server.stop();
     d.server = server.outcome();
     d.kept.clear();
     Ok(finish(d, scenario, timeout))
+}
+
+/// CLOCK_MONOTONIC in microseconds: the clock the tracepoint instance stamps with.
+fn monotonic_us() -> i64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => t.tv_sec() * 1_000_000 + t.tv_nsec() / 1000,
+        Err(_) => 0,
+    }
 }
 
 /// Registers the wake pipe with the runtime.
@@ -314,9 +347,26 @@ fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
         client_outcome: &d.outcome,
         server: &d.server,
         fds_by_role: &d.fds_by_role,
+        transitions: &d.transitions,
+        packets: &d.packets,
     };
     let expectations: Vec<_> =
         scenario.expectations.iter().map(|e| evaluate(e, &evidence)).collect();
+    let missing: Vec<String> = scenario
+        .require
+        .iter()
+        .filter_map(|w| match w.as_str() {
+            "transitions" if !d.transitions.available => Some(format!(
+                "transitions are required but cannot be observed: {}",
+                d.transitions.note.as_deref().unwrap_or("no tracefs")
+            )),
+            "packets" if !d.packets.available => Some(format!(
+                "packets are required but cannot be observed: {}",
+                d.packets.note.as_deref().unwrap_or("no capture")
+            )),
+            _ => None,
+        })
+        .collect();
     let error = d.stop.map(|(why, phase)| match why {
         Stop::Interrupted(sig) => {
             format!("interrupted by {} in the {phase} phase", signals::name(sig))
@@ -328,9 +378,10 @@ fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
             )
         }
     });
+    let error = error.or_else(|| (!missing.is_empty()).then(|| missing.join("; ")));
     let verdict = if error.is_some() {
         Verdict::Error
-    } else if expectations.iter().all(|e| e.passed) {
+    } else if expectations.iter().filter(|e| e.observable).all(|e| e.passed) {
         Verdict::Pass
     } else {
         Verdict::Fail
@@ -355,6 +406,8 @@ fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
         client_outcome: d.outcome,
         server: d.server,
         fds_by_role: d.fds_by_role,
+        transitions: d.transitions,
+        packets: d.packets,
         expectations,
         verdict,
         error,

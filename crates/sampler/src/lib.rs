@@ -5,11 +5,13 @@
 //! the kernel, and `/proc/net/tcp` ([`procnet`]), a cross-check and fallback that filters here.
 #![warn(missing_docs)]
 
+pub mod capture;
 pub mod diag;
 pub mod fds;
 pub mod holders;
 pub mod netns;
 pub mod procnet;
+pub mod tracefs;
 
 use std::io;
 use std::net::SocketAddr;

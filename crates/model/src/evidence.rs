@@ -1,0 +1,280 @@
+//! The two witnesses beyond sampling, as the report carries them: every state transition the
+//! kernel made (the `sock:inet_sock_set_state` tracepoint) and every segment on the wire (a packet
+//! capture), with what this module computes from them: per-connection paths, time spent in each
+//! state, transitions and FINs counted per side.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::Side;
+use crate::state::TcpState;
+
+/// One transition the kernel reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// Microseconds since the run's LISTEN.
+    pub t_us: i64,
+    /// Which end of the connection.
+    pub side: Side,
+    /// The client's port: it names the connection.
+    pub client_port: u16,
+    /// The state left.
+    pub from: TcpState,
+    /// The state entered.
+    pub to: TcpState,
+}
+
+/// What the transitions showed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transitions {
+    /// False where tracefs could not be used; `note` says why.
+    pub available: bool,
+    /// Why not, or what to know.
+    pub note: Option<String>,
+    /// Transitions read.
+    pub events: u64,
+    /// Events the kernel dropped (its buffer was full); nonzero makes the counts a lower bound.
+    pub lost: u64,
+    /// For each side and transition, how many connections made it.
+    pub counts: Vec<TransitionCount>,
+    /// For each side, the distinct paths from ESTAB on and how many connections took each.
+    pub paths: Vec<PathCount>,
+    /// For each side and state left, how long connections spent in it.
+    pub durations: Vec<StateDuration>,
+    /// The first few connections, step by step.
+    pub first: Vec<ConnectionSteps>,
+}
+
+/// How many connections made one transition on one side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionCount {
+    /// The side.
+    pub side: Side,
+    /// The state left.
+    pub from: TcpState,
+    /// The state entered.
+    pub to: TcpState,
+    /// Connections.
+    pub connections: u64,
+}
+
+/// How many connections took one path on one side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathCount {
+    /// The side.
+    pub side: Side,
+    /// The states from ESTAB on, in order.
+    pub path: Vec<TcpState>,
+    /// Connections.
+    pub connections: u64,
+}
+
+/// Time spent in one state, over the connections that left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDuration {
+    /// The side.
+    pub side: Side,
+    /// The state.
+    pub state: TcpState,
+    /// Connections that entered and left it.
+    pub connections: u64,
+    /// Shortest stay, ms.
+    pub min_ms: f64,
+    /// Median stay, ms.
+    pub median_ms: f64,
+    /// Longest stay, ms.
+    pub max_ms: f64,
+}
+
+/// One connection, step by step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSteps {
+    /// The client's port.
+    pub client_port: u16,
+    /// The server side's states with the ms each began.
+    pub server: Vec<(TcpState, f64)>,
+    /// The client side's.
+    pub client: Vec<(TcpState, f64)>,
+}
+
+impl Transitions {
+    /// How many connections on `side` made `from -> to`.
+    pub fn count(&self, side: Side, from: TcpState, to: TcpState) -> u64 {
+        self.counts
+            .iter()
+            .filter(|c| c.side == side && c.from == from && c.to == to)
+            .map(|c| c.connections)
+            .sum()
+    }
+
+    /// How many connections on `side` took exactly `path` from ESTAB on.
+    pub fn path(&self, side: Side, path: &[TcpState]) -> u64 {
+        self.paths.iter().filter(|p| p.side == side && p.path == path).map(|p| p.connections).sum()
+    }
+}
+
+/// Computes paths, counts and durations from the transitions, in time order.
+pub fn analyse(mut events: Vec<Transition>, lost: u64, first: usize) -> Transitions {
+    events.sort_by_key(|e| e.t_us);
+    let mut by_conn: BTreeMap<(Side, u16), Vec<&Transition>> = BTreeMap::new();
+    for e in &events {
+        by_conn.entry((e.side, e.client_port)).or_default().push(e);
+    }
+    let mut counts: BTreeMap<(Side, TcpState, TcpState), u64> = BTreeMap::new();
+    let mut paths: BTreeMap<(Side, Vec<TcpState>), u64> = BTreeMap::new();
+    let mut stays: BTreeMap<(Side, TcpState), Vec<i64>> = BTreeMap::new();
+    for ((side, _), evs) in &by_conn {
+        let mut path: Vec<TcpState> = Vec::new();
+        for (i, e) in evs.iter().enumerate() {
+            *counts.entry((*side, e.from, e.to)).or_insert(0) += 1;
+            if e.to == TcpState::Established || !path.is_empty() {
+                path.push(e.to);
+            }
+            if let Some(next) = evs.get(i + 1) {
+                stays.entry((*side, e.to)).or_default().push(next.t_us - e.t_us);
+            }
+        }
+        if !path.is_empty() {
+            *paths.entry((*side, path)).or_insert(0) += 1;
+        }
+    }
+    let ms = |us: i64| us as f64 / 1000.0;
+    let mut firsts: BTreeMap<u16, ConnectionSteps> = BTreeMap::new();
+    let ports: std::collections::BTreeSet<u16> = by_conn.keys().map(|(_, p)| *p).collect();
+    let mut ordered: Vec<(i64, u16)> = ports
+        .iter()
+        .map(|p| {
+            let t = events.iter().find(|e| e.client_port == *p).map_or(0, |e| e.t_us);
+            (t, *p)
+        })
+        .collect();
+    ordered.sort();
+    for (_, port) in ordered.into_iter().take(first) {
+        let steps = |side| -> Vec<(TcpState, f64)> {
+            by_conn.get(&(side, port)).map_or(Vec::new(), |v| {
+                v.iter().map(|e| (e.to, (ms(e.t_us) * 1000.0).round() / 1000.0)).collect()
+            })
+        };
+        firsts.insert(
+            port,
+            ConnectionSteps {
+                client_port: port,
+                server: steps(Side::Server),
+                client: steps(Side::Client),
+            },
+        );
+    }
+    Transitions {
+        available: true,
+        note: None,
+        events: events.len() as u64,
+        lost,
+        counts: counts
+            .into_iter()
+            .map(|((side, from, to), connections)| TransitionCount { side, from, to, connections })
+            .collect(),
+        paths: paths
+            .into_iter()
+            .map(|((side, path), connections)| PathCount { side, path, connections })
+            .collect(),
+        durations: stays
+            .into_iter()
+            .map(|((side, state), mut v)| {
+                v.sort_unstable();
+                StateDuration {
+                    side,
+                    state,
+                    connections: v.len() as u64,
+                    min_ms: ms(v[0]),
+                    median_ms: ms(v[v.len() / 2]),
+                    max_ms: ms(v[v.len() - 1]),
+                }
+            })
+            .collect(),
+        first: firsts.into_values().collect(),
+    }
+}
+
+/// What the capture saw, per side: segments by flag, and connections by what each side sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packets {
+    /// False where no capture could be made; `note` says why.
+    pub available: bool,
+    /// Why not.
+    pub note: Option<String>,
+    /// The pcap file written, if one was asked for.
+    pub pcap: Option<String>,
+    /// Segments the server sent, by flag (`SYN`, `FIN`, `RST`, `PSH`, `ACK`) and in all (`all`).
+    pub server_segments: BTreeMap<String, u64>,
+    /// Segments the clients sent.
+    pub client_segments: BTreeMap<String, u64>,
+    /// Connections seen (by the client's port).
+    pub connections: u64,
+    /// Connections in which the server sent at least one segment with the flag, by flag.
+    pub server_sent: BTreeMap<String, u64>,
+    /// Connections in which the client did.
+    pub client_sent: BTreeMap<String, u64>,
+    /// Packets the kernel dropped before the capture read them (nonzero: counts are lower bounds).
+    pub dropped: u64,
+}
+
+/// The TCP flags the capture counts.
+pub const FLAGS: [(&str, u8); 5] =
+    [("FIN", 0x01), ("SYN", 0x02), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10)];
+
+impl Packets {
+    /// Connections in which `side` sent a segment with `flag` (`FIN`, `SYN`, `RST`, …).
+    pub fn sent(&self, side: Side, flag: &str) -> u64 {
+        let m = match side {
+            Side::Server => &self.server_sent,
+            Side::Client => &self.client_sent,
+        };
+        m.get(flag).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TcpState::*;
+
+    fn t(t_us: i64, side: Side, port: u16, from: TcpState, to: TcpState) -> Transition {
+        Transition { t_us, side, client_port: port, from, to }
+    }
+
+    #[test]
+    fn paths_counts_and_stays() {
+        let ev = vec![
+            t(0, Side::Server, 1, Close, SynRecv),
+            t(10, Side::Server, 1, SynRecv, Established),
+            t(1000, Side::Server, 1, Established, CloseWait),
+            t(1500, Side::Server, 1, CloseWait, LastAck),
+            t(1600, Side::Server, 1, LastAck, Close),
+            t(20, Side::Server, 2, SynRecv, Established),
+            t(3000, Side::Server, 2, Established, CloseWait),
+            t(5, Side::Client, 1, SynSent, Established),
+        ];
+        let tr = analyse(ev, 0, 1);
+        assert_eq!(tr.events, 8);
+        assert_eq!(tr.count(Side::Server, CloseWait, LastAck), 1);
+        assert_eq!(tr.count(Side::Server, Established, CloseWait), 2);
+        assert_eq!(tr.path(Side::Server, &[Established, CloseWait]), 1);
+        assert_eq!(tr.path(Side::Server, &[Established, CloseWait, LastAck, Close]), 1);
+        let cw =
+            tr.durations.iter().find(|d| d.side == Side::Server && d.state == CloseWait).unwrap();
+        assert_eq!((cw.connections, cw.min_ms, cw.max_ms), (1, 0.5, 0.5));
+        let est =
+            tr.durations.iter().find(|d| d.state == Established && d.side == Side::Server).unwrap();
+        assert_eq!((est.connections, est.min_ms, est.max_ms), (2, 0.99, 2.98));
+        assert_eq!(tr.first.len(), 1);
+        assert_eq!(tr.first[0].client_port, 1);
+        assert_eq!(tr.first[0].server.len(), 5);
+    }
+}

@@ -1,0 +1,263 @@
+//! Every segment of one port, from an AF_PACKET socket on the loopback of the caller's network
+//! namespace: counted by flag and direction, and written as a pcap file that tcpdump and
+//! Wireshark open, with no libpcap. Loopback shows each packet twice to a packet socket (out and
+//! in); the outgoing copy is skipped, as libpcap does.
+//!
+//! # References
+//! packet(7), netdevice(7); the pcap file format (tcpdump.org `pcap-savefile(5)`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Bytes of each packet kept in the pcap file: the Ethernet, IP and TCP headers.
+pub const SNAPLEN: usize = 128;
+const LINKTYPE_ETHERNET: u32 = 1;
+
+/// What the capture counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Segments the server sent, by flag name, and `all`.
+    pub server_segments: BTreeMap<String, u64>,
+    /// Segments the clients sent.
+    pub client_segments: BTreeMap<String, u64>,
+    /// For each connection (the client's port), the flags the server and the client sent.
+    pub connections: HashMap<u16, (u8, u8)>,
+    /// Packets the kernel dropped before we read them.
+    pub dropped: u64,
+}
+
+pub use cwlab_model::evidence::FLAGS;
+
+impl Tally {
+    /// Connections in which the server (or the client) sent a segment with `bit`.
+    pub fn connections_with(&self, server: bool, bit: u8) -> u64 {
+        self.connections.values().filter(|(s, c)| (if server { *s } else { *c }) & bit != 0).count()
+            as u64
+    }
+
+    fn count(&mut self, server: bool, client_port: u16, flags: u8) {
+        let m = if server { &mut self.server_segments } else { &mut self.client_segments };
+        *m.entry("all".into()).or_insert(0) += 1;
+        for (name, bit) in FLAGS {
+            if flags & bit != 0 {
+                *m.entry(name.into()).or_insert(0) += 1;
+            }
+        }
+        let c = self.connections.entry(client_port).or_insert((0, 0));
+        if server {
+            c.0 |= flags;
+        } else {
+            c.1 |= flags;
+        }
+    }
+}
+
+/// A packet socket on `lo`, counting one port's segments and writing them to `W` as pcap.
+pub struct Capture<W: Write> {
+    fd: OwnedFd,
+    port: u16,
+    out: Option<W>,
+    tally: Tally,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Capture<W> {
+    /// Opens the capture in the calling thread's network namespace.
+    pub fn open(port: u16, mut out: Option<W>) -> io::Result<Capture<W>> {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2); the result is checked before it is owned.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                i32::from(proto),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: if_nametoindex with a C string.
+        let ifindex = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        // SAFETY: sockaddr_ll is plain data; zeroed is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: bind(2) with a sockaddr_ll of the right size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: setsockopt with an int. A bigger queue only lowers the chance of drops.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        if let Some(w) = out.as_mut() {
+            write_header(w)?;
+        }
+        Ok(Capture { fd, port, out, tally: Tally::default(), buf: vec![0; 65536] })
+    }
+
+    /// The socket to poll for readability.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Reads every packet ready, without blocking.
+    pub fn read_ready(&mut self) -> io::Result<()> {
+        loop {
+            // SAFETY: sockaddr_ll is plain data.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: the buffer and address are valid for the lengths given.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_TRUNC,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut len,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock => Ok(()),
+                    io::ErrorKind::Interrupted => continue,
+                    _ => Err(e),
+                };
+            }
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let wire = n as usize;
+            let kept = wire.min(self.buf.len());
+            let Some((sport, dport, flags)) = tcp_segment(&self.buf[..kept]) else { continue };
+            let server = sport == self.port;
+            if !server && dport != self.port {
+                continue;
+            }
+            self.tally.count(server, if server { dport } else { sport }, flags);
+            if let Some(w) = self.out.as_mut() {
+                write_record(w, &self.buf[..kept.min(SNAPLEN)], wire)?;
+            }
+        }
+    }
+
+    /// Reads what is left and returns the tally and the pcap writer, flushed.
+    pub fn finish(mut self) -> io::Result<(Tally, Option<W>)> {
+        self.read_ready()?;
+        self.tally.dropped = dropped(&self.fd);
+        if let Some(w) = self.out.as_mut() {
+            w.flush()?;
+        }
+        Ok((self.tally, self.out))
+    }
+}
+
+/// PACKET_STATISTICS: packets the kernel dropped for this socket.
+fn dropped(fd: &OwnedFd) -> u64 {
+    let mut st = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: getsockopt into a tpacket_stats of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        u64::from(st.tp_drops)
+    } else {
+        0
+    }
+}
+
+/// Source port, destination port and flags of a TCP segment in an Ethernet frame.
+pub fn tcp_segment(frame: &[u8]) -> Option<(u16, u16, u8)> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let ip = frame.get(14..)?;
+    let tcp = match ethertype {
+        0x0800 => {
+            if *ip.get(9)? != 6 {
+                return None;
+            }
+            ip.get(usize::from(ip[0] & 0x0f) * 4..)?
+        }
+        0x86dd => {
+            if *ip.get(6)? != 6 {
+                return None;
+            }
+            ip.get(40..)?
+        }
+        _ => return None,
+    };
+    let sport = u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]);
+    let dport = u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]);
+    Some((sport, dport, *tcp.get(13)?))
+}
+
+fn write_header(w: &mut impl Write) -> io::Result<()> {
+    w.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
+    w.write_all(&2u16.to_le_bytes())?;
+    w.write_all(&4u16.to_le_bytes())?;
+    w.write_all(&0i32.to_le_bytes())?;
+    w.write_all(&0u32.to_le_bytes())?;
+    w.write_all(&(SNAPLEN as u32).to_le_bytes())?;
+    w.write_all(&LINKTYPE_ETHERNET.to_le_bytes())
+}
+
+fn write_record(w: &mut impl Write, data: &[u8], wire: usize) -> io::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    w.write_all(&(now.as_secs() as u32).to_le_bytes())?;
+    w.write_all(&now.subsec_micros().to_le_bytes())?;
+    w.write_all(&(data.len() as u32).to_le_bytes())?;
+    w.write_all(&(wire as u32).to_le_bytes())?;
+    w.write_all(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ports_and_flags_of_v4_and_v6_segments() {
+        let mut v4 = vec![0u8; 14 + 20 + 20];
+        v4[12..14].copy_from_slice(&[0x08, 0x00]);
+        v4[14] = 0x45;
+        v4[14 + 9] = 6;
+        v4[34..36].copy_from_slice(&8080u16.to_be_bytes());
+        v4[36..38].copy_from_slice(&50000u16.to_be_bytes());
+        v4[34 + 13] = 0x11;
+        assert_eq!(tcp_segment(&v4), Some((8080, 50000, 0x11)));
+        let mut v6 = vec![0u8; 14 + 40 + 20];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        v6[14 + 6] = 6;
+        v6[54..56].copy_from_slice(&1u16.to_be_bytes());
+        v6[56..58].copy_from_slice(&2u16.to_be_bytes());
+        v6[54 + 13] = 0x04;
+        assert_eq!(tcp_segment(&v6), Some((1, 2, 0x04)));
+        assert_eq!(tcp_segment(&v6[..20]), None);
+    }
+}
