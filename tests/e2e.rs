@@ -338,3 +338,66 @@ fn issue_6_the_kernel_and_the_wire_tell_the_leak_from_the_fix() {
         assert_eq!(fins, 200, "{} counts the FINs the lab counted", tool[0]);
     }
 }
+
+#[test]
+fn issue_7_charts_of_the_leak_and_the_fix_differ_where_they_should() {
+    if !can_isolate("chart") {
+        return;
+    }
+    let dir = scratch("chart");
+    let svg = dir.join("leak-vs-fixed.svg");
+    let (leak, fixed) = (root().join("scenarios/leak.toml"), root().join("scenarios/fixed.toml"));
+    let _one_at_a_time = serial();
+    let out = cwlab(&[
+        "run",
+        leak.to_str().unwrap(),
+        fixed.to_str().unwrap(),
+        "--report",
+        dir.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert_exit!(out, 0);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the SVG parses");
+    let panel = |name: &str| {
+        doc.descendants().find(|n| n.attribute("data-scenario") == Some(name)).unwrap()
+    };
+    let series = |name: &str| -> Vec<(String, String, String)> {
+        panel(name)
+            .descendants()
+            .filter(|n| n.has_tag_name("polyline"))
+            .map(|n| {
+                let last =
+                    n.attribute("points").unwrap().split(' ').next_back().unwrap().to_string();
+                (
+                    n.attribute("data-series").unwrap().into(),
+                    n.attribute("data-max").unwrap().into(),
+                    last,
+                )
+            })
+            .collect()
+    };
+    let leak_cw = series("leak")
+        .into_iter()
+        .find(|s| s.0 == "server CLOSE-WAIT")
+        .expect("a CLOSE-WAIT series");
+    assert_eq!(leak_cw.1, "100", "the leak's CLOSE-WAIT reaches 100");
+    let fw2 = series("leak").into_iter().find(|s| s.0 == "client FIN-WAIT-2").unwrap();
+    assert_eq!(leak_cw.2.split(',').nth(1), fw2.2.split(',').nth(1), "both flat at 100 at the end");
+    // The fix: no CLOSE-WAIT series, or (a sample that caught one in passing) one that ends at 0.
+    if let Some(cw) = series("fixed").into_iter().find(|s| s.0 == "server CLOSE-WAIT") {
+        assert_ne!(cw.1, "100");
+        assert_eq!(cw.2.split(',').nth(1), Some("350.0"), "back on the x axis at the end");
+    }
+    assert!(series("fixed").iter().any(|s| s.0 == "client TIME-WAIT" && s.1 == "100"));
+    let labels: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("axis-label"))
+        .filter_map(|n| n.text())
+        .collect();
+    assert!(labels.contains(&"sockets") && labels.contains(&"seconds since the server listened"));
+    let out = cwlab(&["chart", svg.to_str().unwrap(), "-o", dir.join("x.svg").to_str().unwrap()]);
+    assert_exit!(out, 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a cwlab report"));
+}

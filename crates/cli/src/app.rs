@@ -20,6 +20,8 @@ enum Command {
     Sockets(crate::sockets::Args),
     /// Run scenarios and check their expectations; the exit code is the verdict.
     Run(crate::run::Args),
+    /// Draw the timelines of finished runs as one SVG, side by side on one scale.
+    Chart(crate::chart_cmd::Args),
     /// List the scenarios with the first line of each story.
     List {
         /// Where the scenario files are.
@@ -59,6 +61,7 @@ pub fn main() -> i32 {
         Command::Sockets(a) => crate::sockets::main(&a),
         Command::Run(a) => crate::run::main(&a),
         Command::List { dir } => crate::list::main(&dir),
+        Command::Chart(a) => crate::chart_cmd::main(&a),
         Command::Serve(a) => crate::serve::main(&a),
         Command::Helper => Ok(cwlab_servers::helper()),
         Command::Janitor { dir } => Ok(cwlab_runner::janitor(&dir)),

@@ -1,6 +1,8 @@
 //! `cwlab`: the closewait-lab command line. Parses, dispatches, maps errors to exit codes.
 
 mod app;
+mod chart;
+mod chart_cmd;
 mod list;
 mod run;
 mod serve;

@@ -35,6 +35,9 @@ pub struct Args {
     /// beside the report as NAME.pcap.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     pcap: Option<Option<PathBuf>>,
+    /// Draw the timeline of the run(s) as an SVG chart, side by side on one scale.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,6 +74,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         pcap: None,
     };
     let mut worst = exit::PASS;
+    let mut done = Vec::new();
     for (i, (scenario, path)) in scenarios.iter().zip(&paths).enumerate() {
         let opts = Options { pcap: pcap_path(a, path, scenarios.len()), ..opts.clone() };
         let report = match cwlab_runner::run(scenario, &opts, &mut |_| {}) {
@@ -99,6 +103,9 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         };
         out.write_all(text.as_bytes()).map_err(Failure::bad_input)?;
         worst = worst.max(code(&report));
+        if a.svg.is_some() {
+            done.push(report.clone());
+        }
         if let Some(sig) = cwlab_runner::signals::received() {
             // A signal stopped this run (its report says so), or arrived after it ended: then
             // the scenarios after it do not run, and the exit status says why.
@@ -106,6 +113,9 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
                 return Ok(128 + sig);
             }
         }
+    }
+    if let Some(svg) = &a.svg {
+        crate::chart_cmd::write_svg(svg, &done)?;
     }
     Ok(worst)
 }
