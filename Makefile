@@ -4,7 +4,7 @@ CARGO ?= cargo
 CWLAB := target/release/cwlab
 SCENARIOS := $(sort $(basename $(notdir $(wildcard scenarios/*.toml))))
 
-.PHONY: help build fmt fmt-check lint test doc bench soak scenarios list clean $(addprefix scenario-,$(SCENARIOS))
+.PHONY: help build fmt fmt-check lint test doc bench soak scenarios list demo charts clean $(addprefix scenario-,$(SCENARIOS))
 
 help:
 	@echo "make scenario-leak       the leak: CLOSE-WAIT piles up, held by the acceptor"
@@ -12,6 +12,8 @@ help:
 	@echo "make scenario-NAME       any scenario in scenarios/ ($(SCENARIOS))"
 	@echo "make scenarios           every scenario; fails if any fails"
 	@echo "make test                unit and end-to-end tests (root: private network namespaces)"
+	@echo "make demo                leak and fixed side by side, live (q quits, space pauses, r reruns)"
+	@echo "make charts              docs/charts/: leak vs fixed vs parent-closes as one SVG"
 	@echo "make soak                every scenario 50x, 8 at once, 50x with both cores busy"
 	@echo "make fmt | lint | doc | bench | list"
 
@@ -26,6 +28,16 @@ scenarios: build
 
 list: build
 	$(CWLAB) list
+
+# The live side-by-side view for a workshop (q quits, space pauses, r reruns).
+demo: build
+	$(CWLAB) demo
+
+# The charts of docs/workshop.md: leak, fixed and parent-closes on one scale.
+charts: build
+	@mkdir -p docs/charts
+	$(CWLAB) run scenarios/leak.toml scenarios/fixed.toml scenarios/parent-closes.toml \
+		--report target/charts --svg docs/charts/leak-fixed-parent-closes.svg
 
 # The last line sums every test binary's results, so the verdict is one line, whichever crate ran last.
 test:

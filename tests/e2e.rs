@@ -401,3 +401,56 @@ fn issue_7_charts_of_the_leak_and_the_fix_differ_where_they_should() {
     assert_exit!(out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a cwlab report"));
 }
+
+#[test]
+fn issue_7_demo_without_a_terminal_prints_plain_lines_and_exits_with_the_verdict() {
+    if !can_isolate("demo") {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let out = cwlab(&["demo", "leak", "parent-closes"]);
+    assert_exit!(out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\x1b'), "no escape sequences when stdout is not a terminal:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("[leak] PASS 9 of 9 expectations held · server CLOSE-WAIT 100")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("[parent-closes] PASS")), "{text}");
+    assert!(text.contains("[leak] hold begins"), "{text}");
+
+    // The same, a step at a time: every run waits before each phase until a line arrives.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cwlab"))
+        .args(["demo", "fixed", "--step"])
+        .current_dir(root())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    stdin.write_all(b"\n\n\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_exit!(out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for next in ["connect", "close", "hold"] {
+        assert!(text.contains(&format!("[fixed] next, {next}: ")), "{text}");
+    }
+    assert!(
+        text.contains("[fixed] next, close: clients close their sockets. Watch the server side"),
+        "{text}"
+    );
+}
+
+#[test]
+fn issue_7_a_bad_scenario_name_in_the_demo_is_refused() {
+    let out = cwlab(&["demo", "no-such-scenario"]);
+    assert_exit!(out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: scenarios/no-such-scenario.toml: cannot read the scenario file"),
+        "{stderr}"
+    );
+}

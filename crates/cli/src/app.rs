@@ -20,6 +20,8 @@ enum Command {
     Sockets(crate::sockets::Args),
     /// Run scenarios and check their expectations; the exit code is the verdict.
     Run(crate::run::Args),
+    /// Run scenarios side by side in a live view (default: leak and fixed), for an audience.
+    Demo(crate::demo::Args),
     /// Draw the timelines of finished runs as one SVG, side by side on one scale.
     Chart(crate::chart_cmd::Args),
     /// List the scenarios with the first line of each story.
@@ -62,6 +64,7 @@ pub fn main() -> i32 {
         Command::Run(a) => crate::run::main(&a),
         Command::List { dir } => crate::list::main(&dir),
         Command::Chart(a) => crate::chart_cmd::main(&a),
+        Command::Demo(a) => crate::demo::main(&a),
         Command::Serve(a) => crate::serve::main(&a),
         Command::Helper => Ok(cwlab_servers::helper()),
         Command::Janitor { dir } => Ok(cwlab_runner::janitor(&dir)),

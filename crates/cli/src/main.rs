@@ -3,6 +3,7 @@
 mod app;
 mod chart;
 mod chart_cmd;
+mod demo;
 mod list;
 mod run;
 mod serve;

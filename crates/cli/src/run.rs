@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::ValueEnum;
+use cwlab_model::events::{cue, PhaseStart, RunEvent, Started, Waiting};
 use cwlab_model::report::{Report, Verdict};
 use cwlab_model::{exit, Scenario};
-use cwlab_runner::{IsolationMode, Options};
+use cwlab_runner::{Event, IsolationMode, Options};
+use std::io::IsTerminal;
 
 use crate::app::Failure;
 
@@ -38,6 +40,12 @@ pub struct Args {
     /// Draw the timeline of the run(s) as an SVG chart, side by side on one scale.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Print the run as JSON Lines events on stdout, the report last (see `cwlab demo`).
+    #[arg(long, conflicts_with = "json")]
+    events: bool,
+    /// Stop before each phase, say what is about to happen, and wait for Enter.
+    #[arg(long)]
+    step: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,12 +80,14 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         timeout: a.timeout,
         run_id: run_id(),
         pcap: None,
+        step: a.step,
     };
     let mut worst = exit::PASS;
     let mut done = Vec::new();
     for (i, (scenario, path)) in scenarios.iter().zip(&paths).enumerate() {
         let opts = Options { pcap: pcap_path(a, path, scenarios.len()), ..opts.clone() };
-        let report = match cwlab_runner::run(scenario, &opts, &mut |_| {}) {
+        let mut progress = Progress::new(&scenario.name, a.events);
+        let report = match cwlab_runner::run(scenario, &opts, &mut |e| progress.event(e)) {
             Ok(r) => r,
             Err(cwlab_runner::RunError::Interrupted(sig)) => {
                 return Err(Failure {
@@ -93,7 +103,13 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
             Failure::bad_input(format!("{}: cannot write the report: {e}", path.display()))
         })?;
         let mut out = std::io::stdout().lock();
-        let text = if a.json {
+        progress.clear();
+        let text = if a.events {
+            let mut line = serde_json::to_string(&RunEvent::Report(Box::new(report.clone())))
+                .expect("reports serialize");
+            line.push('\n');
+            line
+        } else if a.json {
             let mut line = serde_json::to_string(&report).expect("reports serialize");
             line.push('\n');
             line
@@ -118,6 +134,75 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         crate::chart_cmd::write_svg(svg, &done)?;
     }
     Ok(worst)
+}
+
+/// What a run shows as it goes: JSON Lines events on stdout with `--events`; otherwise, on a
+/// terminal, its phase and latest counts on one line of stderr, and the presenter's cue in
+/// `--step`; nothing when stderr is not a terminal.
+struct Progress<'a> {
+    name: &'a str,
+    events: bool,
+    tty: bool,
+    shown: bool,
+}
+
+impl<'a> Progress<'a> {
+    fn new(name: &'a str, events: bool) -> Progress<'a> {
+        Progress { name, events, tty: std::io::stderr().is_terminal(), shown: false }
+    }
+
+    fn event(&mut self, e: Event<'_>) {
+        if self.events {
+            let ev = match e {
+                Event::Started { scenario, isolation, port, .. } => RunEvent::Started(Started {
+                    scenario: scenario.name.clone(),
+                    headline: scenario.headline().to_string(),
+                    port,
+                    isolation,
+                }),
+                Event::Phase(phase, t_ms) => RunEvent::Phase(PhaseStart { phase, t_ms }),
+                Event::Sample(s) => RunEvent::Sample(s.clone()),
+                Event::Waiting(next) => RunEvent::Waiting(Waiting { next }),
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = serde_json::to_writer(&mut out, &ev);
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        match e {
+            Event::Waiting(next) => {
+                let _ = writeln!(err, "\r\x1b[K{}: next, {next}: {} [Enter]", self.name, cue(next));
+            }
+            Event::Sample(s) if self.tty => {
+                let top: Vec<String> = s
+                    .server
+                    .iter()
+                    .map(|(st, n)| format!("server {st} {n}"))
+                    .chain(s.client.iter().map(|(st, n)| format!("client {st} {n}")))
+                    .take(4)
+                    .collect();
+                let _ = write!(
+                    err,
+                    "\r\x1b[K{}: {} {:.1}s  {}",
+                    self.name,
+                    s.phase,
+                    s.t_ms as f64 / 1000.0,
+                    top.join(" · ")
+                );
+                self.shown = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.shown {
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+            self.shown = false;
+        }
+    }
 }
 
 /// The mark on every process of this invocation: the runner's pid, then a nonce.

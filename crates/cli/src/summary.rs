@@ -283,7 +283,7 @@ fn expectations(s: &mut String, r: &Report, path: &Path) {
     );
 }
 
-fn wrap(text: &str, width: usize) -> Vec<String> {
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
     let mut lines = Vec::new();
     for para in text.split("\n\n") {
         let mut line = String::new();

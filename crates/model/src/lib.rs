@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod duration;
+pub mod events;
 pub mod evidence;
 pub mod exit;
 pub mod expect;

@@ -35,6 +35,9 @@ pub struct Options {
     pub run_id: String,
     /// Where to write the run's packets as a pcap file, if anywhere.
     pub pcap: Option<PathBuf>,
+    /// Stop before each phase until a line arrives on stdin (a presenter's pace); the deadline
+    /// then grows to an hour.
+    pub step: bool,
 }
 
 /// What a run reports as it goes.
@@ -55,6 +58,8 @@ pub enum Event<'a> {
     Phase(Phase, u64),
     /// A sample was taken.
     Sample(&'a Sample),
+    /// With `step`, the run waits for a line on stdin before this phase.
+    Waiting(Phase),
 }
 
 /// Why a run stopped before its end.
@@ -153,6 +158,7 @@ pub fn run(
 ) -> Result<Report, RunError> {
     let started = Instant::now();
     let timeout = opts.timeout.unwrap_or(scenario.timeout);
+    let timeout = if opts.step { timeout.max(Duration::from_secs(3600)) } else { timeout };
     let deadline = started + timeout;
     descriptors(scenario)?;
     let (isolation, note) = isolation::enter(opts.isolation)?;
@@ -242,6 +248,19 @@ pub fn run(
         };
         let wake = wake.as_ref();
         let deadline = tokio::time::Instant::from_std(deadline);
+        let mut lines = opts.step.then(stdin_lines);
+        macro_rules! step {
+            ($next:expr) => {
+                if let Some(lines) = lines.as_mut() {
+                    (d.on_event)(Event::Waiting($next));
+                    if let Err(stop) = d.guard(&mut rx, wake, deadline, lines.recv()).await {
+                        d.stopped(stop);
+                        return Ok(());
+                    }
+                }
+            };
+        }
+        step!(Phase::Connect);
         d.enter(Phase::Connect);
         let connect = clients::connect_all(target, &scenario.clients);
         let (streams, outcome) = match d.guard(&mut rx, wake, deadline, connect).await {
@@ -252,10 +271,12 @@ pub fn run(
             }
         };
         d.outcome = outcome;
+        step!(Phase::Close);
         d.enter(Phase::Close);
         let (closed, kept) = clients::close_all(streams, scenario.clients.close);
         d.outcome.completed = closed;
         d.kept = kept;
+        step!(Phase::Hold);
         d.enter(Phase::Hold);
         if scenario.behaviour.needs_release() {
             // A client's connect completes before the acceptor has forked its handler: release
@@ -293,6 +314,21 @@ pub fn run(
     d.server = server.outcome();
     d.kept.clear();
     Ok(finish(d, scenario, timeout))
+}
+
+/// Lines from stdin, read on a thread of their own (a blocking read must not hold the runtime).
+fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = unbounded_channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+            line.clear();
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// CLOCK_MONOTONIC in microseconds: the clock the tracepoint instance stamps with.
