@@ -101,18 +101,15 @@ fn time(mut f: impl FnMut()) -> Duration {
     )
 }
 
+/// The command's output once, then the median of `RUNS` timed runs.
 fn time_command(mut f: impl FnMut() -> Vec<u8>) -> (Duration, String) {
     let out = String::from_utf8(f()).unwrap();
-    let d = median(
-        (0..RUNS)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed()
-            })
-            .collect(),
-    );
-    (d, out)
+    (
+        time(|| {
+            f();
+        }),
+        out,
+    )
 }
 
 /// Raises the descriptor limit to `n`, or as far as the hard limit where raising that is refused.

@@ -408,19 +408,7 @@ fn met_so_far(p: &Panel, e: &cwlab_model::Expectation) -> bool {
     if !matches!(e.quantity, Quantity::Sockets(..)) {
         return false;
     }
-    let none = Default::default();
-    let ev = Evidence {
-        samples: &p.samples,
-        hold_from_ms,
-        fds_baseline: None,
-        holders: &[],
-        clients: p.scenario.clients.count,
-        client_outcome: &Default::default(),
-        server: &Default::default(),
-        fds_by_role: &none,
-        transitions: &Default::default(),
-        packets: &Default::default(),
-    };
+    let ev = Evidence::of_samples(&p.samples, hold_from_ms, p.scenario.clients.count);
     evaluate(e, &ev).passed
 }
 

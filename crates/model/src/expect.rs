@@ -430,6 +430,52 @@ pub struct Evidence<'a> {
     pub packets: &'a Packets,
 }
 
+static NO_CLIENTS: ClientOutcome =
+    ClientOutcome { completed: 0, failed: 0, hung: 0, first_error: None };
+static NO_SERVER: ServerOutcome =
+    ServerOutcome { accepted: 0, accept_errors: 0, accept_errno: None };
+static NO_FDS: std::collections::BTreeMap<Role, u64> = std::collections::BTreeMap::new();
+static NO_TRANSITIONS: Transitions = Transitions {
+    available: false,
+    note: None,
+    events: 0,
+    lost: 0,
+    counts: Vec::new(),
+    paths: Vec::new(),
+    durations: Vec::new(),
+    first: Vec::new(),
+};
+static NO_PACKETS: Packets = Packets {
+    available: false,
+    note: None,
+    pcap: None,
+    server_segments: std::collections::BTreeMap::new(),
+    client_segments: std::collections::BTreeMap::new(),
+    connections: 0,
+    server_sent: std::collections::BTreeMap::new(),
+    client_sent: std::collections::BTreeMap::new(),
+    dropped: 0,
+};
+
+impl<'a> Evidence<'a> {
+    /// Evidence of samples alone: no holders, no outcomes, no descriptor baseline, and no
+    /// witnesses (what needs them is not observable). Fill in what more is known.
+    pub fn of_samples(samples: &'a [Sample], hold_from_ms: u64, clients: u32) -> Evidence<'a> {
+        Evidence {
+            samples,
+            hold_from_ms,
+            fds_baseline: None,
+            holders: &[],
+            clients,
+            client_outcome: &NO_CLIENTS,
+            server: &NO_SERVER,
+            fds_by_role: &NO_FDS,
+            transitions: &NO_TRANSITIONS,
+            packets: &NO_PACKETS,
+        }
+    }
+}
+
 impl Evidence<'_> {
     /// Why a quantity cannot be observed in this run, if it cannot.
     fn unobservable(&self, q: &Quantity) -> Option<String> {
@@ -616,24 +662,12 @@ mod tests {
     #[test]
     fn without_the_witness_an_expectation_is_not_observable() {
         let t = timeline();
-        let (c, s) = (ClientOutcome::default(), ServerOutcome::default());
         let tr = Transitions {
             available: false,
             note: Some("tracefs is not mounted".into()),
             ..Default::default()
         };
-        let ev = Evidence {
-            samples: &t,
-            hold_from_ms: 100,
-            fds_baseline: Some(4),
-            holders: &[],
-            clients: 10,
-            client_outcome: &c,
-            server: &s,
-            fds_by_role: &BTreeMap::new(),
-            transitions: &tr,
-            packets: &Packets::default(),
-        };
+        let ev = Evidence { transitions: &tr, ..Evidence::of_samples(&t, 100, 10) };
         let r = evaluate(&parse("server path ESTAB -> CLOSE-WAIT == clients"), &ev);
         assert!(!r.observable);
         assert_eq!(r.detail, "not observable: tracefs is not mounted");
@@ -726,19 +760,7 @@ mod tests {
     }
 
     fn eval(text: &str, samples: &[Sample]) -> ExpectationResult {
-        let (c, s) = (ClientOutcome::default(), ServerOutcome::default());
-        let ev = Evidence {
-            samples,
-            hold_from_ms: 100,
-            fds_baseline: Some(4),
-            holders: &[],
-            clients: 10,
-            client_outcome: &c,
-            server: &s,
-            fds_by_role: &BTreeMap::new(),
-            transitions: &Transitions::default(),
-            packets: &Packets::default(),
-        };
+        let ev = Evidence { fds_baseline: Some(4), ..Evidence::of_samples(samples, 100, 10) };
         evaluate(&parse(text), &ev)
     }
 
@@ -803,20 +825,8 @@ mod tests {
             h(2, Some(10), Role::Acceptor),
             h(3, None, Role::Nobody),
         ];
-        let (c, s) =
-            (ClientOutcome::default(), ServerOutcome { accepted: 7, ..Default::default() });
-        let ev = Evidence {
-            samples: &t,
-            hold_from_ms: 100,
-            fds_baseline: Some(4),
-            holders: &holders,
-            clients: 10,
-            client_outcome: &c,
-            server: &s,
-            fds_by_role: &BTreeMap::new(),
-            transitions: &Transitions::default(),
-            packets: &Packets::default(),
-        };
+        let s = ServerOutcome { accepted: 7, ..Default::default() };
+        let ev = Evidence { holders: &holders, server: &s, ..Evidence::of_samples(&t, 100, 10) };
         assert!(evaluate(&parse("accepted == 7"), &ev).passed);
         let r = evaluate(&parse("server CLOSE-WAIT held by acceptor == 2"), &ev);
         assert!(r.passed, "{r:?}");
