@@ -47,8 +47,12 @@ fn main() {
     assert_eq!(ours.1.trim(), STUCK.to_string(), "cwlab's count");
     assert_eq!(theirs.1.trim(), STUCK.to_string(), "ss's count");
 
-    let q =
-        Query { states: States::of(&[TcpState::CloseWait]), port: Some(port), side: PortSide::Any };
+    let q = Query {
+        states: States::of(&[TcpState::CloseWait]),
+        port: Some(port),
+        side: PortSide::Any,
+        peer: None,
+    };
     let mut diag = Table::open(Backend::SockDiag).unwrap();
     let dump = time(|| assert_eq!(diag.count(&q).unwrap(), STUCK));
     let mut proc = Table::open(Backend::ProcNet).unwrap();

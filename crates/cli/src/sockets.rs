@@ -87,11 +87,15 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         SideArg::Remote => PortSide::Remote,
         SideArg::Any => PortSide::Any,
     };
-    let q = Query { states: States::of(&a.states), port: a.port, side };
+    let q = Query { states: States::of(&a.states), port: a.port, side, peer: None };
     let mut table = Table::open(backend).map_err(Failure::bad_input)?;
     let mut out = std::io::stdout().lock();
     if a.count {
-        let n = table.count(&q).map_err(Failure::bad_input)?;
+        let n = match backend {
+            Backend::SockDiag => cwlab_sampler::count_split(&q),
+            Backend::ProcNet => table.count(&q),
+        }
+        .map_err(Failure::bad_input)?;
         writeln!(out, "{n}").map_err(Failure::bad_input)?;
         return Ok(exit::PASS);
     }

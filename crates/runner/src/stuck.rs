@@ -32,12 +32,15 @@ pub fn find(records: &[SocketRecord], port: u16, acceptor: u32) -> Vec<Holder> {
             role,
             comm: pid.and_then(|p| found.processes.get(&p)).map(|p| p.comm.clone()),
         };
-        let held = found.of(r.inode);
+        // A process that exited between the walk of its fds and the read of its stat is gone:
+        // it holds nothing any more (handlers exit by the thousand at the end of `scale`).
+        let held: Vec<_> =
+            found.of(r.inode).iter().filter(|h| found.processes.contains_key(&h.pid)).collect();
         if held.is_empty() {
             rows.push(row(None, None, Role::Nobody));
         }
         for h in held {
-            rows.push(row(Some(h.pid), Some(h.fd), roles.of(h.pid)));
+            rows.push(row(Some(h.pid), Some(h.fd), roles.of(&found.processes[&h.pid])));
         }
     }
     rows.sort_by_key(|h| (h.side, h.state, h.pid, h.fd));
@@ -104,14 +107,13 @@ impl Roles {
     /// (`cwlab-handler`, `cwlab-worker`); one that exec'd something else is a helper. Orphans are
     /// reparented to the acceptor (a subreaper, or the PID namespace's init), so parentage alone
     /// cannot tell them apart.
-    fn of(&self, pid: u32) -> Role {
-        if pid == self.acceptor {
+    fn of(&self, p: &holders::Process) -> Role {
+        if p.pid == self.acceptor {
             return Role::Acceptor;
         }
-        if pid == self.me {
+        if p.pid == self.me {
             return Role::Client;
         }
-        let Some(p) = holders::process(pid) else { return Role::Other };
         let mut up = p.ppid;
         for _ in 0..64 {
             if up == self.acceptor {

@@ -225,7 +225,7 @@ fn bytecode_attr(b: &mut Vec<u8>, bc: &[u8]) {
 
 /// Builds `nlmsghdr` + `inet_diag_req` (the original request, both families) + the bytecode.
 fn request_both(q: &Query, seq: u32) -> Vec<u8> {
-    let bc = q.port.map(|p| bytecode(p, q.side)).unwrap_or_default();
+    let bc = q.port.map(|p| bytecode(p, q.side, q.peer)).unwrap_or_default();
     let attr_len = if bc.is_empty() { 0 } else { 4 + bc.len() };
     let total = NLMSG_HDRLEN + REQ_V1_LEN + attr_len;
     let mut b = Vec::with_capacity(total);
@@ -244,7 +244,7 @@ fn request_both(q: &Query, seq: u32) -> Vec<u8> {
 
 /// Builds `nlmsghdr` + `inet_diag_req_v2` + the bytecode attribute.
 fn request(family: u8, q: &Query, seq: u32) -> Vec<u8> {
-    let bc = q.port.map(|p| bytecode(p, q.side)).unwrap_or_default();
+    let bc = q.port.map(|p| bytecode(p, q.side, q.peer)).unwrap_or_default();
     let attr_len = if bc.is_empty() { 0 } else { 4 + bc.len() };
     let total = NLMSG_HDRLEN + REQ_LEN + attr_len;
     let mut b = Vec::with_capacity(total);
@@ -276,19 +276,52 @@ fn port_test(code: u8, port: u16, fail: u16) -> [u8; 8] {
     t
 }
 
-/// `sport == P`, `dport == P`, or `sport == P || dport == P` (compiled as ss compiles `||`: the
-/// first test, an unconditional jump to the end, the second test).
-pub(crate) fn bytecode(port: u16, side: PortSide) -> Vec<u8> {
-    match side {
-        PortSide::Local => port_test(INET_DIAG_BC_S_EQ, port, 12).to_vec(),
-        PortSide::Remote => port_test(INET_DIAG_BC_D_EQ, port, 12).to_vec(),
-        PortSide::Any => {
-            let mut b = Vec::with_capacity(20);
-            b.extend_from_slice(&port_test(INET_DIAG_BC_S_EQ, port, 12));
-            b.extend_from_slice(&op(INET_DIAG_BC_JMP, 4, 12));
-            b.extend_from_slice(&port_test(INET_DIAG_BC_D_EQ, port, 12));
-            b
+const INET_DIAG_BC_S_GE: u8 = 2;
+const INET_DIAG_BC_S_LE: u8 = 3;
+const INET_DIAG_BC_D_GE: u8 = 4;
+const INET_DIAG_BC_D_LE: u8 = 5;
+
+/// Compiles an OR of ANDs of port tests, laid out as ss lays out `||`: each conjunction's tests
+/// fall through on success; after a conjunction, a jump to the end accepts; a failed test jumps
+/// to the next conjunction, or past the end (reject) from the last one.
+fn compile(conjs: &[Vec<(u8, u16)>]) -> Vec<u8> {
+    let sizes: Vec<usize> = conjs.iter().map(|c| c.len() * 8).collect();
+    let total: usize = sizes.iter().sum::<usize>() + 4 * conjs.len().saturating_sub(1);
+    let mut b = Vec::with_capacity(total);
+    let mut next_start = 0;
+    for (k, conj) in conjs.iter().enumerate() {
+        let last = k + 1 == conjs.len();
+        next_start += sizes[k] + if last { 0 } else { 4 };
+        for (code, port) in conj {
+            let at = b.len();
+            let fail = if last { total - at + 4 } else { next_start - at };
+            b.extend_from_slice(&port_test(*code, *port, fail as u16));
         }
+        if !last {
+            let at = b.len();
+            b.extend_from_slice(&op(INET_DIAG_BC_JMP, 4, (total - at) as u16));
+        }
+    }
+    debug_assert_eq!(b.len(), total);
+    b
+}
+
+/// `sport == P`, `dport == P`, or `sport == P || dport == P`; with `peer` set, the other end's
+/// port must also lie in that range (a slice of a dump that several threads share).
+pub(crate) fn bytecode(port: u16, side: PortSide, peer: Option<(u16, u16)>) -> Vec<u8> {
+    let branch = |eq: u8, ge: u8, le: u8| {
+        let mut c = vec![(eq, port)];
+        if let Some((lo, hi)) = peer {
+            c.extend([(ge, lo), (le, hi)]);
+        }
+        c
+    };
+    let local = branch(INET_DIAG_BC_S_EQ, INET_DIAG_BC_D_GE, INET_DIAG_BC_D_LE);
+    let remote = branch(INET_DIAG_BC_D_EQ, INET_DIAG_BC_S_GE, INET_DIAG_BC_S_LE);
+    match side {
+        PortSide::Local => compile(&[local]),
+        PortSide::Remote => compile(&[remote]),
+        PortSide::Any => compile(&[local, remote]),
     }
 }
 
@@ -309,6 +342,10 @@ mod tests {
                 INET_DIAG_BC_JMP => false,
                 INET_DIAG_BC_S_EQ => sport == arg(),
                 INET_DIAG_BC_D_EQ => dport == arg(),
+                INET_DIAG_BC_S_GE => sport >= arg(),
+                INET_DIAG_BC_S_LE => sport <= arg(),
+                INET_DIAG_BC_D_GE => dport >= arg(),
+                INET_DIAG_BC_D_LE => dport <= arg(),
                 _ => panic!("unexpected op {code}"),
             };
             let step = if ok { yes } else { no };
@@ -319,14 +356,26 @@ mod tests {
     }
 
     #[test]
+    fn bytecode_slices_by_the_peer_port() {
+        let any = bytecode(8080, PortSide::Any, Some((40000, 49999)));
+        assert!(run(&any, 8080, 45000));
+        assert!(run(&any, 45000, 8080));
+        assert!(!run(&any, 8080, 50000));
+        assert!(!run(&any, 50000, 8080));
+        assert!(!run(&any, 1, 45000));
+        let local = bytecode(8080, PortSide::Local, Some((0, 100)));
+        assert!(run(&local, 8080, 100) && !run(&local, 8080, 101) && !run(&local, 100, 8080));
+    }
+
+    #[test]
     fn bytecode_selects_the_right_side() {
-        let local = bytecode(8080, PortSide::Local);
+        let local = bytecode(8080, PortSide::Local, None);
         assert!(run(&local, 8080, 40000));
         assert!(!run(&local, 40000, 8080));
-        let remote = bytecode(8080, PortSide::Remote);
+        let remote = bytecode(8080, PortSide::Remote, None);
         assert!(run(&remote, 40000, 8080));
         assert!(!run(&remote, 8080, 40000));
-        let any = bytecode(8080, PortSide::Any);
+        let any = bytecode(8080, PortSide::Any, None);
         assert!(run(&any, 8080, 1));
         assert!(run(&any, 1, 8080));
         assert!(!run(&any, 1, 2));

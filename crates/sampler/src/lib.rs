@@ -93,11 +93,14 @@ pub struct Query {
     pub port: Option<u16>,
     /// Which side the port is on.
     pub side: PortSide,
+    /// With a port: the other end's port must lie in this range (inclusive). Several threads
+    /// split one dump this way.
+    pub peer: Option<(u16, u16)>,
 }
 
 impl Default for Query {
     fn default() -> Query {
-        Query { states: States::ALL, port: None, side: PortSide::Any }
+        Query { states: States::ALL, port: None, side: PortSide::Any, peer: None }
     }
 }
 
@@ -108,11 +111,14 @@ impl Query {
         if !self.states.contains(r.state) {
             return false;
         }
+        let peer_ok = |other: u16| self.peer.is_none_or(|(lo, hi)| lo <= other && other <= hi);
+        let local = |p| r.local.port() == p && peer_ok(r.remote.port());
+        let remote = |p| r.remote.port() == p && peer_ok(r.local.port());
         match (self.port, self.side) {
             (None, _) => true,
-            (Some(p), PortSide::Local) => r.local.port() == p,
-            (Some(p), PortSide::Remote) => r.remote.port() == p,
-            (Some(p), PortSide::Any) => r.local.port() == p || r.remote.port() == p,
+            (Some(p), PortSide::Local) => local(p),
+            (Some(p), PortSide::Remote) => remote(p),
+            (Some(p), PortSide::Any) => local(p) || remote(p),
         }
     }
 }
@@ -183,5 +189,38 @@ impl Table {
         let mut n = 0;
         self.for_each(q, |_| n += 1)?;
         Ok(n)
+    }
+}
+
+/// Counts with sock_diag on two threads, each dumping the sockets whose peer port lies in one
+/// half of the ephemeral range: the kernel writes half the messages for each, on each core. Both
+/// threads start in the caller's network namespace. Without a port, or with a peer range
+/// already, one dump.
+pub fn count_split(q: &Query) -> Result<usize, Error> {
+    let Some(mid) = q.port.filter(|_| q.peer.is_none()).map(|_| ephemeral_middle()) else {
+        return Table::open(Backend::SockDiag)?.count(q);
+    };
+    let halves = [(0, mid), (mid + 1, u16::MAX)];
+    let counts: Vec<Result<usize, Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = halves
+            .iter()
+            .map(|&peer| {
+                let q = Query { peer: Some(peer), ..*q };
+                s.spawn(move || Table::open(Backend::SockDiag)?.count(&q))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a dump thread panicked")).collect()
+    });
+    counts.into_iter().sum()
+}
+
+/// The middle of `net.ipv4.ip_local_port_range`, where clients' ports come from.
+fn ephemeral_middle() -> u16 {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut w = text.split_whitespace().filter_map(|x| x.parse::<u32>().ok());
+    match (w.next(), w.next()) {
+        (Some(lo), Some(hi)) if lo <= hi => ((lo + hi) / 2) as u16,
+        _ => 46_883,
     }
 }

@@ -74,6 +74,7 @@ fn populate(ip: IpAddr, estab: usize, close_wait: usize, time_wait: usize) -> Po
         states: States::of(&[TcpState::FinWait1, TcpState::LastAck]),
         port: Some(addr.port()),
         side: PortSide::Any,
+        peer: None,
     };
     wait_until("FIN-WAIT-1 and LAST-ACK to settle", || t.count(&q).unwrap() == 0);
     Population { _listener: listener, _keep: keep, port: addr.port() }
@@ -118,10 +119,22 @@ fn exact_counts_on(ip: &str) {
         counts(&mut t, decoy.port, PortSide::Any),
         expect(&[(Established, 4), (CloseWait, 4), (FinWait2, 4), (TimeWait, 6), (Listen, 1)])
     );
-    let q = Query { states: States::of(&[CloseWait]), port: Some(p.port), side: PortSide::Local };
+    let q = Query {
+        states: States::of(&[CloseWait]),
+        port: Some(p.port),
+        side: PortSide::Local,
+        peer: None,
+    };
     assert_eq!(t.count(&q).unwrap(), 5);
     let q = Query { states: States::of(&[CloseWait, FinWait2]), ..Query::default() };
     assert_eq!(t.count(&q).unwrap(), 5 + 5 + 4 + 4, "no port: both populations");
+    for side in [PortSide::Local, PortSide::Remote, PortSide::Any] {
+        let q = Query { port: Some(p.port), side, ..Query::default() };
+        assert_eq!(cwlab_sampler::count_split(&q).unwrap(), t.count(&q).unwrap(), "{side:?}");
+        let mut procnet = Table::open(Backend::ProcNet).unwrap();
+        let half = Query { peer: Some((0, 40000)), ..q };
+        assert_eq!(t.count(&half).unwrap(), procnet.count(&half).unwrap(), "{side:?}: a slice");
+    }
 }
 
 #[test]
@@ -233,6 +246,7 @@ fn the_holder_of_a_forked_copy_is_the_child_and_its_fd() {
         states: States::of(&[TcpState::CloseWait]),
         port: Some(listener.local_addr().unwrap().port()),
         side: PortSide::Local,
+        peer: None,
     };
     wait_until("the server socket to reach CLOSE-WAIT", || t.count(&q).unwrap() == 1);
     let socket = t.list(&q).unwrap().remove(0);
