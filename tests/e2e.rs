@@ -75,6 +75,11 @@ fn time_wait_matches_the_truth_table() {
 }
 
 #[test]
+fn time_wait_client_matches_the_truth_table() {
+    check_truth("time-wait-client");
+}
+
+#[test]
 fn fin_wait_1_matches_the_truth_table() {
     check_truth("fin-wait-1");
 }

@@ -2,7 +2,7 @@
 //! watching the socket table, the holders of what is stuck at the end, and the verdict.
 //!
 //! The runner never prints. It reports [`Event`]s to a callback as the run goes, and returns the
-//! [`Report`]; human output, JSON and charts are the caller's. See `docs/runner.md` for the event
+//! [`Report`](cwlab_model::Report); human output, JSON and charts are the caller's. See `docs/runner.md` for the event
 //! lifecycle and the checklist for adding a scenario.
 #![warn(missing_docs)]
 
