@@ -7,9 +7,22 @@ cd "$(dirname "$0")/.."
 CWLAB=${CWLAB:-target/release/cwlab}
 ROUNDS=${SOAK_ROUNDS:-50}
 PARALLEL=${SOAK_PARALLEL:-8}
+STAGES=${SOAK_STAGES:-seq par busy}   # any of: seq par busy
 out=target/soak
 rm -rf "$out"; mkdir -p "$out"
-scenarios=$(ls scenarios/*.toml | xargs -n1 basename | sed 's/\.toml$//')
+scenarios=${SOAK_ONLY:-$(ls scenarios/*.toml | xargs -n1 basename | sed 's/\.toml$//')}
+seq_only=${SOAK_SEQ_ONLY:-$scenarios}   # the scenarios the first stage runs
+
+# Every handler is a process: 8 runs of `scale` at once would need 80,000 of them, more than
+# kernel.pid_max (32,768 here). A scenario runs at most as many at once as 60% of pid_max allows.
+at_once() { # name
+  local clients pid_max
+  clients=$(grep -m1 '^count' "scenarios/$1.toml" | tr -dc 0-9)
+  pid_max=$(cat /proc/sys/kernel/pid_max)
+  local cap=$(( pid_max * 6 / 10 / (clients + 10) ))
+  [ "$cap" -lt 1 ] && cap=1
+  [ "$cap" -lt "$PARALLEL" ] && echo "$cap" || echo "$PARALLEL"
+}
 declare -A pass total
 failed=0
 
@@ -25,30 +38,38 @@ tally() { # name rc
 
 stage() { echo "== $1"; }
 
-stage "$ROUNDS in a row"
-for name in $scenarios; do
-  for i in $(seq 1 "$ROUNDS"); do one "$name" seq "$i"; tally "$name" $?; done
-done
+case " $STAGES " in *" seq "*)
+  stage "$ROUNDS in a row"
+  for name in $seq_only; do
+    for i in $(seq 1 "$ROUNDS"); do one "$name" seq "$i"; tally "$name" $?; done
+  done;;
+esac
 
-stage "$PARALLEL at once"
-for name in $scenarios; do
-  pids=()
-  for i in $(seq 1 "$PARALLEL"); do one "$name" par "$i" & pids+=($!); done
-  for p in "${pids[@]}"; do wait "$p"; tally "$name" $?; done
-done
+case " $STAGES " in *" par "*)
+  stage "$PARALLEL at once"
+  for name in $scenarios; do
+    n=$(at_once "$name")
+    [ "$n" != "$PARALLEL" ] && echo "   $name: $n at once (pid_max)"
+    pids=()
+    for i in $(seq 1 "$n"); do one "$name" par "$i" & pids+=($!); done
+    for p in "${pids[@]}"; do wait "$p"; tally "$name" $?; done
+  done;;
+esac
 
-stage "$ROUNDS in a row, both cores busy"
-spin() { while :; do :; done; }
-spin & s1=$!; spin & s2=$!
-trap 'kill $s1 $s2 2>/dev/null' EXIT
-for name in $scenarios; do
-  for i in $(seq 1 "$ROUNDS"); do one "$name" busy "$i"; tally "$name" $?; done
-done
-kill $s1 $s2 2>/dev/null; trap - EXIT
+case " $STAGES " in *" busy "*)
+  stage "$ROUNDS in a row, both cores busy"
+  spin() { while :; do :; done; }
+  spin & s1=$!; spin & s2=$!
+  trap 'kill $s1 $s2 2>/dev/null' EXIT
+  for name in $scenarios; do
+    for i in $(seq 1 "$ROUNDS"); do one "$name" busy "$i"; tally "$name" $?; done
+  done
+  kill $s1 $s2 2>/dev/null; trap - EXIT;;
+esac
 
 echo
 for name in $scenarios; do
-  printf '%-16s %d of %d passed\n' "$name" "${pass[$name]:-0}" "${total[$name]}"
+  printf '%-30s %d of %d passed\n' "$name" "${pass[$name]:-0}" "${total[$name]:-0}"
 done
 # Keep only the failures.
 for f in "$out"/*.txt; do
