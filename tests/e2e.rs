@@ -459,3 +459,39 @@ fn issue_7_a_bad_scenario_name_in_the_demo_is_refused() {
         "{stderr}"
     );
 }
+
+#[test]
+fn issue_7_progress_shows_on_a_terminal_only() {
+    if !can_isolate("progress") {
+        return;
+    }
+    let Ok(script) = which("script") else {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI has util-linux's script");
+        return eprintln!("skipping: no `script` to make a terminal");
+    };
+    let dir = scratch("progress");
+    let report = dir.join("r.json");
+    let cmd = format!(
+        "{} run scenarios/parent-closes.toml --report {}",
+        env!("CARGO_BIN_EXE_cwlab"),
+        report.display()
+    );
+    let _one_at_a_time = serial();
+    let out = std::process::Command::new(script)
+        .args(["-qec", &cmd, "/dev/null"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_exit!(out, 0);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\r\x1b[Kparent-closes: hold "),
+        "the phase and counts on the terminal: {text}"
+    );
+}
+
+fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|f| f.is_file()))
+        .ok_or(())
+}

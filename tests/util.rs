@@ -99,6 +99,11 @@ pub fn run(file: &Path, test: &str) -> (std::process::Output, Report) {
 pub fn check_truth_of(name: &str, out: &Output, r: &Report) {
     let want = &expected()[name];
     crate::assert_exit!(out, 0);
+    assert!(
+        out.stderr.is_empty(),
+        "{name}: nothing on stderr when it is not a terminal: {}",
+        show(out)
+    );
     assert_eq!(r.verdict, Verdict::Pass);
     assert_eq!(r.scenario.name, name);
     assert_eq!(r.isolation, cwlab_model::report::Isolation::Netns);
