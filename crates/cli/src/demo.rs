@@ -315,7 +315,7 @@ fn live(
 fn draw(f: &mut ratatui::Frame<'_>, panels: &[Panel], paused: bool, step: bool, colour: bool) {
     let paint = |c: Color| if colour { Style::default().fg(c) } else { Style::default() };
     let [body, footer] =
-        Layout::vertical([Constraint::Min(10), Constraint::Length(2)]).areas(f.area());
+        Layout::vertical([Constraint::Min(10), Constraint::Length(3)]).areas(f.area());
     let columns =
         Layout::horizontal(vec![Constraint::Ratio(1, panels.len().max(1) as u32); panels.len()])
             .split(body);
