@@ -18,6 +18,9 @@ pub fn find(records: &[SocketRecord], port: u16, acceptor: u32) -> Vec<Holder> {
     let inodes: HashSet<u64> = stuck.iter().map(|r| r.inode).filter(|i| *i != 0).collect();
     let found = holders::find(&inodes);
     let roles = Roles::new(acceptor);
+    // One role per process, not per row: the acceptor alone may hold 10,000 of them.
+    let role_of: HashMap<u32, Role> =
+        found.processes.iter().map(|(pid, p)| (*pid, roles.of(p))).collect();
     let mut rows = Vec::new();
     for r in stuck {
         let side = if r.local.port() == port { Side::Server } else { Side::Client };
@@ -40,7 +43,7 @@ pub fn find(records: &[SocketRecord], port: u16, acceptor: u32) -> Vec<Holder> {
             rows.push(row(None, None, Role::Nobody));
         }
         for h in held {
-            rows.push(row(Some(h.pid), Some(h.fd), roles.of(&found.processes[&h.pid])));
+            rows.push(row(Some(h.pid), Some(h.fd), role_of[&h.pid]));
         }
     }
     rows.sort_by_key(|h| (h.side, h.state, h.pid, h.fd));
