@@ -3,7 +3,7 @@
 
 mod util;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use util::{can_isolate, cwlab, root, scratch, show};
 
@@ -18,14 +18,22 @@ fn line_of(text: &str, needle: &str) -> usize {
     text.lines().position(|l| l.contains(needle)).unwrap() + 1
 }
 
-/// Runs `cwlab run FILE` on `text`; asserts exit 2, that stderr starts with `error: FILE:want`,
-/// and that no report (nor its folder) was written.
-fn refused(test: &str, text: &str, want: &str) {
+/// Writes `text` as a scenario file in a scratch folder and runs `cwlab run FILE --report
+/// DIR/out/r.json EXTRA…`; returns the output, the file and the folder.
+fn run_text(test: &str, text: &str, extra: &[&str]) -> (std::process::Output, PathBuf, PathBuf) {
     let dir = scratch(test);
     let file = dir.join("s.toml");
     std::fs::write(&file, text).unwrap();
     let report = dir.join("out/r.json");
-    let out = cwlab(&["run", file.to_str().unwrap(), "--report", report.to_str().unwrap()]);
+    let mut args = vec!["run", file.to_str().unwrap(), "--report", report.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    (cwlab(&args), file, dir)
+}
+
+/// Runs `cwlab run FILE` on `text`; asserts exit 2, that stderr starts with `error: FILE:want`,
+/// and that no report (nor its folder) was written.
+fn refused(test: &str, text: &str, want: &str) {
+    let (out, file, dir) = run_text(test, text, &[]);
     assert_eq!(out.status.code(), Some(2), "{test}: {}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let head = format!("error: {}:{want}", file.display());
@@ -95,11 +103,7 @@ fn zero_clients() {
 fn more_clients_than_descriptors() {
     let text = leak_with("count = 100", "count = 100000000");
     let l = line_of(&text, "count =");
-    let dir = scratch("too-many-clients");
-    let file = dir.join("s.toml");
-    std::fs::write(&file, &text).unwrap();
-    let report = dir.join("out/r.json");
-    let out = cwlab(&["run", file.to_str().unwrap(), "--report", report.to_str().unwrap()]);
+    let (out, file, _) = run_text("too-many-clients", &text, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let head = format!(
@@ -140,18 +144,8 @@ fn a_port_already_in_use() {
         "behaviour = \"close-only\"",
         &format!("behaviour = \"close-only\"\nport = {port}"),
     );
-    let dir = scratch("port-in-use");
-    let file = dir.join("s.toml");
-    std::fs::write(&file, &text).unwrap();
+    let (out, _, dir) = run_text("port-in-use", &text, &["--isolation", "host"]);
     let report = dir.join("out/r.json");
-    let out = cwlab(&[
-        "run",
-        file.to_str().unwrap(),
-        "--report",
-        report.to_str().unwrap(),
-        "--isolation",
-        "host",
-    ]);
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let want = format!("error: the server could not start: failed to bind 127.0.0.1:{port}");
