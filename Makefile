@@ -1,7 +1,14 @@
 # closewait-lab: the front door. `make help` lists the targets.
 SHELL := bash
 CARGO ?= cargo
-CWLAB := target/release/cwlab
+# The release binary is linked statically where the C library's static archive is installed
+# (libc6-dev has it): a static cwlab starts about half a millisecond sooner, a sixth of what
+# `cwlab sockets --count` takes at 10,000 sockets (docs/PERFORMANCE.md). Built for the host's triple
+# explicitly, so the flag reaches the binary and not the build scripts or proc-macros.
+HOST := $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+STATIC := $(if $(shell cc -print-file-name=libc.a 2>/dev/null | grep /),-C target-feature=+crt-static)
+RELEASE_ENV := RUSTFLAGS="$(strip $(RUSTFLAGS) $(STATIC))"
+CWLAB := target/$(HOST)/release/cwlab
 SCENARIOS := $(sort $(basename $(notdir $(wildcard scenarios/*.toml))))
 
 .PHONY: help build fmt fmt-check lint test doc bench soak scenarios list demo charts clean $(addprefix scenario-,$(SCENARIOS))
@@ -18,7 +25,7 @@ help:
 	@echo "make fmt | lint | doc | bench | list"
 
 build:
-	$(CARGO) build --release --quiet -p cwlab
+	$(RELEASE_ENV) $(CARGO) build --release --quiet --target $(HOST) -p cwlab
 
 $(addprefix scenario-,$(SCENARIOS)): scenario-%: build
 	$(CWLAB) run scenarios/$*.toml
@@ -58,11 +65,11 @@ doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 bench: build
-	$(CARGO) bench -p cwlab --bench sockets
+	$(RELEASE_ENV) $(CARGO) bench --target $(HOST) -p cwlab --bench sockets
 
 # Every scenario 50 times in a row, 8 at once, then 50 in a row with both cores busy (about 7 min).
 soak: build
-	scripts/soak.sh
+	CWLAB=$(CWLAB) scripts/soak.sh
 
 clean:
 	$(CARGO) clean

@@ -4,7 +4,7 @@
 # Failing runs keep their report and summary in target/soak/.
 set -u
 cd "$(dirname "$0")/.."
-CWLAB=${CWLAB:-target/release/cwlab}
+CWLAB=${CWLAB:-target/$(rustc -vV | sed -n "s/^host: //p")/release/cwlab}
 ROUNDS=${SOAK_ROUNDS:-50}
 PARALLEL=${SOAK_PARALLEL:-8}
 STAGES=${SOAK_STAGES:-seq par busy}   # any of: seq par busy

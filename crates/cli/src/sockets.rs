@@ -88,17 +88,17 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         SideArg::Any => PortSide::Any,
     };
     let q = Query { states: States::of(&a.states), port: a.port, side, peer: None };
-    let mut table = Table::open(backend).map_err(Failure::bad_input)?;
     let mut out = std::io::stdout().lock();
     if a.count {
         let n = match backend {
             Backend::SockDiag => cwlab_sampler::count_split(&q),
-            Backend::ProcNet => table.count(&q),
+            Backend::ProcNet => Table::open(backend).and_then(|mut t| t.count(&q)),
         }
         .map_err(Failure::bad_input)?;
         writeln!(out, "{n}").map_err(Failure::bad_input)?;
         return Ok(exit::PASS);
     }
+    let mut table = Table::open(backend).map_err(Failure::bad_input)?;
     let records = table.list(&q).map_err(Failure::bad_input)?;
     let held = if a.holders {
         let inodes: HashSet<u64> = records.iter().map(|r| r.inode).filter(|i| *i != 0).collect();

@@ -194,28 +194,83 @@ impl Table {
 
 /// Counts with sock_diag on two threads, each dumping the sockets whose peer port lies in one
 /// half of the ephemeral range: the kernel writes half the messages for each, on each core. Both
-/// threads start in the caller's network namespace. Without a port, or with a peer range
-/// already, one dump.
+/// threads start in the caller's network namespace. Without a port, with a peer range already, or
+/// with fewer than two CPUs to run on, one dump.
+///
+/// Each thread is bound to a CPU of its own from its first instant: a new thread inherits its
+/// creator's CPU mask, so the caller narrows its own mask for each spawn and widens it again
+/// after. Left to the scheduler, the second thread was often queued behind the first on a busy
+/// core while the other stayed idle, and waited for the next tick (up to 4 ms at HZ=250) to run.
 pub fn count_split(q: &Query) -> Result<usize, Error> {
-    let Some(mid) = q.port.filter(|_| q.peer.is_none()).map(|_| ephemeral_middle()) else {
+    let cpus = q.port.filter(|_| q.peer.is_none()).and_then(|_| CpuMask::of_this_thread());
+    let Some((mine, [first, second])) = cpus.and_then(|m| m.two_cpus().map(|c| (m, c))) else {
         return Table::open(Backend::SockDiag)?.count(q);
     };
-    let halves = [(0, mid), (mid + 1, u16::MAX)];
+    let mid = ephemeral_middle();
+    let halves = [((0, mid), first), ((mid + 1, u16::MAX), second)];
     let counts: Vec<Result<usize, Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = halves
             .iter()
-            .map(|&peer| {
+            .map(|&(peer, cpu)| {
+                CpuMask::one(cpu).apply();
                 let q = Query { peer: Some(peer), ..*q };
                 s.spawn(move || Table::open(Backend::SockDiag)?.count(&q))
             })
             .collect();
+        mine.apply();
         handles.into_iter().map(|h| h.join().expect("a dump thread panicked")).collect()
     });
     counts.into_iter().sum()
 }
 
+/// A set of CPUs a thread may run on (`sched_setaffinity(2)`).
+struct CpuMask(libc::cpu_set_t);
+
+impl CpuMask {
+    /// The calling thread's mask.
+    fn of_this_thread() -> Option<CpuMask> {
+        // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            (libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) == 0)
+                .then_some(CpuMask(set))
+        }
+    }
+
+    fn one(cpu: usize) -> CpuMask {
+        // SAFETY: cpu_set_t is plain data; CPU_SET writes within it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            CpuMask(set)
+        }
+    }
+
+    fn contains(&self, cpu: usize) -> bool {
+        // SAFETY: CPU_ISSET reads within the set; out-of-range CPUs read as absent.
+        cpu < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(cpu, &self.0) }
+    }
+
+    /// Two CPUs of the mask: the one the caller runs on first (binding the first thread there
+    /// moves nobody), then another.
+    fn two_cpus(&self) -> Option<[usize; 2]> {
+        // SAFETY: sched_getcpu has no preconditions.
+        let here = usize::try_from(unsafe { libc::sched_getcpu() }).ok();
+        let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| self.contains(c));
+        let first = here.filter(|&c| self.contains(c)).or_else(|| cpus.next())?;
+        let second = cpus.find(|&c| c != first)?;
+        Some([first, second])
+    }
+
+    /// Binds the calling thread to the mask. Best effort: a refusal leaves it where it was.
+    fn apply(&self) {
+        // SAFETY: a valid set of its own size; pid 0 is the calling thread.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&self.0), &self.0) };
+    }
+}
+
 /// The middle of `net.ipv4.ip_local_port_range`, where clients' ports come from.
-fn ephemeral_middle() -> u16 {
+pub fn ephemeral_middle() -> u16 {
     let text =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let mut w = text.split_whitespace().filter_map(|x| x.parse::<u32>().ok());

@@ -128,9 +128,16 @@ fn exact_counts_on(ip: &str) {
     assert_eq!(t.count(&q).unwrap(), 5);
     let q = Query { states: States::of(&[CloseWait, FinWait2]), ..Query::default() };
     assert_eq!(t.count(&q).unwrap(), 5 + 5 + 4 + 4, "no port: both populations");
+    let cpus = allowed_cpus();
     for side in [PortSide::Local, PortSide::Remote, PortSide::Any] {
         let q = Query { port: Some(p.port), side, ..Query::default() };
         assert_eq!(cwlab_sampler::count_split(&q).unwrap(), t.count(&q).unwrap(), "{side:?}");
+        assert_eq!(allowed_cpus(), cpus, "count_split gives the caller its CPU mask back");
+        // On one CPU, one dump: the same count, and the mask stays that one CPU.
+        bind_to(&cpus[..1]);
+        assert_eq!(cwlab_sampler::count_split(&q).unwrap(), t.count(&q).unwrap(), "{side:?}");
+        assert_eq!(allowed_cpus(), cpus[..1]);
+        bind_to(&cpus);
         let mut procnet = Table::open(Backend::ProcNet).unwrap();
         let half = Query { peer: Some((0, 40000)), ..q };
         assert_eq!(t.count(&half).unwrap(), procnet.count(&half).unwrap(), "{side:?}: a slice");
@@ -267,4 +274,18 @@ fn the_holder_of_a_forked_copy_is_the_child_and_its_fd() {
     waitpid(child, None).unwrap();
     let q = Query { states: States::of(&[TcpState::TimeWait]), ..Query::default() };
     wait_until("the client to reach TIME-WAIT once the child exits", || t.count(&q).unwrap() == 1);
+}
+
+/// The CPUs the calling thread may run on.
+fn allowed_cpus() -> Vec<usize> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap()).collect()
+}
+
+fn bind_to(cpus: &[usize]) {
+    let mut set = nix::sched::CpuSet::new();
+    for &c in cpus {
+        set.set(c).unwrap();
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
 }
