@@ -8,6 +8,7 @@
 //!   "scenario": {"name": "leak", "file": "scenarios/leak.toml", "behaviour": "close-only", "story": "…"},
 //!   "isolation": "netns" | "host",
 //!   "isolation_note": null | "why the run fell back to the host",
+//!   "topology": "loopback" | "two-hosts",  // absent in reports before it: loopback
 //!   "port": 40123,                       // the server's listening port
 //!   "clients": 100,                      // how many clients the scenario runs
 //!   "acceptor": {"pid": 4711, "fds_baseline": 4, "fds_end": 104},
@@ -53,6 +54,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::evidence::{Packets, Transitions};
+use crate::scenario::Topology;
 use crate::state::TcpState;
 
 /// The version of this format; bumped on any change that a reader could notice.
@@ -73,6 +75,9 @@ pub struct Report {
     pub isolation: Isolation,
     /// Why the run fell back to the host's loopback, when it did.
     pub isolation_note: Option<String>,
+    /// One host (loopback) or two (a veth pair between two namespaces).
+    #[serde(default)]
+    pub topology: Topology,
     /// The server's listening port.
     pub port: u16,
     /// The number of clients the scenario runs.

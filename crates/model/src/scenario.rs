@@ -25,6 +25,7 @@
 //! sample_interval = "50ms"
 //! hold = "1500ms"               # how long to watch after the clients closed
 //! timeout = "60s"               # the whole run's deadline
+//! topology = "loopback"         # or "two-hosts": see Topology
 //! ```
 
 use std::fmt;
@@ -234,6 +235,33 @@ pub struct Clients {
     pub rcvbuf: Option<u32>,
 }
 
+/// Where the client and the server are, as the network sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// Both on one host: the run's namespace (or the host's) loopback.
+    #[default]
+    Loopback,
+    /// Two hosts: the server in a network namespace of its own, joined to the clients' by a
+    /// veth pair (10.77.0.1 the clients, 10.77.0.2 the server); each side's sockets are sampled
+    /// in its own namespace, as an operator on each machine would see them. Needs root.
+    TwoHosts,
+}
+
+impl Topology {
+    /// The name scenario files and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Topology::Loopback => "loopback",
+            Topology::TwoHosts => "two-hosts",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Topology> {
+        [Topology::Loopback, Topology::TwoHosts].into_iter().find(|t| t.name() == s)
+    }
+}
+
 /// A scenario, read and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
@@ -262,6 +290,8 @@ pub struct Scenario {
     /// Witnesses the run cannot do without (`transitions`, `packets`): where one cannot be had,
     /// the run exits 2 instead of reporting its expectations "not observable".
     pub require: Vec<String>,
+    /// One host or two.
+    pub topology: Topology,
 }
 
 impl Scenario {
@@ -341,6 +371,7 @@ struct RawRun {
     timeout: Option<Spanned<String>>,
     #[serde(default)]
     require: Vec<Spanned<String>>,
+    topology: Option<Spanned<String>>,
 }
 
 fn default_request_bytes() -> u32 {
@@ -444,6 +475,15 @@ impl Scenario {
             }
         }
         let require = raw.run.require.iter().map(|r| r.get_ref().clone()).collect();
+        let topology = match &raw.run.topology {
+            None => Topology::default(),
+            Some(t) => Topology::parse(t.get_ref()).ok_or_else(|| {
+                src.at(
+                    t.span(),
+                    format!("unknown topology `{}` (expected loopback or two-hosts)", t.get_ref()),
+                )
+            })?,
+        };
         let mut expectations = Vec::new();
         for e in &raw.expect {
             expectations.push(expectation(&src, e, hold)?);
@@ -461,6 +501,7 @@ impl Scenario {
             timeout,
             expectations,
             require,
+            topology,
         })
     }
 }
@@ -624,6 +665,18 @@ hold = "1500ms"
         assert_eq!(s.hold, Duration::from_millis(1500));
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
         assert_eq!(s.expectations.len(), 2);
+        assert_eq!(s.topology, Topology::Loopback);
+    }
+
+    #[test]
+    fn topology_is_read_and_an_unknown_one_placed() {
+        let two = GOOD.replace("hold = \"1500ms\"", "hold = \"1500ms\"\ntopology = \"two-hosts\"");
+        assert_eq!(load(&two).unwrap().topology, Topology::TwoHosts);
+        let e = err(&GOOD.replace("hold = \"1500ms\"", "hold = \"1500ms\"\ntopology = \"three\""));
+        assert_eq!(
+            e,
+            "scenarios/t.toml:19:12: unknown topology `three` (expected loopback or two-hosts)"
+        );
     }
 
     #[test]
