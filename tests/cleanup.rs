@@ -13,8 +13,9 @@ use util::{can_isolate, check_truth_of, read_report, root, scratch, show};
 
 const RUNS: usize = 30;
 
-/// A quick leak: 40 clients, a 300 ms hold, so a random moment lands in every phase.
-fn quick_scenario(dir: &Path) -> PathBuf {
+/// A quick leak: 40 clients, a 300 ms hold, so a random moment lands in every phase; on one
+/// host or two.
+fn quick_scenario(dir: &Path, topology: &str) -> PathBuf {
     let text = std::fs::read_to_string(root().join("scenarios/leak.toml")).unwrap();
     let start = text.find("expect = [").unwrap();
     let end = start + text[start..].find("]\n").unwrap() + 2;
@@ -22,7 +23,8 @@ fn quick_scenario(dir: &Path) -> PathBuf {
         format!("{}expect = [\"server CLOSE-WAIT == clients\"]\n{}", &text[..start], &text[end..])
             .replace("count = 100", "count = 40")
             .replace("hold = \"1500ms\"", "hold = \"300ms\"")
-            .replace("sample_interval = \"50ms\"", "sample_interval = \"20ms\"");
+            .replace("sample_interval = \"50ms\"", "sample_interval = \"20ms\"")
+            + &format!("topology = \"{topology}\"\n");
     let file = dir.join("quick.toml");
     std::fs::write(&file, text).unwrap();
     file
@@ -97,11 +99,15 @@ impl Moments {
 }
 
 fn kill_at_random(test: &str, signal: i32, twice: bool) {
+    kill_at_random_on(test, signal, twice, "loopback", RUNS);
+}
+
+fn kill_at_random_on(test: &str, signal: i32, twice: bool, topology: &str, runs: usize) {
     if !can_isolate(test) {
         return;
     }
     let dir = scratch(test);
-    let file = quick_scenario(&dir);
+    let file = quick_scenario(&dir, topology);
     let seed = std::env::var("CWLAB_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
             as u64
@@ -110,7 +116,7 @@ fn kill_at_random(test: &str, signal: i32, twice: bool) {
     eprintln!("{test}: CWLAB_SEED={seed}");
     let mut moments = Moments(seed);
     let mut interrupted = 0;
-    for i in 0..RUNS {
+    for i in 0..runs {
         let report = dir.join(format!("r{i}.json"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_cwlab"))
             .args(["run", file.to_str().unwrap(), "--isolation", "netns", "--report"])
@@ -160,8 +166,8 @@ fn kill_at_random(test: &str, signal: i32, twice: bool) {
     }
     if signal != libc::SIGKILL && !twice {
         assert!(
-            interrupted >= RUNS / 2,
-            "{test}: only {interrupted} of {RUNS} runs were interrupted"
+            interrupted >= runs / 2,
+            "{test}: only {interrupted} of {runs} runs were interrupted"
         );
     }
 }
@@ -184,6 +190,14 @@ fn a_second_sigint_kills_at_once_and_leaves_nothing() {
 #[test]
 fn sigkill_of_the_runner_leaves_nothing() {
     kill_at_random("sigkill", libc::SIGKILL, false);
+}
+
+/// Two hosts: the server's namespace, the veth pair between, and the socket table the runner
+/// opened in it go with the processes.
+#[test]
+fn sigint_and_sigkill_of_a_two_hosts_run_leave_nothing() {
+    kill_at_random_on("two-hosts-sigint", libc::SIGINT, false, "two-hosts", 20);
+    kill_at_random_on("two-hosts-sigkill", libc::SIGKILL, false, "two-hosts", 20);
 }
 
 #[test]

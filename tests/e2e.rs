@@ -110,6 +110,42 @@ fn scale_matches_the_truth_table() {
 }
 
 #[test]
+fn leak_two_hosts_matches_the_truth_table_each_side_on_its_own_host() {
+    use cwlab_model::report::Side;
+    let test = "truth-leak-two-hosts";
+    if !can_isolate(test) {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let (out, r) = run(&root().join("scenarios/leak-two-hosts.toml"), test);
+    check_truth_of("leak-two-hosts", &out, &r);
+    assert_eq!(r.topology, cwlab_model::scenario::Topology::TwoHosts);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("two hosts: clients on 10.77.0.1, the server on 10.77.0.2"),
+        "{stdout}"
+    );
+    // Each side was read on its own host: the server's sockets have the server's address, the
+    // clients' the clients'.
+    let (server, client) = ("10.77.0.2:", "10.77.0.1:");
+    for h in &r.holders {
+        let (local, remote) =
+            if h.side == Side::Server { (server, client) } else { (client, server) };
+        assert!(h.local.starts_with(local) && h.remote.starts_with(remote), "{h:?}");
+    }
+    // The packets were captured on the clients' end of the link, each segment once.
+    assert!(r.packets.available, "{:?}", r.packets.note);
+    assert_eq!(r.packets.connections, 100);
+    assert_eq!(
+        (r.packets.sent(Side::Server, "FIN"), r.packets.sent(Side::Client, "FIN")),
+        (0, 100)
+    );
+    assert_eq!(r.packets.sent(Side::Client, "SYN"), 100);
+    assert_eq!(r.packets.sent(Side::Server, "SYN"), 100, "the SYN-ACKs");
+    assert_eq!(r.packets.client_segments["FIN"], 100, "each segment counted once, not twice");
+}
+
+#[test]
 fn every_scenario_file_has_a_row_in_the_truth_table() {
     let names: BTreeSet<String> = std::fs::read_dir(root().join("scenarios"))
         .unwrap()

@@ -128,6 +128,29 @@ fn sample_interval_zero_or_longer_than_the_hold() {
 }
 
 #[test]
+fn topology_unknown_or_without_namespaces() {
+    let text = leak_with("hold = \"1500ms\"", "hold = \"1500ms\"\ntopology = \"three-hosts\"");
+    let l = line_of(&text, "topology");
+    refused(
+        "topology-unknown",
+        &text,
+        &format!("{l}:12: unknown topology `three-hosts` (expected loopback or two-hosts)"),
+    );
+    // Two hosts are two network namespaces: on the host's loopback, refused before anything
+    // starts, and nothing written.
+    let text = std::fs::read_to_string(root().join("scenarios/leak-two-hosts.toml")).unwrap();
+    let (out, file, dir) = run_text("two-hosts-on-host", &text, &["--isolation", "host"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "error: {}: topology two-hosts needs network namespaces, and this run has none",
+        file.display()
+    );
+    assert!(stderr.starts_with(&want), "{stderr}");
+    assert!(!dir.join("out").exists());
+}
+
+#[test]
 fn unwritable_report_path() {
     let file = root().join("scenarios/leak.toml");
     let out = cwlab(&["run", file.to_str().unwrap(), "--report", "/proc/cwlab/r.json"]);
@@ -152,6 +175,7 @@ fn a_port_already_in_use() {
     assert!(stderr.starts_with(&want), "{stderr}");
     assert!(stderr.contains("Address already in use"), "{stderr}");
     assert!(!report.exists());
+    assert!(!dir.join("out").exists(), "the report's folder, made for it, goes again");
     drop(held);
 }
 

@@ -65,8 +65,10 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         scenarios.push(Scenario::load(f).map_err(Failure::bad_input)?);
     }
     let paths: Vec<PathBuf> = scenarios.iter().map(|s| report_path(a, s)).collect();
+    // Folders made for the reports go again if the command ends without a report in them.
+    let mut made = MadeFolders::default();
     for p in &paths {
-        check_writable(p)?;
+        made.0.extend(check_writable(p)?);
     }
     cwlab_runner::signals::install().map_err(Failure::bad_input)?;
     let exe = std::env::current_exe().map_err(Failure::bad_input)?;
@@ -239,8 +241,9 @@ fn report_path(a: &Args, s: &Scenario) -> PathBuf {
     }
 }
 
-/// Refuses, before anything runs, a report path that cannot be written.
-fn check_writable(path: &Path) -> Result<(), Failure> {
+/// Refuses, before anything runs, a report path that cannot be written. Returns the folders it
+/// made for it, deepest first.
+fn check_writable(path: &Path) -> Result<Vec<PathBuf>, Failure> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -251,13 +254,29 @@ fn check_writable(path: &Path) -> Result<(), Failure> {
     if path.is_dir() {
         return Err(fail("it is a folder".into()));
     }
-    let created = !dir.exists();
+    let made: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    let mut made = MadeFolders(made);
     std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
     let probe = dir.join(format!(".cwlab-probe-{}", std::process::id()));
     let result = std::fs::File::create(&probe).map(|_| ()).map_err(|e| fail(e.to_string()));
     let _ = std::fs::remove_file(&probe);
-    if result.is_err() && created {
-        let _ = std::fs::remove_dir(&dir);
+    result?;
+    Ok(std::mem::take(&mut made.0))
+}
+
+/// Folders the command made, deepest first: removed when it ends, those still empty (the ones
+/// no report went into).
+#[derive(Default)]
+struct MadeFolders(Vec<PathBuf>);
+
+impl Drop for MadeFolders {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir(d);
+        }
     }
-    result
 }

@@ -23,6 +23,9 @@ pub struct Args {
     /// Make the acceptor the init of a new PID namespace.
     #[arg(long)]
     pid_namespace: bool,
+    /// Serve from a network namespace of the server's own (the two-hosts topology).
+    #[arg(long)]
+    net_namespace: bool,
     /// RLIMIT_NOFILE for the acceptor.
     #[arg(long)]
     nofile: Option<u64>,
@@ -45,6 +48,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         port: a.port,
         backlog: a.backlog,
         pid_namespace: a.pid_namespace,
+        net_namespace: a.net_namespace,
         nofile: a.nofile,
         rcvbuf: a.rcvbuf,
         sndbuf: a.sndbuf,

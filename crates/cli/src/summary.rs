@@ -31,6 +31,14 @@ pub fn render(r: &Report, report_path: &Path) -> String {
     if let Some(note) = &r.isolation_note {
         let _ = writeln!(s, "  note: {note}");
     }
+    if r.topology == cwlab_model::scenario::Topology::TwoHosts {
+        let _ = writeln!(
+            s,
+            "  two hosts: clients on {}, the server on {}, a veth pair between; each side counted on its own host",
+            cwlab_runner::CLIENT_HOST,
+            cwlab_runner::SERVER_HOST
+        );
+    }
     if let Some(e) = &r.client_outcome.first_error {
         let _ = writeln!(s, "  first client error: {e}");
     }

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod clients;
+mod hosts;
 mod isolation;
 mod output;
 mod run;
@@ -16,6 +17,7 @@ pub mod signals;
 mod stuck;
 mod witness;
 
+pub use hosts::{CLIENT_HOST, SERVER_HOST};
 pub use isolation::IsolationMode;
 pub use output::{write_atomically, AtomicFile};
 pub use run::{run, Event, Options};

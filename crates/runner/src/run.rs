@@ -12,6 +12,7 @@ use cwlab_model::report::{
     Acceptor, ClientOutcome, Holder, Isolation, Phase, PhaseMark, Report, Sample, ScenarioRef,
     ServerOutcome, Verdict, SCHEMA_VERSION,
 };
+use cwlab_model::scenario::Topology;
 use cwlab_model::{duration, Scenario};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -20,7 +21,7 @@ use crate::isolation::{self, IsolationMode};
 use crate::sampling::{PhaseCell, Probe, Sampler};
 use crate::server::{Launch, Server};
 use crate::witness::Witness;
-use crate::{clients, io, signals, stuck, RunError};
+use crate::{clients, hosts, io, signals, stuck, RunError};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -162,7 +163,20 @@ pub fn run(
     let deadline = started + timeout;
     descriptors(scenario)?;
     let (isolation, note) = isolation::enter(opts.isolation)?;
-    let addr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let two_hosts = scenario.topology == Topology::TwoHosts;
+    if two_hosts && isolation != Isolation::Netns {
+        return Err(RunError::Environment(format!(
+            "{}: topology two-hosts needs network namespaces, and this run has none ({}); run as root",
+            scenario.file.display(),
+            note.as_deref().unwrap_or("asked for the host's loopback")
+        )));
+    }
+    // Where the server listens, and where the clients connect.
+    let (addr, server_host) = if two_hosts {
+        (IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V4(hosts::SERVER_HOST))
+    } else {
+        (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::LOCALHOST))
+    };
     let mut d = Draft {
         started,
         t0: Instant::now(),
@@ -198,6 +212,7 @@ pub fn run(
         addr,
         port: scenario.port,
         pid_namespace: isolation == Isolation::Netns,
+        net_namespace: two_hosts,
         mark: &opts.run_id,
         deadline,
     };
@@ -209,6 +224,10 @@ pub fn run(
         }
         Err(e) => return Err(e),
     };
+    let server_ns = two_hosts.then(|| server.pid());
+    if let Some(pid) = server_ns {
+        hosts::join(pid)?;
+    }
     d.t0 = Instant::now();
     d.port = server.port;
     d.acceptor = server.acceptor;
@@ -222,15 +241,16 @@ pub fn run(
         None => None,
     };
     let instance = format!("cwlab-{}", opts.run_id);
-    let witness = Witness::start(&opts.exe, &opts.run_id, &instance, d.port, pcap);
-    let mut probe = Probe::open(d.port, d.acceptor)?;
+    let iface = if two_hosts { hosts::CLIENT_IFACE } else { "lo" };
+    let witness = Witness::start(&opts.exe, &opts.run_id, &instance, iface, d.port, pcap);
+    let mut probe = Probe::open(d.port, d.acceptor, server_ns)?;
     let (first, _) = probe.sample(0, Phase::Listen)?;
     d.fds_baseline = first.acceptor_fds;
     d.push(first);
 
     let (tx, mut rx) = unbounded_channel();
     let mut sampler = Sampler::spawn(
-        Probe::open(d.port, d.acceptor)?,
+        Probe::open(d.port, d.acceptor, server_ns)?,
         scenario.sample_interval,
         d.t0,
         d.phase.clone(),
@@ -240,7 +260,7 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(io("start the client runtime"))?;
-    let target = SocketAddr::new(addr, d.port);
+    let target = SocketAddr::new(server_host, d.port);
     rt.block_on(async {
         let wake = match signals::wake() {
             Some(fd) => Some(watch(fd.try_clone_to_owned().map_err(io("watch for signals"))?)?),
@@ -432,6 +452,7 @@ fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
         },
         isolation: d.isolation,
         isolation_note: d.note,
+        topology: scenario.topology,
         port: d.port,
         clients: scenario.clients.count,
         acceptor: Acceptor { pid: d.acceptor, fds_baseline: d.fds_baseline, fds_end: d.fds_end },

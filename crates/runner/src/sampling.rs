@@ -14,15 +14,24 @@ use crate::RunError;
 
 /// One look at the run's sockets.
 pub struct Probe {
-    table: Table,
+    /// The calling thread's namespace; with two hosts, then the server's.
+    tables: Vec<Table>,
     port: u16,
     acceptor: u32,
 }
 
 impl Probe {
-    /// Opens the socket table of the calling thread's namespace.
-    pub fn open(port: u16, acceptor: u32) -> Result<Probe, RunError> {
-        Ok(Probe { table: Table::open(Backend::SockDiag)?, port, acceptor })
+    /// Opens the socket table of the calling thread's namespace and, with two hosts, that of the
+    /// server's namespace (process `server_ns`'s): each side is then read on its own host.
+    pub fn open(port: u16, acceptor: u32, server_ns: Option<u32>) -> Result<Probe, RunError> {
+        let mut tables = vec![Table::open(Backend::SockDiag)?];
+        if let Some(pid) = server_ns {
+            let there = cwlab_sampler::netns::in_namespace_of(pid, || {
+                Table::open(Backend::SockDiag).map_err(std::io::Error::other)
+            });
+            tables.push(there.map_err(crate::io("open the socket table of the server's host"))?);
+        }
+        Ok(Probe { tables, port, acceptor })
     }
 
     /// Samples the table; also returns the records, for the holders at the end.
@@ -41,11 +50,14 @@ impl Probe {
         let q = Query { port: Some(self.port), side: PortSide::Any, ..Query::default() };
         let mut records = Vec::new();
         let port = self.port;
-        self.table.for_each(&q, |r| {
-            let side = if r.local.port() == port { &mut sample.server } else { &mut sample.client };
-            *side.entry(r.state).or_insert(0) += 1;
-            records.push(r.clone());
-        })?;
+        for table in &mut self.tables {
+            table.for_each(&q, |r| {
+                let side =
+                    if r.local.port() == port { &mut sample.server } else { &mut sample.client };
+                *side.entry(r.state).or_insert(0) += 1;
+                records.push(r.clone());
+            })?;
+        }
         Ok((sample, records))
     }
 }

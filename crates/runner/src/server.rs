@@ -45,11 +45,19 @@ pub struct Launch<'a> {
     pub addr: IpAddr,
     pub port: u16,
     pub pid_namespace: bool,
+    /// Serve from a network namespace of the server's own (two hosts).
+    pub net_namespace: bool,
     pub mark: &'a str,
     pub deadline: Instant,
 }
 
 impl Server {
+    /// The server's first process (the supervisor, with a PID namespace): the runner's child,
+    /// and in the server's network namespace.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the server and waits, to the deadline, until it reports that it listens.
     pub fn start(l: &Launch<'_>) -> Result<Server, RunError> {
         let mut cmd = Command::new(l.exe);
@@ -64,6 +72,9 @@ impl Server {
             .process_group(0);
         if l.pid_namespace {
             cmd.arg("--pid-namespace");
+        }
+        if l.net_namespace {
+            cmd.arg("--net-namespace");
         }
         for (flag, value) in [
             ("--nofile", l.limits.nofile),

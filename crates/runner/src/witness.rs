@@ -83,12 +83,13 @@ struct Gathered {
 }
 
 impl Witness {
-    /// Starts both witnesses for `port`: the tracefs instance is named `instance`; segments go
-    /// to `pcap` when given.
+    /// Starts both witnesses for `port`: the tracefs instance is named `instance`; segments are
+    /// captured on interface `iface` and go to `pcap` when given.
     pub fn start(
         exe: &std::path::Path,
         mark: &str,
         instance: &str,
+        iface: &str,
         port: u16,
         pcap: Option<(AtomicFile, String)>,
     ) -> Witness {
@@ -103,7 +104,7 @@ impl Witness {
             Some((f, _)) => f.file().try_clone().ok().map(BufWriter::new),
             None => None,
         };
-        let (capture, capture_note) = match Capture::open(port, writer) {
+        let (capture, capture_note) = match Capture::open(iface, port, writer) {
             Ok(c) => (Some(c), None),
             Err(e) => {
                 pcap = None;

@@ -54,18 +54,24 @@ impl Tally {
     }
 }
 
-/// A packet socket on `lo`, counting one port's segments and writing them to `W` as pcap.
+/// A packet socket on one interface (`lo`, or the clients' end of the two-hosts veth pair),
+/// counting one port's segments and writing them to `W` as pcap.
 pub struct Capture<W: Write> {
     fd: OwnedFd,
     port: u16,
+    /// On loopback every segment passes twice, out and back in: the outgoing copy is skipped.
+    /// On a veth end each passes once, outgoing (the clients') or incoming (the server's).
+    skip_outgoing: bool,
     out: Option<W>,
     tally: Tally,
     buf: Vec<u8>,
 }
 
 impl<W: Write> Capture<W> {
-    /// Opens the capture in the calling thread's network namespace.
-    pub fn open(port: u16, mut out: Option<W>) -> io::Result<Capture<W>> {
+    /// Opens the capture on interface `iface` of the calling thread's network namespace.
+    pub fn open(iface: &str, port: u16, mut out: Option<W>) -> io::Result<Capture<W>> {
+        let name = std::ffi::CString::new(iface)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
         let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: socket(2); the result is checked before it is owned.
         let fd = unsafe {
@@ -81,7 +87,10 @@ impl<W: Write> Capture<W> {
         // SAFETY: a fresh descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: if_nametoindex with a C string.
-        let ifindex = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
         // SAFETY: sockaddr_ll is plain data; zeroed is valid.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -112,7 +121,14 @@ impl<W: Write> Capture<W> {
         if let Some(w) = out.as_mut() {
             write_header(w)?;
         }
-        Ok(Capture { fd, port, out, tally: Tally::default(), buf: vec![0; 65536] })
+        Ok(Capture {
+            fd,
+            port,
+            skip_outgoing: iface == "lo",
+            out,
+            tally: Tally::default(),
+            buf: vec![0; 65536],
+        })
     }
 
     /// The socket to poll for readability.
@@ -145,7 +161,7 @@ impl<W: Write> Capture<W> {
                     _ => Err(e),
                 };
             }
-            if from.sll_pkttype == libc::PACKET_OUTGOING {
+            if self.skip_outgoing && from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let wire = n as usize;

@@ -37,6 +37,9 @@ pub struct Config {
     /// Put the acceptor in a new PID namespace as its init: when it dies, the kernel kills every
     /// process the server started, helpers included.
     pub pid_namespace: bool,
+    /// Serve from a new network namespace of the server's own, empty but for a loopback that is
+    /// down: the runner joins it to its own with a veth pair (the two-hosts topology).
+    pub net_namespace: bool,
     /// RLIMIT_NOFILE for the acceptor (soft and hard), if set.
     pub nofile: Option<u64>,
     /// SO_RCVBUF on the listener, inherited by accepted sockets.
@@ -93,6 +96,12 @@ pub fn serve(cfg: &Config) -> Result<i32, Error> {
     if let Some(n) = cfg.nofile {
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
             .map_err(errno(format!("set RLIMIT_NOFILE to {n}")))?;
+    }
+    if cfg.net_namespace {
+        // Before the PID namespace's fork: the supervisor and the acceptor both live there, and
+        // the runner finds the namespace through the supervisor, its own child.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(errno("unshare a network namespace"))?;
     }
     if cfg.pid_namespace {
         if let Some(status) = process::enter_pid_namespace()? {
