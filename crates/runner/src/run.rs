@@ -328,8 +328,8 @@ pub fn run(
     d.fds_end = last.acceptor_fds;
     d.push(last);
     (d.transitions, d.packets) = witness.finish(d.port, t0_us, 3);
-    d.holders = stuck::find(&records, d.port, d.acceptor);
-    d.fds_by_role = stuck::fds_by_role(d.acceptor);
+    let end = stuck::survey(&records, d.port, d.acceptor);
+    (d.holders, d.fds_by_role) = (end.holders, end.fds_by_role);
     server.stop();
     d.server = server.outcome();
     d.kept.clear();

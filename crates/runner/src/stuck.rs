@@ -11,18 +11,37 @@ fn settled(s: TcpState) -> bool {
     matches!(s, TcpState::Established | TcpState::TimeWait | TcpState::Listen)
 }
 
-/// One row per (stuck socket, holding fd), or one `nobody` row for a socket no process holds.
-/// One walk of /proc for the whole set.
-pub fn find(records: &[SocketRecord], port: u16, acceptor: u32) -> Vec<Holder> {
+/// What the end of a run learns from one walk of /proc.
+pub struct End {
+    /// One row per (stuck socket, holding fd), or one `nobody` row for a socket no process holds.
+    pub holders: Vec<Holder>,
+    /// Open descriptors of the acceptor and every descendant, summed per role.
+    pub fds_by_role: BTreeMap<Role, u64>,
+}
+
+/// Who holds each stuck socket of `records`, and the descriptors per role: one walk of /proc.
+pub fn survey(records: &[SocketRecord], port: u16, acceptor: u32) -> End {
     let stuck: Vec<&SocketRecord> = records.iter().filter(|r| !settled(r.state)).collect();
     let inodes: HashSet<u64> = stuck.iter().map(|r| r.inode).filter(|i| *i != 0).collect();
-    let found = holders::find(&inodes);
+    let (found, everyone) = holders::survey(&inodes);
+    End {
+        holders: rows(&stuck, &found, port, acceptor),
+        fds_by_role: fds_by_role(acceptor, &everyone),
+    }
+}
+
+fn rows(
+    stuck: &[&SocketRecord],
+    found: &holders::Holders,
+    port: u16,
+    acceptor: u32,
+) -> Vec<Holder> {
     let roles = Roles::new(acceptor);
     // One role per process, not per row: the acceptor alone may hold 10,000 of them.
     let role_of: HashMap<u32, Role> =
         found.processes.iter().map(|(pid, p)| (*pid, roles.of(p))).collect();
     let mut rows = Vec::new();
-    for r in stuck {
+    for r in stuck.iter().copied() {
         let side = if r.local.port() == port { Side::Server } else { Side::Client };
         let row = |pid: Option<u32>, fd: Option<i32>, role: Role| Holder {
             side,
@@ -50,18 +69,8 @@ pub fn find(records: &[SocketRecord], port: u16, acceptor: u32) -> Vec<Holder> {
     rows
 }
 
-/// Open descriptors of the acceptor and every descendant, summed per role: one walk of /proc.
-pub fn fds_by_role(acceptor: u32) -> BTreeMap<Role, u64> {
-    let mut procs: HashMap<u32, holders::Process> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
-                if let Some(p) = holders::process(pid) {
-                    procs.insert(pid, p);
-                }
-            }
-        }
-    }
+/// Open descriptors of the acceptor and every descendant, summed per role.
+fn fds_by_role(acceptor: u32, procs: &HashMap<u32, holders::Brief>) -> BTreeMap<Role, u64> {
     let descends = |mut pid: u32| {
         for _ in 0..64 {
             if pid == acceptor {
@@ -75,14 +84,12 @@ pub fn fds_by_role(acceptor: u32) -> BTreeMap<Role, u64> {
         false
     };
     let mut sums = BTreeMap::new();
-    for (&pid, p) in &procs {
+    for (&pid, p) in procs {
         if !descends(pid) {
             continue;
         }
         let role = if pid == acceptor { Role::Acceptor } else { role_by_name(&p.comm) };
-        if let Ok(n) = cwlab_sampler::fds::count(pid) {
-            *sums.entry(role).or_insert(0) += u64::from(n);
-        }
+        *sums.entry(role).or_insert(0) += u64::from(p.fds);
     }
     sums
 }

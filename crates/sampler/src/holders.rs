@@ -47,20 +47,43 @@ impl Holders {
     }
 }
 
+/// What one walk of `/proc` learns of every process, for the descriptor counts per role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Brief {
+    /// Its parent's pid.
+    pub ppid: u32,
+    /// Its name (`comm`).
+    pub comm: String,
+    /// How many descriptors it had open when its `fd` folder was read.
+    pub fds: u32,
+}
+
 /// Finds who holds each of `inodes` with one walk of `/proc`. Processes that vanish during the
 /// walk, or whose descriptors cannot be read, are passed over.
 pub fn find(inodes: &HashSet<u64>) -> Holders {
-    let mut h = Holders::default();
     if inodes.is_empty() {
-        return h;
+        return Holders::default();
     }
-    let Ok(procs) = fs::read_dir("/proc") else { return h };
+    walk(inodes, false).0
+}
+
+/// One walk of `/proc` for two questions: who holds each of `inodes` (as [`find`] answers), and
+/// the parent, name and descriptor count of every process.
+pub fn survey(inodes: &HashSet<u64>) -> (Holders, HashMap<u32, Brief>) {
+    walk(inodes, true)
+}
+
+fn walk(inodes: &HashSet<u64>, briefs: bool) -> (Holders, HashMap<u32, Brief>) {
+    let mut h = Holders::default();
+    let mut all = HashMap::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return (h, all) };
     for entry in procs.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
+        let Some((fds, sockets)) = socket_fds(&entry.path()) else { continue };
         let mut held = false;
-        for (fd, inode) in socket_fds(&entry.path()) {
+        for (fd, inode) in sockets {
             if inodes.contains(&inode) {
                 h.by_inode.entry(inode).or_default().push(Holding { pid, fd });
                 held = true;
@@ -68,30 +91,41 @@ pub fn find(inodes: &HashSet<u64>) -> Holders {
         }
         if held {
             if let Some(p) = process(pid) {
+                if briefs {
+                    all.insert(pid, Brief { ppid: p.ppid, comm: p.comm.clone(), fds });
+                }
                 h.processes.insert(pid, p);
+            }
+        } else if briefs {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            if let Some((comm, ppid)) = stat.as_deref().and_then(parse_stat) {
+                all.insert(pid, Brief { ppid, comm, fds });
             }
         }
     }
     for v in h.by_inode.values_mut() {
         v.sort();
     }
-    h
+    (h, all)
 }
 
-/// Every (fd, socket inode) of one process.
-fn socket_fds(proc_dir: &Path) -> Vec<(i32, u64)> {
-    let Ok(fds) = fs::read_dir(proc_dir.join("fd")) else { return Vec::new() };
+/// How many descriptors one process has, and every (fd, socket inode) among them; `None` when
+/// its `fd` folder cannot be read (it exited, or it is not ours to read).
+fn socket_fds(proc_dir: &Path) -> Option<(u32, Vec<(i32, u64)>)> {
+    let fds = fs::read_dir(proc_dir.join("fd")).ok()?;
+    let mut count = 0;
     let mut v = Vec::new();
     for fd in fds.flatten() {
         let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
+        count += 1;
         let Ok(target) = fs::read_link(fd.path()) else { continue };
         if let Some(inode) = socket_inode(target.as_os_str().to_str().unwrap_or("")) {
             v.push((n, inode));
         }
     }
-    v
+    Some((count, v))
 }
 
 /// `socket:[12345]` → 12345.

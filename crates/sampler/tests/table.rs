@@ -262,6 +262,15 @@ fn the_holder_of_a_forked_copy_is_the_child_and_its_fd() {
     let pid = child.as_raw() as u32;
     assert_eq!(h.of(socket.inode), &[holders::Holding { pid, fd }]);
     assert_eq!(h.processes[&pid].ppid, std::process::id());
+    // The survey finds the same holders, and every process's parent, name and descriptors: the
+    // child kept the standard streams it was given, the socket and the gate.
+    let (surveyed, everyone) = holders::survey(&HashSet::from([socket.inode]));
+    assert_eq!(surveyed.of(socket.inode), h.of(socket.inode));
+    // SAFETY: fcntl(F_GETFD) only asks whether a descriptor is open.
+    let streams = (0..3).filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0).count();
+    assert_eq!(everyone[&pid].ppid, std::process::id());
+    assert_eq!(everyone[&pid].fds as usize, streams + 2);
+    assert!(everyone.contains_key(&std::process::id()), "holders or not, every process");
     let q = Query { states: States::of(&[TcpState::FinWait2]), ..Query::default() };
     wait_until("the client's socket to wait for a FIN", || t.count(&q).unwrap() == 1);
     let orphan = t.list(&q).unwrap();
