@@ -59,9 +59,6 @@ impl Tally {
 pub struct Capture<W: Write> {
     fd: OwnedFd,
     port: u16,
-    /// On loopback every segment passes twice, out and back in: the outgoing copy is skipped.
-    /// On a veth end each passes once, outgoing (the clients') or incoming (the server's).
-    skip_outgoing: bool,
     out: Option<W>,
     tally: Tally,
     buf: Vec<u8>,
@@ -121,14 +118,7 @@ impl<W: Write> Capture<W> {
         if let Some(w) = out.as_mut() {
             write_header(w)?;
         }
-        Ok(Capture {
-            fd,
-            port,
-            skip_outgoing: iface == "lo",
-            out,
-            tally: Tally::default(),
-            buf: vec![0; 65536],
-        })
+        Ok(Capture { fd, port, out, tally: Tally::default(), buf: vec![0; 65536] })
     }
 
     /// The socket to poll for readability.
@@ -161,7 +151,11 @@ impl<W: Write> Capture<W> {
                     _ => Err(e),
                 };
             }
-            if self.skip_outgoing && from.sll_pkttype == libc::PACKET_OUTGOING {
+            // On a loopback device every segment passes twice, out and back in: the outgoing
+            // copy is skipped. On a veth end each passes once, outgoing (the clients') or
+            // incoming (the server's), and both are kept.
+            if from.sll_pkttype == libc::PACKET_OUTGOING && from.sll_hatype == libc::ARPHRD_LOOPBACK
+            {
                 continue;
             }
             let wire = n as usize;
