@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use cwlab_model::events::Reporter;
 use cwlab_model::{exit, Report};
 
 use crate::app::Failure;
@@ -32,11 +33,12 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         })?;
         reports.push(r);
     }
-    write_svg(&a.output, &reports)?;
+    let mut svg = cwlab_report::Svg::new(a.output.clone());
+    for r in &reports {
+        svg.finish(r).map_err(Failure::bad_input)?;
+    }
+    svg.close().map_err(|e| {
+        Failure::bad_input(format!("{}: cannot write the chart: {e}", a.output.display()))
+    })?;
     Ok(exit::PASS)
-}
-
-pub fn write_svg(path: &std::path::Path, reports: &[Report]) -> Result<(), Failure> {
-    cwlab_runner::write_atomically(path, crate::chart::render(reports).as_bytes())
-        .map_err(|e| Failure::bad_input(format!("{}: cannot write the chart: {e}", path.display())))
 }

@@ -1,14 +1,12 @@
 //! `cwlab`: the closewait-lab command line. Parses, dispatches, maps errors to exit codes.
 
 mod app;
-mod chart;
 mod chart_cmd;
 mod demo;
 mod list;
 mod run;
 mod serve;
 mod sockets;
-mod summary;
 
 fn main() {
     std::process::exit(app::main());

@@ -1,16 +1,14 @@
 //! `cwlab run`: run scenario files, write each report, print the summary; the exit code is the
 //! verdict (0 every expectation held, 1 one failed, 2 bad input or an environment that cannot run).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use cwlab_model::events::{cue, PhaseStart, RunEvent, Started, Waiting};
-use cwlab_model::report::{Report, Verdict};
+use cwlab_model::events::{Reporter, Reporters};
+use cwlab_model::report::Report;
 use cwlab_model::{exit, Scenario};
-use cwlab_runner::{Event, IsolationMode, Options};
-use std::io::IsTerminal;
+use cwlab_runner::{IsolationMode, Options};
 
 use crate::app::Failure;
 
@@ -46,6 +44,10 @@ pub struct Args {
     /// Stop before each phase, say what is about to happen, and wait for Enter.
     #[arg(long)]
     step: bool,
+    /// Write JUnit XML for CI (GitLab, Jenkins, test-report actions): one test case per
+    /// expectation, failures with the observed value.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,7 +69,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     let paths: Vec<PathBuf> = scenarios.iter().map(|s| report_path(a, s)).collect();
     // Folders made for the reports go again if the command ends without a report in them.
     let mut made = MadeFolders::default();
-    for p in &paths {
+    for p in paths.iter().chain(&a.junit).chain(&a.svg) {
         made.0.extend(check_writable(p)?);
     }
     cwlab_runner::signals::install().map_err(Failure::bad_input)?;
@@ -82,14 +84,13 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         timeout: a.timeout,
         run_id: run_id(),
         pcap: None,
-        step: a.step,
+        pace: a.step.then(cwlab_report::step::enter_keys),
     };
+    let mut faces = reporters(a, &paths);
     let mut worst = exit::PASS;
-    let mut done = Vec::new();
     for (i, (scenario, path)) in scenarios.iter().zip(&paths).enumerate() {
         let opts = Options { pcap: pcap_path(a, path, scenarios.len()), ..opts.clone() };
-        let mut progress = Progress::new(&scenario.name, a.events);
-        let report = match cwlab_runner::run(scenario, &opts, &mut |e| progress.event(e)) {
+        let report = match cwlab_runner::run(scenario, &opts, &mut faces) {
             Ok(r) => r,
             Err(cwlab_runner::RunError::Interrupted(sig)) => {
                 return Err(Failure {
@@ -99,112 +100,48 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
             }
             Err(e) => return Err(Failure::bad_input(e)),
         };
-        let mut bytes = serde_json::to_vec_pretty(&report).expect("reports serialize");
-        bytes.push(b'\n');
-        cwlab_runner::write_atomically(path, &bytes).map_err(|e| {
-            Failure::bad_input(format!("{}: cannot write the report: {e}", path.display()))
-        })?;
-        let mut out = std::io::stdout().lock();
-        progress.clear();
-        let text = if a.events {
-            let mut line = serde_json::to_string(&RunEvent::Report(Box::new(report.clone())))
-                .expect("reports serialize");
-            line.push('\n');
-            line
-        } else if a.json {
-            let mut line = serde_json::to_string(&report).expect("reports serialize");
-            line.push('\n');
-            line
-        } else {
-            let sep = if i > 0 { "\n" } else { "" };
-            format!("{sep}{}", crate::summary::render(&report, path))
-        };
-        out.write_all(text.as_bytes()).map_err(Failure::bad_input)?;
-        worst = worst.max(code(&report));
-        if a.svg.is_some() {
-            done.push(report.clone());
-        }
+        write_report(path, &report)?;
+        faces.finish(&report).map_err(Failure::bad_input)?;
+        worst = worst.max(report.exit_code());
         if let Some(sig) = cwlab_runner::signals::received() {
             // A signal stopped this run (its report says so), or arrived after it ended: then
             // the scenarios after it do not run, and the exit status says why.
             if report.interrupted || i + 1 < scenarios.len() {
+                faces.close().map_err(Failure::bad_input)?;
                 return Ok(128 + sig);
             }
         }
     }
-    if let Some(svg) = &a.svg {
-        crate::chart_cmd::write_svg(svg, &done)?;
-    }
+    faces.close().map_err(Failure::bad_input)?;
     Ok(worst)
 }
 
-/// What a run shows as it goes: JSON Lines events on stdout with `--events`; otherwise, on a
-/// terminal, its phase and latest counts on one line of stderr, and the presenter's cue in
-/// `--step`; nothing when stderr is not a terminal.
-struct Progress<'a> {
-    name: &'a str,
-    events: bool,
-    tty: bool,
-    shown: bool,
+/// The faces this invocation asked for: one of the summary, `--json` or `--events` on stdout,
+/// the progress line on stderr, and the files `--svg` and `--junit` name.
+fn reporters(a: &Args, paths: &[PathBuf]) -> Reporters {
+    let mut faces: Vec<Box<dyn Reporter>> = vec![Box::new(cwlab_report::Progress::new())];
+    faces.push(if a.events {
+        Box::new(cwlab_report::EventLines)
+    } else if a.json {
+        Box::new(cwlab_report::Json)
+    } else {
+        Box::new(cwlab_report::Summary::new(paths.to_vec()))
+    });
+    if let Some(p) = &a.svg {
+        faces.push(Box::new(cwlab_report::Svg::new(p.clone())));
+    }
+    if let Some(p) = &a.junit {
+        faces.push(Box::new(cwlab_report::Junit::new(p.clone())));
+    }
+    Reporters(faces)
 }
 
-impl<'a> Progress<'a> {
-    fn new(name: &'a str, events: bool) -> Progress<'a> {
-        Progress { name, events, tty: std::io::stderr().is_terminal(), shown: false }
-    }
-
-    fn event(&mut self, e: Event<'_>) {
-        if self.events {
-            let ev = match e {
-                Event::Started { scenario, isolation, port, .. } => RunEvent::Started(Started {
-                    scenario: scenario.name.clone(),
-                    headline: scenario.headline().to_string(),
-                    port,
-                    isolation,
-                }),
-                Event::Phase(phase, t_ms) => RunEvent::Phase(PhaseStart { phase, t_ms }),
-                Event::Sample(s) => RunEvent::Sample(s.clone()),
-                Event::Waiting(next) => RunEvent::Waiting(Waiting { next }),
-            };
-            let mut out = std::io::stdout().lock();
-            let _ = serde_json::to_writer(&mut out, &ev);
-            let _ = out.write_all(b"\n");
-            let _ = out.flush();
-            return;
-        }
-        let mut err = std::io::stderr().lock();
-        match e {
-            Event::Waiting(next) => {
-                let _ = writeln!(err, "\r\x1b[K{}: next, {next}: {} [Enter]", self.name, cue(next));
-            }
-            Event::Sample(s) if self.tty => {
-                let top: Vec<String> = s
-                    .server
-                    .iter()
-                    .map(|(st, n)| format!("server {st} {n}"))
-                    .chain(s.client.iter().map(|(st, n)| format!("client {st} {n}")))
-                    .take(4)
-                    .collect();
-                let _ = write!(
-                    err,
-                    "\r\x1b[K{}: {} {:.1}s  {}",
-                    self.name,
-                    s.phase,
-                    s.t_ms as f64 / 1000.0,
-                    top.join(" · ")
-                );
-                self.shown = true;
-            }
-            _ => {}
-        }
-    }
-
-    fn clear(&mut self) {
-        if self.shown {
-            let _ = write!(std::io::stderr(), "\r\x1b[K");
-            self.shown = false;
-        }
-    }
+fn write_report(path: &Path, report: &Report) -> Result<(), Failure> {
+    let mut bytes = serde_json::to_vec_pretty(report).expect("reports serialize");
+    bytes.push(b'\n');
+    cwlab_runner::write_atomically(path, &bytes).map_err(|e| {
+        Failure::bad_input(format!("{}: cannot write the report: {e}", path.display()))
+    })
 }
 
 /// The mark on every process of this invocation: the runner's pid, then a nonce.
@@ -213,14 +150,6 @@ fn run_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("{}-{nanos:08x}", std::process::id())
-}
-
-fn code(r: &Report) -> i32 {
-    match r.verdict {
-        Verdict::Pass => exit::PASS,
-        Verdict::Fail => exit::FAIL,
-        Verdict::Error => exit::BAD_INPUT,
-    }
 }
 
 /// `--pcap FILE` with one scenario; `--pcap` alone (or with several): beside each report.

@@ -1,5 +1,12 @@
-//! `cwlab run --events`: a run as JSON Lines on stdout, one `{"type": …, "data": …}` object per
-//! line, for a live view in another process (`cwlab demo`) or any tool.
+//! What a run says as it goes, and the one trait every face of the lab implements.
+//!
+//! The runner reports each [`RunEvent`] to a [`Reporter`] as the run goes; the caller hands the
+//! finished [`Report`] to the same reporter's [`Reporter::finish`], and calls
+//! [`Reporter::close`] once every run has ended. The human summary, JSON, JSON Lines, the
+//! progress line, the SVG chart, JUnit XML and the live view are reporters.
+//!
+//! `cwlab run --events` writes the events as JSON Lines on stdout, one `{"type": …, "data": …}`
+//! object per line, for a live view in another process (`cwlab demo`) or any tool.
 //!
 //! # Format
 //!
@@ -10,6 +17,8 @@
 //! {"type":"waiting","data":{"next":"close"}}      // with --step: send a line on stdin to go on
 //! {"type":"report","data":{…the whole report…}}   // last
 //! ```
+
+use std::io;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,5 +80,42 @@ pub fn cue(next: Phase) -> &'static str {
         Phase::Hold => "nobody does anything. Watch what stays: CLOSE-WAIT held by whom, FIN-WAIT-2 or TIME-WAIT on the clients.",
         Phase::End => "the last sample, the holders and the verdict.",
         Phase::Listen => "the server listens.",
+    }
+}
+
+/// A face of the lab: it is told each event of a run, then the run's report, then that every run
+/// has ended. Each method does nothing unless the reporter needs it.
+pub trait Reporter {
+    /// An event of the run in progress (never [`RunEvent::Report`]: that is [`Reporter::finish`]).
+    fn event(&mut self, _event: &RunEvent) {}
+
+    /// A run ended with this report.
+    fn finish(&mut self, _report: &Report) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Every run has ended: write what covers them all.
+    fn close(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Several reporters as one, each told everything in the order given.
+#[derive(Default)]
+pub struct Reporters(pub Vec<Box<dyn Reporter>>);
+
+impl Reporter for Reporters {
+    fn event(&mut self, event: &RunEvent) {
+        for r in &mut self.0 {
+            r.event(event);
+        }
+    }
+
+    fn finish(&mut self, report: &Report) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|r| r.finish(report))
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|r| r.close())
     }
 }

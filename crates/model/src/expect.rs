@@ -29,9 +29,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::diagnosis::held_sockets;
 use crate::duration;
-use crate::evidence::{Packets, Transitions};
-use crate::report::{ClientOutcome, ExpectationResult, Holder, Role, Sample, ServerOutcome, Side};
+use crate::report::{ExpectationResult, Report, Role, Sample, Side};
 use crate::state::TcpState;
 
 /// What an expectation measures.
@@ -406,89 +406,49 @@ impl fmt::Display for Quantity {
     }
 }
 
-/// What a run observed, for evaluating expectations.
+/// What a run observed, for evaluating expectations: its samples, and once it has ended, its
+/// report (holders, outcomes, descriptor counts, the witnesses) for what is known only then.
 pub struct Evidence<'a> {
     /// Every sample, in time order; the last one is the end.
     pub samples: &'a [Sample],
     /// When the hold phase began (ms since LISTEN): `within`/`for` look from here on.
     pub hold_from_ms: u64,
-    /// The acceptor's descriptor count before any client.
-    pub fds_baseline: Option<u32>,
-    /// Who holds each stuck socket at the end.
-    pub holders: &'a [Holder],
     /// The scenario's client count.
     pub clients: u32,
-    /// What the clients saw.
-    pub client_outcome: &'a ClientOutcome,
-    /// What the acceptor reported.
-    pub server: &'a ServerOutcome,
-    /// Descriptors open at the end per role.
-    pub fds_by_role: &'a std::collections::BTreeMap<Role, u64>,
-    /// The kernel's transitions.
-    pub transitions: &'a Transitions,
-    /// The capture.
-    pub packets: &'a Packets,
+    /// The finished run, when there is one: without it, what is known only at the end (and
+    /// the descriptor growth, which needs the baseline) cannot be read.
+    pub end: Option<&'a Report>,
 }
-
-static NO_CLIENTS: ClientOutcome =
-    ClientOutcome { completed: 0, failed: 0, hung: 0, first_error: None };
-static NO_SERVER: ServerOutcome =
-    ServerOutcome { accepted: 0, accept_errors: 0, accept_errno: None };
-static NO_FDS: std::collections::BTreeMap<Role, u64> = std::collections::BTreeMap::new();
-static NO_TRANSITIONS: Transitions = Transitions {
-    available: false,
-    note: None,
-    events: 0,
-    lost: 0,
-    counts: Vec::new(),
-    paths: Vec::new(),
-    durations: Vec::new(),
-    first: Vec::new(),
-};
-static NO_PACKETS: Packets = Packets {
-    available: false,
-    note: None,
-    pcap: None,
-    server_segments: std::collections::BTreeMap::new(),
-    client_segments: std::collections::BTreeMap::new(),
-    connections: 0,
-    server_sent: std::collections::BTreeMap::new(),
-    client_sent: std::collections::BTreeMap::new(),
-    dropped: 0,
-};
 
 impl<'a> Evidence<'a> {
-    /// Evidence of samples alone: no holders, no outcomes, no descriptor baseline, and no
-    /// witnesses (what needs them is not observable). Fill in what more is known.
-    pub fn of_samples(samples: &'a [Sample], hold_from_ms: u64, clients: u32) -> Evidence<'a> {
+    /// The evidence of a finished run: its report.
+    pub fn of(r: &'a Report) -> Evidence<'a> {
         Evidence {
-            samples,
-            hold_from_ms,
-            fds_baseline: None,
-            holders: &[],
-            clients,
-            client_outcome: &NO_CLIENTS,
-            server: &NO_SERVER,
-            fds_by_role: &NO_FDS,
-            transitions: &NO_TRANSITIONS,
-            packets: &NO_PACKETS,
+            samples: &r.samples,
+            hold_from_ms: r.hold_from_ms().unwrap_or(u64::MAX),
+            clients: r.clients,
+            end: Some(r),
         }
     }
-}
 
-impl Evidence<'_> {
+    /// Evidence of samples alone, while a run goes on (the live view's ticks).
+    pub fn of_samples(samples: &'a [Sample], hold_from_ms: u64, clients: u32) -> Evidence<'a> {
+        Evidence { samples, hold_from_ms, clients, end: None }
+    }
+
     /// Why a quantity cannot be observed in this run, if it cannot.
     fn unobservable(&self, q: &Quantity) -> Option<String> {
+        let r = self.end?;
         match q {
-            Quantity::Transitions(..) | Quantity::Path(..) if !self.transitions.available => {
+            Quantity::Transitions(..) | Quantity::Path(..) if !r.transitions.available => {
                 Some(format!(
                     "not observable: {}",
-                    self.transitions.note.as_deref().unwrap_or("no transitions")
+                    r.transitions.note.as_deref().unwrap_or("no transitions")
                 ))
             }
-            Quantity::Sent(..) if !self.packets.available => Some(format!(
+            Quantity::Sent(..) if !r.packets.available => Some(format!(
                 "not observable: {}",
-                self.packets.note.as_deref().unwrap_or("no capture")
+                r.packets.note.as_deref().unwrap_or("no capture")
             )),
             _ => None,
         }
@@ -496,34 +456,27 @@ impl Evidence<'_> {
 
     fn value(&self, q: &Quantity, s: &Sample) -> Option<i64> {
         match *q {
-            Quantity::Sockets(side, state) => Some(i64::from(s.get(side, state))),
-            Quantity::AcceptorFds => s.acceptor_fds.map(i64::from),
-            Quantity::AcceptorFdsGrowth => {
-                Some(i64::from(s.acceptor_fds?) - i64::from(self.fds_baseline?))
-            }
-            Quantity::HungClients => Some(i64::from(self.client_outcome.hung)),
-            Quantity::Accepted => Some(self.server.accepted as i64),
-            Quantity::AcceptErrors => Some(self.server.accept_errors as i64),
-            Quantity::RoleFds(role) => {
-                Some(self.fds_by_role.get(&role).copied().unwrap_or(0) as i64)
-            }
-            Quantity::Transitions(side, from, to) => {
-                Some(self.transitions.count(side, from, to) as i64)
-            }
-            Quantity::Path(side, ref path) => Some(self.transitions.path(side, path) as i64),
-            Quantity::Sent(side, flag) => Some(self.packets.sent(side, flag) as i64),
-            Quantity::HeldBy(side, state, role) => {
-                let mut sockets: Vec<(u64, &str, &str)> = self
-                    .holders
-                    .iter()
-                    .filter(|h| h.side == side && h.state == state && h.role == role)
-                    .map(|h| (h.inode, h.local.as_str(), h.remote.as_str()))
-                    .collect();
-                sockets.sort_unstable();
-                sockets.dedup();
-                Some(sockets.len() as i64)
-            }
+            Quantity::Sockets(side, state) => return Some(i64::from(s.get(side, state))),
+            Quantity::AcceptorFds => return s.acceptor_fds.map(i64::from),
+            _ => {}
         }
+        let r = self.end?;
+        Some(match *q {
+            Quantity::Sockets(..) | Quantity::AcceptorFds => unreachable!("read from the sample"),
+            Quantity::AcceptorFdsGrowth => {
+                i64::from(s.acceptor_fds?) - i64::from(r.acceptor.fds_baseline?)
+            }
+            Quantity::HungClients => i64::from(r.client_outcome.hung),
+            Quantity::Accepted => r.server.accepted as i64,
+            Quantity::AcceptErrors => r.server.accept_errors as i64,
+            Quantity::RoleFds(role) => r.fds_by_role.get(&role).copied().unwrap_or(0) as i64,
+            Quantity::Transitions(side, from, to) => r.transitions.count(side, from, to) as i64,
+            Quantity::Path(side, ref path) => r.transitions.path(side, path) as i64,
+            Quantity::Sent(side, flag) => r.packets.sent(side, flag) as i64,
+            Quantity::HeldBy(side, state, role) => i64::from(held_sockets(
+                r.holders.iter().filter(|h| h.side == side && h.state == state && h.role == role),
+            )),
+        })
     }
 }
 
@@ -626,8 +579,18 @@ fn evaluate_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Phase, Sample};
+    use crate::evidence::Transitions;
+    use crate::report::{Holder, Phase, Sample, ServerOutcome};
     use std::collections::BTreeMap;
+
+    /// A finished run of 10 clients whose hold began at 100 ms, with a baseline of 4 fds.
+    fn report(samples: &[Sample]) -> Report {
+        let mut r = crate::report::tests::report("t", 10);
+        r.samples = samples.to_vec();
+        r.phases.push(crate::report::PhaseMark { phase: Phase::Hold, t_ms: 100 });
+        r.acceptor.fds_baseline = Some(4);
+        r
+    }
 
     fn parse(s: &str) -> Expectation {
         Expectation::parse(s).unwrap_or_else(|e| panic!("{s}: {e:?}"))
@@ -662,12 +625,13 @@ mod tests {
     #[test]
     fn without_the_witness_an_expectation_is_not_observable() {
         let t = timeline();
-        let tr = Transitions {
+        let mut r = report(&t);
+        r.transitions = Transitions {
             available: false,
             note: Some("tracefs is not mounted".into()),
             ..Default::default()
         };
-        let ev = Evidence { transitions: &tr, ..Evidence::of_samples(&t, 100, 10) };
+        let ev = Evidence::of(&r);
         let r = evaluate(&parse("server path ESTAB -> CLOSE-WAIT == clients"), &ev);
         assert!(!r.observable);
         assert_eq!(r.detail, "not observable: tracefs is not mounted");
@@ -760,8 +724,7 @@ mod tests {
     }
 
     fn eval(text: &str, samples: &[Sample]) -> ExpectationResult {
-        let ev = Evidence { fds_baseline: Some(4), ..Evidence::of_samples(samples, 100, 10) };
-        evaluate(&parse(text), &ev)
+        evaluate(&parse(text), &Evidence::of(&report(samples)))
     }
 
     #[test]
@@ -819,14 +782,15 @@ mod tests {
             role,
             comm: None,
         };
-        let holders = vec![
+        let mut r = report(&t);
+        r.holders = vec![
             h(1, Some(10), Role::Acceptor),
             h(1, Some(11), Role::Handler),
             h(2, Some(10), Role::Acceptor),
             h(3, None, Role::Nobody),
         ];
-        let s = ServerOutcome { accepted: 7, ..Default::default() };
-        let ev = Evidence { holders: &holders, server: &s, ..Evidence::of_samples(&t, 100, 10) };
+        r.server = ServerOutcome { accepted: 7, ..Default::default() };
+        let ev = Evidence::of(&r);
         assert!(evaluate(&parse("accepted == 7"), &ev).passed);
         let r = evaluate(&parse("server CLOSE-WAIT held by acceptor == 2"), &ev);
         assert!(r.passed, "{r:?}");

@@ -53,12 +53,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::diagnosis::Diagnosis;
 use crate::evidence::{Packets, Transitions};
 use crate::scenario::Topology;
 use crate::state::TcpState;
 
 /// The version of this format; bumped on any change that a reader could notice.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Socket counts per state; states with no socket are absent.
 pub type Counts = BTreeMap<TcpState, u32>;
@@ -105,6 +106,9 @@ pub struct Report {
     pub packets: Packets,
     /// Each expectation with what was observed.
     pub expectations: Vec<ExpectationResult>,
+    /// What the run shows: the findings and who holds the stuck sockets (absent before schema 2).
+    #[serde(default)]
+    pub diagnosis: Diagnosis,
     /// The verdict.
     pub verdict: Verdict,
     /// What stopped the run, when something did.
@@ -115,6 +119,66 @@ pub struct Report {
     pub stopped_in: Option<Phase>,
     /// Wall time of the run, from LISTEN to the report.
     pub duration_ms: u64,
+}
+
+impl Report {
+    /// The report of a run that is about to begin: nothing seen yet, the witnesses not started
+    /// (their notes say so), the verdict an error until the run finishes.
+    pub fn begin(
+        scenario: ScenarioRef,
+        isolation: Isolation,
+        isolation_note: Option<String>,
+        topology: Topology,
+        clients: u32,
+    ) -> Report {
+        let not_yet = Some("the run stopped before the clients came".to_string());
+        Report {
+            schema_version: SCHEMA_VERSION,
+            scenario,
+            isolation,
+            isolation_note,
+            topology,
+            port: 0,
+            clients,
+            acceptor: Acceptor { pid: 0, fds_baseline: None, fds_end: None },
+            phases: vec![PhaseMark { phase: Phase::Listen, t_ms: 0 }],
+            samples: Vec::new(),
+            final_counts: SideCounts::default(),
+            holders: Vec::new(),
+            client_outcome: ClientOutcome::default(),
+            server: ServerOutcome::default(),
+            fds_by_role: BTreeMap::new(),
+            transitions: Transitions { note: not_yet.clone(), ..Transitions::default() },
+            packets: Packets { note: not_yet, ..Packets::default() },
+            expectations: Vec::new(),
+            diagnosis: Diagnosis::default(),
+            verdict: Verdict::Error,
+            error: None,
+            interrupted: false,
+            stopped_in: None,
+            duration_ms: 0,
+        }
+    }
+
+    /// The exit code this report means for `cwlab run`: 0 every expectation held, 1 one failed,
+    /// 2 the run could not finish.
+    pub fn exit_code(&self) -> i32 {
+        match self.verdict {
+            Verdict::Pass => crate::exit::PASS,
+            Verdict::Fail => crate::exit::FAIL,
+            Verdict::Error => crate::exit::BAD_INPUT,
+        }
+    }
+
+    /// The expectations that held, and how many there are.
+    pub fn expectations_held(&self) -> (usize, usize) {
+        (self.expectations.iter().filter(|e| e.passed).count(), self.expectations.len())
+    }
+
+    /// When the hold phase began, in ms since LISTEN (`None` when the run never got there).
+    pub fn hold_from_ms(&self) -> Option<u64> {
+        self.phases.iter().find(|m| m.phase == Phase::Hold).map(|m| m.t_ms)
+    }
 }
 
 /// The scenario a report is about.
@@ -417,5 +481,21 @@ impl fmt::Display for Verdict {
             Verdict::Fail => "FAIL",
             Verdict::Error => "ERROR",
         })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A report of a run that has not begun: no sample, no holder, nothing observed.
+    pub(crate) fn report(name: &str, clients: u32) -> Report {
+        let scenario = ScenarioRef {
+            name: name.into(),
+            file: format!("scenarios/{name}.toml"),
+            behaviour: "close-only".into(),
+            story: String::new(),
+        };
+        Report::begin(scenario, Isolation::Netns, None, Topology::Loopback, clients)
     }
 }

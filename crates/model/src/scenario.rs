@@ -40,7 +40,8 @@ use crate::duration;
 use crate::expect::{Expectation, Window};
 
 /// How the server ends each connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Behaviour {
     /// The leak: the handler child reads to EOF, echoing, then only close()s; the acceptor keeps
     /// its copy of the accepted fd, so the socket's last reference never goes and no FIN is sent.
@@ -144,9 +145,49 @@ impl Behaviour {
     }
 }
 
+impl From<Behaviour> for &'static str {
+    fn from(b: Behaviour) -> &'static str {
+        b.name()
+    }
+}
+
+impl TryFrom<String> for Behaviour {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Behaviour, String> {
+        Behaviour::parse(&s).ok_or_else(|| {
+            format!("unknown server behaviour `{s}` (expected one of {})", Behaviour::choices())
+        })
+    }
+}
+
 impl fmt::Display for Behaviour {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// A witness beyond sampling, which `[run] require` can make a run unable to do without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Witness {
+    /// The kernel's transitions (the `sock:inet_sock_set_state` tracepoint).
+    Transitions,
+    /// The packets (a capture on the clients' interface).
+    Packets,
+}
+
+impl Witness {
+    /// The name scenario files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Witness::Transitions => "transitions",
+            Witness::Packets => "packets",
+        }
+    }
+
+    /// Parses a scenario file's name for a witness.
+    pub fn parse(s: &str) -> Option<Witness> {
+        [Witness::Transitions, Witness::Packets].into_iter().find(|w| w.name() == s)
     }
 }
 
@@ -202,7 +243,8 @@ impl ClientClose {
 }
 
 /// The server's settings beyond its behaviour.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerLimits {
     /// RLIMIT_NOFILE for the acceptor, if the scenario sets one.
     pub nofile: Option<u64>,
@@ -249,6 +291,11 @@ pub enum Topology {
 }
 
 impl Topology {
+    /// With two hosts, the clients' address.
+    pub const CLIENT_HOST: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 77, 0, 1);
+    /// With two hosts, the server's address.
+    pub const SERVER_HOST: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 77, 0, 2);
+
     /// The name scenario files and reports use.
     pub fn name(self) -> &'static str {
         match self {
@@ -289,7 +336,7 @@ pub struct Scenario {
     pub expectations: Vec<Expectation>,
     /// Witnesses the run cannot do without (`transitions`, `packets`): where one cannot be had,
     /// the run exits 2 instead of reporting its expectations "not observable".
-    pub require: Vec<String>,
+    pub require: Vec<Witness>,
     /// One host or two.
     pub topology: Topology,
 }
@@ -466,15 +513,15 @@ impl Scenario {
         let hold = src.duration(&raw.run.hold, DEFAULT_HOLD)?;
         let timeout = src.duration(&raw.run.timeout, DEFAULT_TIMEOUT)?;
         check_run(&src, &raw.run, sample_interval, hold, timeout)?;
+        let mut require = Vec::new();
         for r in &raw.run.require {
-            if !["transitions", "packets"].contains(&r.get_ref().as_str()) {
-                return Err(src.at(
+            require.push(Witness::parse(r.get_ref()).ok_or_else(|| {
+                src.at(
                     r.span(),
                     format!("unknown witness `{}` (expected transitions or packets)", r.get_ref()),
-                ));
-            }
+                )
+            })?);
         }
-        let require = raw.run.require.iter().map(|r| r.get_ref().clone()).collect();
         let topology = match &raw.run.topology {
             None => Topology::default(),
             Some(t) => Topology::parse(t.get_ref()).ok_or_else(|| {

@@ -6,14 +6,15 @@
 
 use std::net::Ipv4Addr;
 
+use cwlab_model::scenario::Topology;
 use cwlab_sampler::netns;
 
 use crate::{io, RunError};
 
 /// The clients' address.
-pub const CLIENT_HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub const CLIENT_HOST: Ipv4Addr = Topology::CLIENT_HOST;
 /// The server's address.
-pub const SERVER_HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+pub const SERVER_HOST: Ipv4Addr = Topology::SERVER_HOST;
 /// The clients' end of the pair, in the runner's namespace: where packets are captured.
 pub const CLIENT_IFACE: &str = "cwlab-c";
 /// The server's end, in its namespace.

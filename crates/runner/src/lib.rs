@@ -1,7 +1,8 @@
 //! Runs a scenario: a private network namespace, the forking server, the clients, a sampler
 //! watching the socket table, the holders of what is stuck at the end, and the verdict.
 //!
-//! The runner never prints. It reports [`Event`]s to a callback as the run goes, and returns the
+//! The runner never prints. It reports each [`RunEvent`](cwlab_model::events::RunEvent) to a
+//! [`Reporter`](cwlab_model::events::Reporter) as the run goes, and returns the
 //! [`Report`](cwlab_model::Report); human output, JSON and charts are the caller's. See `docs/runner.md` for the event
 //! lifecycle and the checklist for adding a scenario.
 #![warn(missing_docs)]
@@ -17,10 +18,9 @@ pub mod signals;
 mod stuck;
 mod witness;
 
-pub use hosts::{CLIENT_HOST, SERVER_HOST};
 pub use isolation::IsolationMode;
 pub use output::{write_atomically, AtomicFile};
-pub use run::{run, Event, Options};
+pub use run::{run, GoAhead, Options, Pace};
 pub use server::RUN_MARK;
 pub use witness::janitor;
 

@@ -6,13 +6,16 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cwlab_model::evidence::{Packets, Transitions};
+use std::sync::Arc;
+
+use cwlab_model::diagnosis::Diagnosis;
+use cwlab_model::events::{PhaseStart, Reporter, RunEvent, Started, Waiting};
 use cwlab_model::expect::{evaluate, Evidence};
+use cwlab_model::protocol::ServeOptions;
 use cwlab_model::report::{
-    Acceptor, ClientOutcome, Holder, Isolation, Phase, PhaseMark, Report, Sample, ScenarioRef,
-    ServerOutcome, Verdict, SCHEMA_VERSION,
+    ClientOutcome, Isolation, Phase, PhaseMark, Report, Sample, ScenarioRef, Verdict,
 };
-use cwlab_model::scenario::Topology;
+use cwlab_model::scenario::{self, Topology};
 use cwlab_model::{duration, Scenario};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -36,31 +39,39 @@ pub struct Options {
     pub run_id: String,
     /// Where to write the run's packets as a pcap file, if anywhere.
     pub pcap: Option<PathBuf>,
-    /// Stop before each phase until a line arrives on stdin (a presenter's pace); the deadline
-    /// then grows to an hour.
-    pub step: bool,
+    /// A presenter's pace: before each phase the run reports [`RunEvent::Waiting`] and waits for
+    /// the next go-ahead (the deadline then grows to an hour). The caller decides where go-aheads
+    /// come from (Enter on a terminal, a line on stdin).
+    pub pace: Option<Pace>,
 }
 
-/// What a run reports as it goes.
-#[derive(Debug)]
-pub enum Event<'a> {
-    /// The server listens; sampling starts.
-    Started {
-        /// The scenario.
-        scenario: &'a Scenario,
-        /// The isolation in force.
-        isolation: Isolation,
-        /// Why it fell back, if it did.
-        note: Option<&'a str>,
-        /// The server's port.
-        port: u16,
-    },
-    /// A phase began.
-    Phase(Phase, u64),
-    /// A sample was taken.
-    Sample(&'a Sample),
-    /// With `step`, the run waits for a line on stdin before this phase.
-    Waiting(Phase),
+/// Go-aheads for a paced run, shared by every run of one invocation.
+#[derive(Debug, Clone)]
+pub struct Pace(Arc<tokio::sync::Mutex<UnboundedReceiver<()>>>);
+
+/// The sending end of a [`Pace`]: each call of [`GoAhead::go`] lets one phase begin.
+#[derive(Debug, Clone)]
+pub struct GoAhead(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl GoAhead {
+    /// Lets the next phase begin; false once no run listens any more.
+    pub fn go(&self) -> bool {
+        self.0.send(()).is_ok()
+    }
+}
+
+impl Pace {
+    /// A pace and the handle that moves it on.
+    pub fn new() -> (GoAhead, Pace) {
+        let (tx, rx) = unbounded_channel();
+        (GoAhead(tx), Pace(Arc::new(tokio::sync::Mutex::new(rx))))
+    }
+
+    async fn next(&self) {
+        if self.0.lock().await.recv().await.is_none() {
+            // Nobody will say go any more (stdin closed): go on without waiting.
+        }
+    }
 }
 
 /// Why a run stopped before its end.
@@ -70,46 +81,60 @@ enum Stop {
     Timeout,
 }
 
-/// Everything a run has gathered so far; a report can be made of it at any point.
-struct Draft<'e> {
+/// One phase of a run, as data: its name, what it does, and by when it must be done.
+struct Step {
+    phase: Phase,
+    act: Act,
+    deadline: tokio::time::Instant,
+}
+
+/// What a phase does.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    /// Every client connects, sends its request and reads what the scenario says.
+    Connect,
+    /// Every client closes (or half-closes) its connection.
+    Close,
+    /// Handlers waiting for a release get it; then nobody does anything for the hold.
+    Hold,
+}
+
+/// The phases of a run, in order; each must end by the run's deadline.
+fn plan(deadline: tokio::time::Instant) -> [Step; 3] {
+    [
+        Step { phase: Phase::Connect, act: Act::Connect, deadline },
+        Step { phase: Phase::Close, act: Act::Close, deadline },
+        Step { phase: Phase::Hold, act: Act::Hold, deadline },
+    ]
+}
+
+/// The report as it is being made, and the reporter that hears of each step.
+struct Record<'r> {
+    report: Report,
     started: Instant,
     t0: Instant,
     phase: PhaseCell,
-    marks: Vec<PhaseMark>,
-    samples: Vec<Sample>,
-    on_event: &'e mut dyn FnMut(Event<'_>),
-    isolation: Isolation,
-    note: Option<String>,
-    port: u16,
-    acceptor: u32,
-    fds_baseline: Option<u32>,
-    fds_end: Option<u32>,
-    holders: Vec<Holder>,
-    outcome: ClientOutcome,
-    server: ServerOutcome,
-    fds_by_role: std::collections::BTreeMap<cwlab_model::report::Role, u64>,
-    transitions: Transitions,
-    packets: Packets,
-    /// Sockets the clients keep until the end (a half-close).
-    kept: Vec<std::net::TcpStream>,
+    reporter: &'r mut dyn Reporter,
     stop: Option<(Stop, Phase)>,
 }
 
-impl Draft<'_> {
+impl Record<'_> {
     fn now_ms(&self) -> u64 {
         self.t0.elapsed().as_millis() as u64
     }
 
-    fn enter(&mut self, p: Phase) {
-        let t = self.now_ms();
-        self.phase.set(p);
-        self.marks.push(PhaseMark { phase: p, t_ms: t });
-        (self.on_event)(Event::Phase(p, t));
+    fn enter(&mut self, phase: Phase) {
+        let t_ms = self.now_ms();
+        self.phase.set(phase);
+        self.report.phases.push(PhaseMark { phase, t_ms });
+        self.reporter.event(&RunEvent::Phase(PhaseStart { phase, t_ms }));
     }
 
     fn push(&mut self, s: Sample) {
-        (self.on_event)(Event::Sample(&s));
-        self.samples.push(s);
+        let event = RunEvent::Sample(s);
+        self.reporter.event(&event);
+        let RunEvent::Sample(s) = event else { unreachable!("made above") };
+        self.report.samples.push(s);
     }
 
     fn stopped(&mut self, why: Stop) {
@@ -150,16 +175,62 @@ impl Draft<'_> {
     }
 }
 
-/// Runs one scenario. Call it on a thread that has started no other thread in this run: the
+/// What the phases act on: the clients' connections and the server.
+struct Work<'a> {
+    scenario: &'a Scenario,
+    target: SocketAddr,
+    server: &'a Server,
+    streams: Vec<tokio::net::TcpStream>,
+    /// Sockets the clients keep until the end (a half-close).
+    kept: Vec<std::net::TcpStream>,
+    outcome: ClientOutcome,
+}
+
+impl Work<'_> {
+    async fn act(&mut self, act: Act) {
+        match act {
+            Act::Connect => {
+                (self.streams, self.outcome) =
+                    clients::connect_all(self.target, &self.scenario.clients).await;
+            }
+            Act::Close => {
+                let streams = std::mem::take(&mut self.streams);
+                let (closed, kept) = clients::close_all(streams, self.scenario.clients.close);
+                self.outcome.completed = closed;
+                self.kept = kept;
+            }
+            Act::Hold => {
+                if self.scenario.behaviour.needs_release() {
+                    // A client's connect completes before the acceptor has forked its handler:
+                    // release only once every handler exists (each inherits SIGUSR1 blocked, so
+                    // none misses it).
+                    let mut accepted = self.server.accepted.clone();
+                    let want = u64::from(self.scenario.clients.count);
+                    let _ = accepted.wait_for(|n| *n >= want).await;
+                    self.server.release();
+                }
+                tokio::time::sleep(self.scenario.hold).await;
+            }
+        }
+    }
+}
+
+/// How long a server gets to exit after SIGTERM before SIGKILL. The lab's own servers exit at
+/// once (nothing in them handles SIGTERM); the grace is there for what is not the lab's.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Runs one scenario, telling `reporter` each event (its `finish` is the caller's, with the
+/// returned report). Call it on a thread that has started no other thread in this run: the
 /// isolation moves the calling thread into a private network namespace.
 pub fn run(
     scenario: &Scenario,
     opts: &Options,
-    on_event: &mut dyn FnMut(Event<'_>),
+    reporter: &mut dyn Reporter,
 ) -> Result<Report, RunError> {
     let started = Instant::now();
     let timeout = opts.timeout.unwrap_or(scenario.timeout);
-    let timeout = if opts.step { timeout.max(Duration::from_secs(3600)) } else { timeout };
+    let timeout =
+        if opts.pace.is_some() { timeout.max(Duration::from_secs(3600)) } else { timeout };
     let deadline = started + timeout;
     descriptors(scenario)?;
     let (isolation, note) = isolation::enter(opts.isolation)?;
@@ -177,50 +248,45 @@ pub fn run(
     } else {
         (IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4(Ipv4Addr::LOCALHOST))
     };
-    let mut d = Draft {
+    let scenario_ref = ScenarioRef {
+        name: scenario.name.clone(),
+        file: scenario.file.display().to_string(),
+        behaviour: scenario.behaviour.name().to_string(),
+        story: scenario.story.clone(),
+    };
+    let mut rec = Record {
+        report: Report::begin(
+            scenario_ref,
+            isolation,
+            note,
+            scenario.topology,
+            scenario.clients.count,
+        ),
         started,
         t0: Instant::now(),
         phase: PhaseCell::default(),
-        marks: vec![PhaseMark { phase: Phase::Listen, t_ms: 0 }],
-        samples: Vec::new(),
-        on_event,
-        isolation,
-        note,
-        port: 0,
-        acceptor: 0,
-        fds_baseline: None,
-        fds_end: None,
-        holders: Vec::new(),
-        outcome: ClientOutcome::default(),
-        server: ServerOutcome::default(),
-        fds_by_role: Default::default(),
-        transitions: Transitions {
-            note: Some("the run stopped before the clients came".into()),
-            ..Transitions::default()
-        },
-        packets: Packets {
-            note: Some("the run stopped before the clients came".into()),
-            ..Packets::default()
-        },
-        kept: Vec::new(),
+        reporter,
         stop: None,
     };
     let launch = Launch {
         exe: &opts.exe,
-        behaviour: scenario.behaviour,
-        limits: &scenario.server,
-        addr,
-        port: scenario.port,
-        pid_namespace: isolation == Isolation::Netns,
-        net_namespace: two_hosts,
+        options: ServeOptions {
+            behaviour: scenario.behaviour,
+            addr,
+            port: scenario.port,
+            backlog: 4096,
+            pid_namespace: isolation == Isolation::Netns,
+            net_namespace: two_hosts,
+            limits: scenario.server.clone(),
+        },
         mark: &opts.run_id,
         deadline,
     };
     let mut server = match Server::start(&launch) {
         Ok(s) => s,
         Err(RunError::Interrupted(sig)) => {
-            d.stopped(Stop::Interrupted(sig));
-            return Ok(finish(d, scenario, timeout));
+            rec.stopped(Stop::Interrupted(sig));
+            return Ok(finish(rec, scenario, timeout));
         }
         Err(e) => return Err(e),
     };
@@ -228,10 +294,16 @@ pub fn run(
     if let Some(pid) = server_ns {
         hosts::join(pid)?;
     }
-    d.t0 = Instant::now();
-    d.port = server.port;
-    d.acceptor = server.acceptor;
-    (d.on_event)(Event::Started { scenario, isolation, note: d.note.as_deref(), port: d.port });
+    rec.t0 = Instant::now();
+    let port = server.port;
+    rec.report.port = port;
+    rec.report.acceptor.pid = server.acceptor;
+    rec.reporter.event(&RunEvent::Started(Started {
+        scenario: scenario.name.clone(),
+        headline: scenario.headline().to_string(),
+        port,
+        isolation,
+    }));
     let t0_us = monotonic_us();
     let pcap = match &opts.pcap {
         Some(path) => Some((
@@ -242,113 +314,73 @@ pub fn run(
     };
     let instance = format!("cwlab-{}", opts.run_id);
     let iface = if two_hosts { hosts::CLIENT_IFACE } else { "lo" };
-    let witness = Witness::start(&opts.exe, &opts.run_id, &instance, iface, d.port, pcap);
-    let mut probe = Probe::open(d.port, d.acceptor, server_ns)?;
+    let witness = Witness::start(&opts.exe, &opts.run_id, &instance, iface, port, pcap);
+    let mut probe = Probe::open(port, server.acceptor, server_ns)?;
     let (first, _) = probe.sample(0, Phase::Listen)?;
-    d.fds_baseline = first.acceptor_fds;
-    d.push(first);
+    rec.report.acceptor.fds_baseline = first.acceptor_fds;
+    rec.push(first);
 
     let (tx, mut rx) = unbounded_channel();
     let mut sampler = Sampler::spawn(
-        Probe::open(d.port, d.acceptor, server_ns)?,
+        Probe::open(port, server.acceptor, server_ns)?,
         scenario.sample_interval,
-        d.t0,
-        d.phase.clone(),
+        rec.t0,
+        rec.phase.clone(),
         tx,
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(io("start the client runtime"))?;
-    let target = SocketAddr::new(server_host, d.port);
+    let mut work = Work {
+        scenario,
+        target: SocketAddr::new(server_host, port),
+        server: &server,
+        streams: Vec::new(),
+        kept: Vec::new(),
+        outcome: ClientOutcome::default(),
+    };
     rt.block_on(async {
         let wake = match signals::wake() {
             Some(fd) => Some(watch(fd.try_clone_to_owned().map_err(io("watch for signals"))?)?),
             None => None,
         };
         let wake = wake.as_ref();
-        let deadline = tokio::time::Instant::from_std(deadline);
-        let mut lines = opts.step.then(stdin_lines);
-        macro_rules! step {
-            ($next:expr) => {
-                if let Some(lines) = lines.as_mut() {
-                    (d.on_event)(Event::Waiting($next));
-                    if let Err(stop) = d.guard(&mut rx, wake, deadline, lines.recv()).await {
-                        d.stopped(stop);
-                        return Ok(());
-                    }
+        for step in plan(tokio::time::Instant::from_std(deadline)) {
+            if let Some(pace) = &opts.pace {
+                rec.reporter.event(&RunEvent::Waiting(Waiting { next: step.phase }));
+                if let Err(stop) = rec.guard(&mut rx, wake, step.deadline, pace.next()).await {
+                    rec.stopped(stop);
+                    break;
                 }
-            };
-        }
-        step!(Phase::Connect);
-        d.enter(Phase::Connect);
-        let connect = clients::connect_all(target, &scenario.clients);
-        let (streams, outcome) = match d.guard(&mut rx, wake, deadline, connect).await {
-            Ok(v) => v,
-            Err(stop) => {
-                d.stopped(stop);
-                return Ok(());
             }
-        };
-        d.outcome = outcome;
-        step!(Phase::Close);
-        d.enter(Phase::Close);
-        let (closed, kept) = clients::close_all(streams, scenario.clients.close);
-        d.outcome.completed = closed;
-        d.kept = kept;
-        step!(Phase::Hold);
-        d.enter(Phase::Hold);
-        if scenario.behaviour.needs_release() {
-            // A client's connect completes before the acceptor has forked its handler: release
-            // only once every handler exists (each inherits SIGUSR1 blocked, so none misses it).
-            let mut accepted = server.accepted.clone();
-            let want = u64::from(scenario.clients.count);
-            let all_forked = accepted.wait_for(|n| *n >= want);
-            if let Err(stop) = d.guard(&mut rx, wake, deadline, all_forked).await {
-                d.stopped(stop);
-                return Ok(());
+            rec.enter(step.phase);
+            if let Err(stop) = rec.guard(&mut rx, wake, step.deadline, work.act(step.act)).await {
+                rec.stopped(stop);
+                break;
             }
-            server.release();
-        }
-        let hold = tokio::time::sleep(scenario.hold);
-        if let Err(stop) = d.guard(&mut rx, wake, deadline, hold).await {
-            d.stopped(stop);
         }
         Ok::<(), RunError>(())
     })?;
     sampler.stop()?;
     while let Ok(s) = rx.try_recv() {
-        d.push(s);
+        rec.push(s);
     }
     if let Some(sig) = signals::received() {
-        d.stopped(Stop::Interrupted(sig));
+        rec.stopped(Stop::Interrupted(sig));
     }
-    d.enter(Phase::End);
-    let (last, records) = probe.sample(d.now_ms(), Phase::End)?;
-    d.fds_end = last.acceptor_fds;
-    d.push(last);
-    (d.transitions, d.packets) = witness.finish(d.port, t0_us, 3);
-    let end = stuck::survey(&records, d.port, d.acceptor);
-    (d.holders, d.fds_by_role) = (end.holders, end.fds_by_role);
-    server.stop();
-    d.server = server.outcome();
-    d.kept.clear();
-    Ok(finish(d, scenario, timeout))
-}
-
-/// Lines from stdin, read on a thread of their own (a blocking read must not hold the runtime).
-fn stdin_lines() -> tokio::sync::mpsc::UnboundedReceiver<()> {
-    let (tx, rx) = unbounded_channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
-            line.clear();
-            if tx.send(()).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+    rec.enter(Phase::End);
+    let (last, records) = probe.sample(rec.now_ms(), Phase::End)?;
+    rec.report.acceptor.fds_end = last.acceptor_fds;
+    rec.push(last);
+    (rec.report.transitions, rec.report.packets) = witness.finish(port, t0_us, 3);
+    let end = stuck::survey(&records, port, server.acceptor);
+    (rec.report.holders, rec.report.fds_by_role) = (end.holders, end.fds_by_role);
+    rec.report.client_outcome = std::mem::take(&mut work.outcome);
+    drop(work);
+    server.stop(GRACE);
+    rec.report.server = server.outcome();
+    Ok(finish(rec, scenario, timeout))
 }
 
 /// CLOCK_MONOTONIC in microseconds: the clock the tracepoint instance stamps with.
@@ -392,84 +424,54 @@ fn descriptors(scenario: &Scenario) -> Result<(), RunError> {
     )))
 }
 
-fn finish(d: Draft<'_>, scenario: &Scenario, timeout: Duration) -> Report {
-    let hold_from_ms = d.marks.iter().find(|m| m.phase == Phase::Hold).map_or(u64::MAX, |m| m.t_ms);
-    let evidence = Evidence {
-        samples: &d.samples,
-        hold_from_ms,
-        fds_baseline: d.fds_baseline,
-        holders: &d.holders,
-        clients: scenario.clients.count,
-        client_outcome: &d.outcome,
-        server: &d.server,
-        fds_by_role: &d.fds_by_role,
-        transitions: &d.transitions,
-        packets: &d.packets,
+/// Judges the run: the expectations over its report, the witnesses it could not do without,
+/// what stopped it, the verdict and the diagnosis.
+fn finish(rec: Record<'_>, scenario: &Scenario, timeout: Duration) -> Report {
+    let mut r = rec.report;
+    r.final_counts = r.samples.last().map(Sample::counts).unwrap_or_default();
+    r.interrupted = matches!(rec.stop, Some((Stop::Interrupted(_), _)));
+    r.stopped_in = rec.stop.map(|(_, p)| p);
+    r.expectations = {
+        let evidence = Evidence::of(&r);
+        scenario.expectations.iter().map(|e| evaluate(e, &evidence)).collect()
     };
-    let expectations: Vec<_> =
-        scenario.expectations.iter().map(|e| evaluate(e, &evidence)).collect();
     let missing: Vec<String> = scenario
         .require
         .iter()
-        .filter_map(|w| match w.as_str() {
-            "transitions" if !d.transitions.available => Some(format!(
-                "transitions are required but cannot be observed: {}",
-                d.transitions.note.as_deref().unwrap_or("no tracefs")
-            )),
-            "packets" if !d.packets.available => Some(format!(
-                "packets are required but cannot be observed: {}",
-                d.packets.note.as_deref().unwrap_or("no capture")
-            )),
-            _ => None,
+        .filter_map(|w| {
+            let (available, note) = match w {
+                scenario::Witness::Transitions => (r.transitions.available, &r.transitions.note),
+                scenario::Witness::Packets => (r.packets.available, &r.packets.note),
+            };
+            (!available).then(|| {
+                format!(
+                    "{} are required but cannot be observed: {}",
+                    w.name(),
+                    note.as_deref().unwrap_or("no witness")
+                )
+            })
         })
         .collect();
-    let error = d.stop.map(|(why, phase)| match why {
-        Stop::Interrupted(sig) => {
-            format!("interrupted by {} in the {phase} phase", signals::name(sig))
-        }
-        Stop::Timeout => {
-            format!(
+    r.error = rec
+        .stop
+        .map(|(why, phase)| match why {
+            Stop::Interrupted(sig) => {
+                format!("interrupted by {} in the {phase} phase", signals::name(sig))
+            }
+            Stop::Timeout => format!(
                 "timeout: the {phase} phase did not finish within the run's {}",
                 duration::format(timeout)
-            )
-        }
-    });
-    let error = error.or_else(|| (!missing.is_empty()).then(|| missing.join("; ")));
-    let verdict = if error.is_some() {
+            ),
+        })
+        .or_else(|| (!missing.is_empty()).then(|| missing.join("; ")));
+    r.verdict = if r.error.is_some() {
         Verdict::Error
-    } else if expectations.iter().filter(|e| e.observable).all(|e| e.passed) {
+    } else if r.expectations.iter().filter(|e| e.observable).all(|e| e.passed) {
         Verdict::Pass
     } else {
         Verdict::Fail
     };
-    Report {
-        schema_version: SCHEMA_VERSION,
-        scenario: ScenarioRef {
-            name: scenario.name.clone(),
-            file: scenario.file.display().to_string(),
-            behaviour: scenario.behaviour.name().to_string(),
-            story: scenario.story.clone(),
-        },
-        isolation: d.isolation,
-        isolation_note: d.note,
-        topology: scenario.topology,
-        port: d.port,
-        clients: scenario.clients.count,
-        acceptor: Acceptor { pid: d.acceptor, fds_baseline: d.fds_baseline, fds_end: d.fds_end },
-        phases: d.marks,
-        final_counts: d.samples.last().map(Sample::counts).unwrap_or_default(),
-        samples: d.samples,
-        holders: d.holders,
-        client_outcome: d.outcome,
-        server: d.server,
-        fds_by_role: d.fds_by_role,
-        transitions: d.transitions,
-        packets: d.packets,
-        expectations,
-        verdict,
-        error,
-        interrupted: matches!(d.stop, Some((Stop::Interrupted(_), _))),
-        stopped_in: d.stop.map(|(_, p)| p),
-        duration_ms: d.started.elapsed().as_millis() as u64,
-    }
+    r.diagnosis = Diagnosis::of(&r);
+    r.duration_ms = rec.started.elapsed().as_millis() as u64;
+    r
 }

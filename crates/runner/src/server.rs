@@ -2,17 +2,16 @@
 //! signal armed before exec, a lifeline on its stdin and its events on its stdout.
 
 use std::io::Read;
-use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use cwlab_model::protocol::{ServeOptions, ServerMessage};
 use cwlab_model::report::ServerOutcome;
-use cwlab_model::scenario::{Behaviour, ServerLimits};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -40,13 +39,8 @@ pub struct Server {
 /// How to start the server.
 pub struct Launch<'a> {
     pub exe: &'a Path,
-    pub behaviour: Behaviour,
-    pub limits: &'a ServerLimits,
-    pub addr: IpAddr,
-    pub port: u16,
-    pub pid_namespace: bool,
-    /// Serve from a network namespace of the server's own (two hosts).
-    pub net_namespace: bool,
+    /// What `cwlab serve` is told, as one typed argument.
+    pub options: ServeOptions,
     pub mark: &'a str,
     pub deadline: Instant,
 }
@@ -62,37 +56,19 @@ impl Server {
     pub fn start(l: &Launch<'_>) -> Result<Server, RunError> {
         let mut cmd = Command::new(l.exe);
         cmd.arg("serve")
-            .args(["--behaviour", l.behaviour.name()])
-            .args(["--addr", &l.addr.to_string()])
-            .args(["--port", &l.port.to_string()])
+            .arg(l.options.to_arg())
             .env(RUN_MARK, l.mark)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if l.pid_namespace {
-            cmd.arg("--pid-namespace");
-        }
-        if l.net_namespace {
-            cmd.arg("--net-namespace");
-        }
-        for (flag, value) in [
-            ("--nofile", l.limits.nofile),
-            ("--rcvbuf", l.limits.rcvbuf.map(u64::from)),
-            ("--sndbuf", l.limits.sndbuf.map(u64::from)),
-        ] {
-            if let Some(v) = value {
-                cmd.args([flag, &v.to_string()]);
-            }
-        }
         let parent = std::process::id() as i32;
-        // SAFETY: prctl(2), getppid(2) and _exit(2) are async-signal-safe.
+        // SAFETY: between fork and exec the closure makes only async-signal-safe system calls
+        // (prctl(2), getppid(2), _exit(2)) and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                if nix::unistd::getppid().as_raw() != parent {
                     libc::_exit(1);
                 }
                 Ok(())
@@ -112,18 +88,20 @@ impl Server {
             stats: Arc::default(),
             accepted: accepted_rx,
         };
-        // With a PID namespace, the supervisor's `acceptor PID` and the acceptor's own
-        // `listening PORT` race each other to the pipe: wait for both.
-        let mut acceptor_known = !l.pid_namespace;
+        // With a PID namespace, the supervisor's `acceptor` and the acceptor's own `listening`
+        // race each other to the pipe: wait for both.
+        let mut acceptor_known = !l.options.pid_namespace;
         while server.port == 0 || !acceptor_known {
             let Some(line) = lines.next_line(l.deadline)? else {
                 return Err(server.failed_to_start());
             };
-            if let Some(pid) = line.strip_prefix("acceptor ") {
-                server.acceptor = pid.trim().parse().unwrap_or(server.acceptor);
-                acceptor_known = true;
-            } else if let Some(port) = line.strip_prefix("listening ") {
-                server.port = port.trim().parse().unwrap_or(0);
+            match ServerMessage::parse(&line) {
+                Some(ServerMessage::Acceptor { pid }) => {
+                    server.acceptor = pid;
+                    acceptor_known = true;
+                }
+                Some(ServerMessage::Listening { port }) => server.port = port,
+                _ => {}
             }
         }
         let stats = server.stats.clone();
@@ -158,10 +136,18 @@ impl Server {
         self.stats.lock().unwrap().clone()
     }
 
-    /// Kills every process the server started and waits for the server.
-    pub fn stop(&mut self) {
+    /// Stops every process the server started and waits for the server: SIGTERM to its process
+    /// group, up to `grace` for the server to exit, then SIGKILL to the group and the acceptor.
+    /// With a PID namespace the group's first process is the supervisor: when it goes, the
+    /// acceptor (the namespace's init) dies of its death signal and the kernel empties the
+    /// namespace, helpers included, wherever they moved.
+    pub fn stop(&mut self, grace: Duration) {
         self.lifeline.take();
         let group = Pid::from_raw(-(self.child.id() as i32));
+        if !grace.is_zero() && matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill(group, Signal::SIGTERM);
+            wait_for_exit(self.child.id(), grace);
+        }
         let _ = kill(group, Signal::SIGKILL);
         let _ = kill(Pid::from_raw(self.acceptor as i32), Signal::SIGKILL);
         let _ = self.child.wait();
@@ -174,7 +160,28 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop();
+        // A last resort (an error on the way, a panic): no grace.
+        self.stop(Duration::ZERO);
+    }
+}
+
+/// Waits until the process exits or `limit` passes, without reaping it: poll(2) on a pidfd.
+fn wait_for_exit(pid: u32, limit: Duration) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else { return };
+    let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
+        match rustix::event::poll(&mut fds, left.as_millis().min(60_000) as i32 + 1) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            _ => return,
+        }
     }
 }
 
@@ -186,12 +193,16 @@ fn follow(
 ) {
     while let Ok(Some(line)) = lines.next_line_blocking() {
         let mut s = stats.lock().unwrap();
-        if let Some(n) = line.strip_prefix("accepted ") {
-            s.accepted = n.trim().parse().unwrap_or(s.accepted);
-            accepted.send_replace(s.accepted);
-        } else if let Some(e) = line.strip_prefix("accept-error ") {
-            s.accept_errors += 1;
-            s.accept_errno = e.trim().parse().ok();
+        match ServerMessage::parse(&line) {
+            Some(ServerMessage::Accepted { count }) => {
+                s.accepted = count;
+                accepted.send_replace(count);
+            }
+            Some(ServerMessage::AcceptError { errno }) => {
+                s.accept_errors += 1;
+                s.accept_errno = Some(errno);
+            }
+            _ => {}
         }
     }
 }
@@ -220,8 +231,7 @@ impl LineReader {
                     "timeout while waiting for the server to listen".into(),
                 ));
             }
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.out.as_raw_fd()) };
-            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(self.out.as_fd(), PollFlags::POLLIN)];
             let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
                 .unwrap_or(PollTimeout::MAX);
             if let Some(sig) = crate::signals::received() {

@@ -4,7 +4,6 @@
 //! long-lived worker per connection.
 
 use std::io::{Read, Write};
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +13,8 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Sigmas
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use socket2::{Domain, Socket, Type};
+
+use cwlab_model::protocol::ServerMessage;
 
 use crate::{errno, handler, process, sys, Behaviour, Config, Error};
 
@@ -30,7 +31,8 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
     process::set_name(c"cwlab-acceptor");
     // A handler that notes the exit and wakes poll(2): children are reaped in the loop.
     let wake = SigAction::new(SigHandler::Handler(on_sigchld), SaFlags::empty(), SigSet::empty());
-    // SAFETY: the handler does nothing.
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and replaces no
+    // handler that anything else in this single-threaded process relies on.
     unsafe { sigaction(Signal::SIGCHLD, &wake) }.map_err(errno("install a SIGCHLD handler"))?;
     // SIGUSR1 is the runner's release for handlers that wait for it (sigwait): blocked here, the
     // mask is inherited by every fork, so it waits pending until a handler asks for it.
@@ -43,7 +45,7 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
 
     let listener = listen(cfg)?;
     let port = listener.local_addr().ok().and_then(|a| a.as_socket()).map_or(0, |a| a.port());
-    event(&format!("listening {port}"))?;
+    event(ServerMessage::Listening { port })?;
     match cfg.behaviour {
         Behaviour::ForkWorker => serve_in_process(&listener),
         behaviour => serve_by_fork(behaviour, &listener),
@@ -83,11 +85,11 @@ fn serve_by_fork(behaviour: Behaviour, listener: &Socket) -> Result<i32, Error> 
                 Ok((conn, _)) => {
                     accepted += 1;
                     spawn_handler(behaviour, listener, conn)?;
-                    event(&format!("accepted {accepted}"))?;
+                    event(ServerMessage::Accepted { count: accepted })?;
                 }
                 Err(e) => {
                     stalled = true;
-                    event(&format!("accept-error {}", e.raw_os_error().unwrap_or(0)))?;
+                    event(ServerMessage::AcceptError { errno: e.raw_os_error().unwrap_or(0) })?;
                 }
             }
         }
@@ -138,9 +140,11 @@ fn serve_in_process(listener: &Socket) -> Result<i32, Error> {
                     accepted += 1;
                     conns.push(conn);
                     spawn_worker(listener)?;
-                    event(&format!("accepted {accepted}"))?;
+                    event(ServerMessage::Accepted { count: accepted })?;
                 }
-                Err(e) => event(&format!("accept-error {}", e.raw_os_error().unwrap_or(0)))?,
+                Err(e) => {
+                    event(ServerMessage::AcceptError { errno: e.raw_os_error().unwrap_or(0) })?
+                }
             }
         }
         reap();
@@ -163,11 +167,11 @@ fn spawn_worker(listener: &Socket) -> Result<(), Error> {
     match unsafe { fork() }.map_err(errno("fork a worker"))? {
         ForkResult::Child => {
             if process::die_with_parent(me).is_err() {
-                unsafe { libc::_exit(1) };
+                process::exit_now(1);
             }
             process::set_name(c"cwlab-worker");
             // A worker has no use for the listener; the connections it inherited are the bug.
-            unsafe { libc::close(listener.as_raw_fd()) };
+            let _ = nix::unistd::close(listener.as_raw_fd());
             process::detach_stdio(false);
             process::wait_forever()
         }
@@ -180,10 +184,10 @@ fn listen(cfg: &Config) -> Result<Socket, Error> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)
         .map_err(sys("create the listening socket"))?;
     s.set_reuse_address(true).map_err(sys("set SO_REUSEADDR"))?;
-    if let Some(n) = cfg.rcvbuf {
+    if let Some(n) = cfg.limits.rcvbuf {
         s.set_recv_buffer_size(n as usize).map_err(sys("set SO_RCVBUF"))?;
     }
-    if let Some(n) = cfg.sndbuf {
+    if let Some(n) = cfg.limits.sndbuf {
         s.set_send_buffer_size(n as usize).map_err(sys("set SO_SNDBUF"))?;
     }
     s.bind(&addr.into()).map_err(sys(format!("bind {addr}")))?;
@@ -201,14 +205,14 @@ fn spawn_handler(behaviour: Behaviour, listener: &Socket, conn: Socket) -> Resul
             let code = match process::die_with_parent(me) {
                 Ok(()) => {
                     process::set_name(c"cwlab-handler");
-                    // SAFETY: the child's copy of the listener is closed once, here.
-                    unsafe { libc::close(listener.as_raw_fd()) };
+                    // The child's copy of the listener, closed once, here; the `Socket` is never
+                    // dropped in this process (the child leaves by `exit_now`).
+                    let _ = nix::unistd::close(listener.as_raw_fd());
                     handler::handle(behaviour, conn)
                 }
                 Err(_) => 1,
             };
-            // Skip the parent's atexit handlers and buffered stdout: leave at once.
-            unsafe { libc::_exit(code) }
+            process::exit_now(code)
         }
         ForkResult::Parent { .. } => {
             if behaviour.acceptor_keeps() {
@@ -224,10 +228,8 @@ fn spawn_handler(behaviour: Behaviour, listener: &Socket, conn: Socket) -> Resul
 
 /// True when stdin reads end-of-file (or fails): the runner is gone.
 fn lifeline_closed() -> bool {
-    let mut buf = [MaybeUninit::<u8>::uninit(); 64];
-    // SAFETY: reading into a local buffer of the given length.
-    let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-    n <= 0
+    let mut buf = [0u8; 64];
+    !matches!(nix::unistd::read(0, &mut buf), Ok(n) if n > 0)
 }
 
 /// Reaps every exited child, if any exited since the last time; true if there was one.
@@ -244,7 +246,8 @@ fn reap() -> bool {
     }
 }
 
-fn event(line: &str) -> Result<(), Error> {
+/// Tells the runner, on stdout.
+pub(crate) fn event(m: ServerMessage) -> Result<(), Error> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(sys("report an event"))
+    out.write_all(m.line().as_bytes()).and_then(|()| out.flush()).map_err(sys("report an event"))
 }

@@ -6,9 +6,9 @@
 //! talks to the server through its standard streams:
 //! - stdin is the lifeline: the server exits when it reads end-of-file, so it dies with the runner
 //!   even where PR_SET_PDEATHSIG could not be armed in time;
-//! - stdout carries one event a line: `acceptor PID` (when a PID namespace put the acceptor one
-//!   fork further), `listening PORT`, then `accepted N` after each accept and `accept-error ERRNO`
-//!   when accept fails.
+//! - stdout carries one [`ServerMessage`](cwlab_model::protocol::ServerMessage) a line: the
+//!   acceptor's pid (when a PID namespace put the acceptor one fork further), that it listens and
+//!   on which port, then each accept and each failed accept.
 //!
 //! Processes name themselves (`comm`) for `ps` and for the runner's roles: `cwlab-acceptor`,
 //! `cwlab-handler`, `cwlab-worker`; a helper is `cwlab helper`, exec'd.
@@ -19,34 +19,11 @@ mod handler;
 mod process;
 
 use std::io;
-use std::net::IpAddr;
 
 pub use cwlab_model::scenario::Behaviour;
 
-/// How to start a server.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// How connections end.
-    pub behaviour: Behaviour,
-    /// The address to listen on.
-    pub addr: IpAddr,
-    /// The port; 0 picks a free one.
-    pub port: u16,
-    /// The listen(2) backlog.
-    pub backlog: i32,
-    /// Put the acceptor in a new PID namespace as its init: when it dies, the kernel kills every
-    /// process the server started, helpers included.
-    pub pid_namespace: bool,
-    /// Serve from a new network namespace of the server's own, empty but for a loopback that is
-    /// down: the runner joins it to its own with a veth pair (the two-hosts topology).
-    pub net_namespace: bool,
-    /// RLIMIT_NOFILE for the acceptor (soft and hard), if set.
-    pub nofile: Option<u64>,
-    /// SO_RCVBUF on the listener, inherited by accepted sockets.
-    pub rcvbuf: Option<u32>,
-    /// SO_SNDBUF on the listener, inherited by accepted sockets.
-    pub sndbuf: Option<u32>,
-}
+/// How to start a server: the options the runner hands over, typed once in the model.
+pub type Config = cwlab_model::protocol::ServeOptions;
 
 /// A server that could not start or went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +53,7 @@ pub(crate) fn errno(what: impl Into<String>) -> impl FnOnce(nix::Error) -> Error
 /// (the runner's lifeline) reaches end-of-file.
 pub fn helper() -> i32 {
     let mut buf = [0u8; 64];
-    // SAFETY: reading stdin into a local buffer.
-    while unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    while matches!(nix::unistd::read(0, &mut buf), Ok(n) if n > 0) {}
     0
 }
 
@@ -85,7 +61,8 @@ pub fn helper() -> i32 {
 pub fn serve(cfg: &Config) -> Result<i32, Error> {
     // Start from a clean descriptor table: whatever the runner's own parent left open without
     // CLOEXEC would otherwise sit in every process here and blur the acceptor's fd count.
-    // SAFETY: close_range(2) on descriptors this process has not taken ownership of yet.
+    // SAFETY: close_range(2) on descriptors nothing in this process owns: `cwlab serve` has
+    // opened nothing of its own yet, and whatever it inherited is not wrapped in an owner.
     unsafe { libc::close_range(3, u32::MAX, 0) };
     // SIGUSR1 releases waiting handlers; every other process of the server must survive it, the
     // supervisor included: block it before anything forks, and the mask is inherited.
@@ -93,7 +70,7 @@ pub fn serve(cfg: &Config) -> Result<i32, Error> {
     usr1.add(nix::sys::signal::Signal::SIGUSR1);
     nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&usr1), None)
         .map_err(errno("block SIGUSR1"))?;
-    if let Some(n) = cfg.nofile {
+    if let Some(n) = cfg.limits.nofile {
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
             .map_err(errno(format!("set RLIMIT_NOFILE to {n}")))?;
     }

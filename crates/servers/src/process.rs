@@ -3,15 +3,16 @@
 //! # References
 //! pid_namespaces(7), prctl(2) (`PR_SET_PDEATHSIG`, `PR_SET_CHILD_SUBREAPER`), unshare(2).
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
+
+use cwlab_model::protocol::ServerMessage;
 
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::{errno, sys, Error};
+use crate::{errno, Error};
 
 /// Unshares a PID namespace and forks its init, which becomes the acceptor. Returns `None` in
 /// the acceptor, and `Some(status)` in the supervisor once the acceptor has exited.
@@ -25,11 +26,7 @@ pub fn enter_pid_namespace() -> Result<Option<i32>, Error> {
             Ok(None)
         }
         ForkResult::Parent { child } => {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "acceptor {child}")
-                .and_then(|()| out.flush())
-                .map_err(sys("report the acceptor"))?;
-            drop(out);
+            crate::acceptor::event(ServerMessage::Acceptor { pid: child.as_raw() as u32 })?;
             loop {
                 match waitpid(child, None) {
                     Ok(WaitStatus::Exited(_, code)) => return Ok(Some(code)),
@@ -74,7 +71,13 @@ pub fn set_name(name: &std::ffi::CStr) {
 /// Blocks until the process is killed.
 pub fn wait_forever() -> ! {
     loop {
-        // SAFETY: pause(2) only waits for a signal.
-        unsafe { libc::pause() };
+        nix::unistd::pause();
     }
+}
+
+/// Leaves a forked child at once: _exit(2) skips the atexit handlers and the buffered stdout it
+/// shares with the acceptor.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) is async-signal-safe and never returns; nothing here needs unwinding.
+    unsafe { libc::_exit(code) }
 }

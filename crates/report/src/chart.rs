@@ -3,19 +3,47 @@
 //! uses the viewer's sans-serif.
 //!
 //! Each series is a `<polyline>` with `data-series="SIDE STATE"` and `data-max="N"`; the chart
-//! has one series per (side, state) that had a socket in some sample, LISTEN aside.
+//! has one series per (side, state) that had a socket in some sample, LISTEN aside. Each panel's
+//! subtitle is the title of the run's first finding, from its diagnosis.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
+use std::io;
+use std::path::PathBuf;
 
+use cwlab_model::events::Reporter;
 use cwlab_model::report::{Report, Side};
 use cwlab_model::TcpState;
+
+/// `--svg FILE`: every run's timeline side by side, written when they have all ended.
+pub struct Svg {
+    path: PathBuf,
+    reports: Vec<Report>,
+}
+
+impl Svg {
+    /// A chart to `path`.
+    pub fn new(path: PathBuf) -> Svg {
+        Svg { path, reports: Vec::new() }
+    }
+}
+
+impl Reporter for Svg {
+    fn finish(&mut self, r: &Report) -> io::Result<()> {
+        self.reports.push(r.clone());
+        Ok(())
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        cwlab_runner::write_atomically(&self.path, render(&self.reports).as_bytes())
+    }
+}
 
 const PANEL_W: f64 = 640.0;
 const PANEL_H: f64 = 420.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 80.0;
+const TOP: f64 = 96.0;
 const BOTTOM: f64 = 70.0;
 const LEGEND_H: f64 = 34.0;
 
@@ -100,18 +128,28 @@ fn panel(s: &mut String, r: &Report, x0: f64, y_top: u32, t_max: u64) {
     let _ = writeln!(s, r#"<g class="panel" data-scenario="{}">"#, esc(&r.scenario.name));
     let _ = writeln!(
         s,
-        r#"<text x="{}" y="34" font-size="26" font-weight="bold">{}</text>"#,
+        r#"<text x="{}" y="30" font-size="26" font-weight="bold">{}</text>"#,
         x0 + LEFT,
         esc(&r.scenario.name)
     );
     let _ = writeln!(
         s,
-        r##"<text x="{}" y="60" font-size="15" fill="#444">server {} · {} clients · {}</text>"##,
+        r##"<text x="{}" y="52" font-size="15" fill="#444">server {} · {} clients · {}</text>"##,
         x0 + LEFT,
         esc(&r.scenario.behaviour),
         r.clients,
         r.verdict
     );
+    if let Some(f) = r.diagnosis.primary() {
+        let _ = writeln!(
+            s,
+            r##"<text class="finding" data-kind="{}" x="{}" y="74" font-size="16" font-weight="bold" fill="{}">{}</text>"##,
+            f.kind,
+            x0 + LEFT,
+            if f.kind.is_leak() { "#d62728" } else { "#2ca02c" },
+            esc(&f.title)
+        );
+    }
     // Axes, ticks and labels.
     let _ = writeln!(
         s,

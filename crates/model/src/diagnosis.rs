@@ -1,0 +1,392 @@
+//! The reading of a run: what its numbers mean, computed once from a report and shown by every
+//! face (the summary, the live view, the charts, JSON, JUnit) without being worked out again.
+//!
+//! A [`Diagnosis`] has two parts:
+//! - `held`: every stuck socket at the end, grouped by side, state and the role of what holds
+//!   it, with the holding processes and their descriptor numbers. "N sockets held by ROLE" is
+//!   counted here and nowhere else ([`held_sockets`]).
+//! - `findings`: what the run shows (a fork leak held by the acceptor, a leak through exec'd
+//!   helpers or forked workers, the symptom hidden while the descriptors grow, the backlog
+//!   look-alike, hung clients, a clean close), each with the sockets, the holders, the numbers
+//!   behind it, one sentence of explanation and the fix.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::{Holder, Report, Role, Side};
+use crate::state::TcpState;
+
+/// What a run shows, and what holds its stuck sockets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Diagnosis {
+    /// What the run shows, the most important first; never empty in a written report (a run
+    /// with nothing wrong has one `clean` finding).
+    pub findings: Vec<Finding>,
+    /// Every stuck socket at the end, grouped by side, state and role.
+    pub held: Vec<Held>,
+}
+
+/// Stuck sockets of one side and state, held by processes of one role (or by nobody).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Held {
+    /// The sockets' side.
+    pub side: Side,
+    /// Their state.
+    pub state: TcpState,
+    /// What holds them.
+    pub role: Role,
+    /// Distinct sockets (a socket two processes share counts once).
+    pub sockets: u32,
+    /// The processes holding them, by pid; empty for `nobody`.
+    pub processes: Vec<HolderProcess>,
+}
+
+/// One process and the descriptors by which it holds the sockets of a group or finding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HolderProcess {
+    /// Its pid as the runner sees it.
+    pub pid: u32,
+    /// Its name (`comm`), when it could be read.
+    pub name: Option<String>,
+    /// What it is to the run.
+    pub role: Role,
+    /// The descriptor numbers, ascending.
+    pub fds: Vec<i32>,
+}
+
+/// One thing a run shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finding {
+    /// What kind of thing.
+    pub kind: FindingKind,
+    /// A few words for a title: "fork leak: 100 CLOSE-WAIT held by the acceptor".
+    pub title: String,
+    /// The sockets it is about (0 where it is about descriptors or clients).
+    pub sockets: u32,
+    /// The processes holding them.
+    pub holders: Vec<HolderProcess>,
+    /// The numbers behind it, by name (`close_wait`, `acceptor_fds_grew`, `hung`, …).
+    pub numbers: BTreeMap<String, i64>,
+    /// One sentence: why it is so.
+    pub explanation: String,
+    /// What to change in the server, where something should change.
+    pub fix: Option<String>,
+}
+
+/// The kinds of finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FindingKind {
+    /// CLOSE-WAIT held by the acceptor: the parent kept its copy after fork.
+    ForkLeak,
+    /// CLOSE-WAIT held by helpers that inherited the connection across exec.
+    ExecInherited,
+    /// CLOSE-WAIT held by forked workers that never handled the connection.
+    WorkerInherited,
+    /// CLOSE-WAIT held by the handlers themselves: they have not closed yet.
+    HandlerHolds,
+    /// CLOSE-WAIT held by a process the run did not start.
+    HeldElsewhere,
+    /// No CLOSE-WAIT, but the acceptor holds more descriptors than before the clients.
+    HiddenLeak,
+    /// accept() failed: the acceptor ran out of something, descriptors first.
+    AcceptFailing,
+    /// CLOSE-WAIT held by nobody, never accepted: a busy server, not a leak.
+    Backlog,
+    /// Clients waited for a reply or an EOF that never came.
+    HungClients,
+    /// None of the above.
+    Clean,
+}
+
+impl FindingKind {
+    /// The name reports and JUnit spell.
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::ForkLeak => "fork-leak",
+            FindingKind::ExecInherited => "exec-inherited",
+            FindingKind::WorkerInherited => "worker-inherited",
+            FindingKind::HandlerHolds => "handler-holds",
+            FindingKind::HeldElsewhere => "held-elsewhere",
+            FindingKind::HiddenLeak => "hidden-leak",
+            FindingKind::AcceptFailing => "accept-failing",
+            FindingKind::Backlog => "backlog",
+            FindingKind::HungClients => "hung-clients",
+            FindingKind::Clean => "clean",
+        }
+    }
+
+    /// Whether the finding is a descriptor leak in the server (shown or hidden).
+    pub fn is_leak(self) -> bool {
+        matches!(
+            self,
+            FindingKind::ForkLeak
+                | FindingKind::ExecInherited
+                | FindingKind::WorkerInherited
+                | FindingKind::HeldElsewhere
+                | FindingKind::HiddenLeak
+        )
+    }
+}
+
+impl fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The number of distinct sockets among `rows` (a socket several processes hold counts once):
+/// the one count behind every "N sockets held by ROLE".
+pub fn held_sockets<'a>(rows: impl IntoIterator<Item = &'a Holder>) -> u32 {
+    let sockets: BTreeSet<(u64, &str, &str)> =
+        rows.into_iter().map(|h| (h.inode, h.local.as_str(), h.remote.as_str())).collect();
+    sockets.len() as u32
+}
+
+/// The processes among `rows` with their descriptors, by pid.
+fn processes<'a>(rows: impl IntoIterator<Item = &'a Holder>) -> Vec<HolderProcess> {
+    let mut by_pid: BTreeMap<u32, HolderProcess> = BTreeMap::new();
+    for h in rows {
+        let Some(pid) = h.pid else { continue };
+        let p = by_pid.entry(pid).or_insert_with(|| HolderProcess {
+            pid,
+            name: h.comm.clone(),
+            role: h.role,
+            fds: Vec::new(),
+        });
+        p.fds.extend(h.fd);
+    }
+    let mut v: Vec<HolderProcess> = by_pid.into_values().collect();
+    for p in &mut v {
+        p.fds.sort_unstable();
+        p.fds.dedup();
+    }
+    v
+}
+
+impl Diagnosis {
+    /// Reads a report. Everything it says comes from the report's holders, final counts,
+    /// descriptor counts and outcomes.
+    pub fn of(r: &Report) -> Diagnosis {
+        let held = group(&r.holders);
+        let mut findings = Vec::new();
+        close_wait(r, &held, &mut findings);
+        hidden(r, &mut findings);
+        accept_errors(r, &mut findings);
+        hung(r, &mut findings);
+        if findings.is_empty() {
+            findings.push(clean(r));
+        }
+        Diagnosis { findings, held }
+    }
+
+    /// The first finding: the one a title or a one-line summary shows.
+    pub fn primary(&self) -> Option<&Finding> {
+        self.findings.first()
+    }
+
+    /// Whether any finding is a leak.
+    pub fn leaks(&self) -> bool {
+        self.findings.iter().any(|f| f.kind.is_leak())
+    }
+
+    /// Distinct sockets on `side` in `state` held by `role`.
+    pub fn held_by(&self, side: Side, state: TcpState, role: Role) -> u32 {
+        self.held
+            .iter()
+            .filter(|h| h.side == side && h.state == state && h.role == role)
+            .map(|h| h.sockets)
+            .sum()
+    }
+}
+
+fn group(rows: &[Holder]) -> Vec<Held> {
+    let mut groups: BTreeMap<(Side, TcpState, Role), Vec<&Holder>> = BTreeMap::new();
+    for h in rows {
+        groups.entry((h.side, h.state, h.role)).or_default().push(h);
+    }
+    groups
+        .into_iter()
+        .map(|((side, state, role), rows)| Held {
+            side,
+            state,
+            role,
+            sockets: held_sockets(rows.iter().copied()),
+            processes: processes(rows.iter().copied()),
+        })
+        .collect()
+}
+
+fn numbers(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn fds_grew(r: &Report) -> Option<i64> {
+    Some(i64::from(r.acceptor.fds_end?) - i64::from(r.acceptor.fds_baseline?))
+}
+
+/// One finding per role that holds server CLOSE-WAIT sockets at the end.
+fn close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
+    let total = r.final_counts.get(Side::Server, TcpState::CloseWait);
+    for h in held.iter().filter(|h| h.side == Side::Server && h.state == TcpState::CloseWait) {
+        let n = h.sockets;
+        let mut nums = vec![("close_wait", i64::from(total)), ("held", i64::from(n))];
+        if let Some(g) = fds_grew(r) {
+            nums.push(("acceptor_fds_grew", g));
+        }
+        let (kind, title, explanation, fix) = match h.role {
+            Role::Acceptor => (
+                FindingKind::ForkLeak,
+                format!("fork leak: {n} CLOSE-WAIT held by the acceptor"),
+                format!("the acceptor holds {n} connections the clients have closed: the last reference never went, so no FIN was sent"),
+                Some("close the accepted socket in the parent right after fork(); shutdown(SHUT_RDWR) in the child only hides it"),
+            ),
+            Role::Helper => (
+                FindingKind::ExecInherited,
+                format!("inherited across exec: {n} CLOSE-WAIT held by helpers"),
+                format!("{n} closed connections are held by helper processes that inherited them across exec: the acceptor is clean, the leak is in the children"),
+                Some("set SOCK_CLOEXEC on the connection (accept4 with SOCK_CLOEXEC, or FD_CLOEXEC) before starting helpers"),
+            ),
+            Role::Worker => (
+                FindingKind::WorkerInherited,
+                format!("inherited by workers: {n} CLOSE-WAIT held by forked workers"),
+                format!("{n} closed connections are held by workers forked while they were open: fork without exec copies every descriptor"),
+                Some("close inherited connections in the worker, or fork workers before accepting"),
+            ),
+            Role::Handler => (
+                FindingKind::HandlerHolds,
+                format!("handlers still open: {n} CLOSE-WAIT held by handlers"),
+                format!("{n} closed connections are still held by the handlers that serve them: they have not closed yet"),
+                Some("the handler must close the connection once it reads EOF"),
+            ),
+            Role::Nobody => {
+                nums.push(("accepted", r.server.accepted as i64));
+                (
+                    FindingKind::Backlog,
+                    format!("backlog look-alike: {n} CLOSE-WAIT held by nobody"),
+                    format!("{n} CLOSE-WAIT sockets are held by no process and {} were accepted: they wait in the listen queue. A busy server, not a leak", r.server.accepted),
+                    Some("none in the close path: the server is too busy to accept, not leaking"),
+                )
+            }
+            Role::Client | Role::Other => (
+                FindingKind::HeldElsewhere,
+                format!("{n} CLOSE-WAIT held by other processes"),
+                format!("{n} server sockets wait in CLOSE-WAIT held by processes the run did not start: the peer closed, this side never sent its FIN"),
+                Some("find who passed the descriptor on, and close it there"),
+            ),
+        };
+        out.push(Finding {
+            kind,
+            title,
+            sockets: n,
+            holders: h.processes.clone(),
+            numbers: numbers(&nums),
+            explanation,
+            fix: fix.map(str::to_string),
+        });
+    }
+}
+
+/// No CLOSE-WAIT, but the acceptor's descriptors grew: the FIN went out, the parent's copy did not
+/// go.
+fn hidden(r: &Report, out: &mut Vec<Finding>) {
+    if r.final_counts.get(Side::Server, TcpState::CloseWait) > 0 {
+        return;
+    }
+    let Some(grew) = fds_grew(r).filter(|g| *g > 0) else { return };
+    out.push(Finding {
+        kind: FindingKind::HiddenLeak,
+        title: format!("symptom hidden: no CLOSE-WAIT, the acceptor holds {grew} more fds"),
+        sockets: 0,
+        holders: Vec::new(),
+        numbers: numbers(&[
+            ("close_wait", 0),
+            ("acceptor_fds_grew", grew),
+            ("acceptor_fds_before", i64::from(r.acceptor.fds_baseline.unwrap_or(0))),
+            ("acceptor_fds_after", i64::from(r.acceptor.fds_end.unwrap_or(0))),
+        ]),
+        explanation: format!("the symptom is gone, the fd leak is not: the acceptor holds {grew} more descriptors than before the clients came"),
+        fix: Some("the parent still keeps its copy: close it right after fork()".into()),
+    });
+}
+
+fn accept_errors(r: &Report, out: &mut Vec<Finding>) {
+    let s = &r.server;
+    if s.accept_errors == 0 {
+        return;
+    }
+    let why = match s.accept_errno {
+        Some(24) => "EMFILE: the acceptor is out of descriptors".to_string(),
+        Some(23) => "ENFILE: the system is out of descriptors".to_string(),
+        Some(12) => "ENOMEM".to_string(),
+        Some(105) => "ENOBUFS".to_string(),
+        Some(n) => format!("errno {n}"),
+        None => "an unknown error".to_string(),
+    };
+    let mut nums = vec![("accepted", s.accepted as i64), ("accept_errors", s.accept_errors as i64)];
+    if let Some(e) = s.accept_errno {
+        nums.push(("errno", i64::from(e)));
+    }
+    out.push(Finding {
+        kind: FindingKind::AcceptFailing,
+        title: format!("accept() failing: {} calls failed", s.accept_errors),
+        sockets: 0,
+        holders: Vec::new(),
+        numbers: numbers(&nums),
+        explanation: format!(
+            "{} connections accepted, {} accept() calls failed ({why})",
+            s.accepted, s.accept_errors
+        ),
+        fix: (s.accept_errno == Some(24)).then(|| {
+            "stop the descriptor leak; a higher RLIMIT_NOFILE only delays the outage".to_string()
+        }),
+    });
+}
+
+fn hung(r: &Report, out: &mut Vec<Finding>) {
+    let hung = r.client_outcome.hung;
+    if hung == 0 {
+        return;
+    }
+    out.push(Finding {
+        kind: FindingKind::HungClients,
+        title: format!("clients hung: {hung} of {}", r.clients),
+        sockets: hung,
+        holders: Vec::new(),
+        numbers: numbers(&[("hung", i64::from(hung)), ("clients", i64::from(r.clients))]),
+        explanation: format!(
+            "{hung} of {} clients waited for a reply or an EOF that never came: the server's close never reached the wire",
+            r.clients
+        ),
+        fix: None,
+    });
+}
+
+fn clean(r: &Report) -> Finding {
+    let before = r.acceptor.fds_baseline;
+    let explanation = match before {
+        Some(n) => {
+            format!("no socket waits in CLOSE-WAIT and the acceptor is back to its {n} descriptors")
+        }
+        None => "no socket waits in CLOSE-WAIT".to_string(),
+    };
+    let mut nums = vec![("close_wait", 0)];
+    if let Some(g) = fds_grew(r) {
+        nums.push(("acceptor_fds_grew", g));
+    }
+    Finding {
+        kind: FindingKind::Clean,
+        title: "clean: no CLOSE-WAIT, no descriptor left".into(),
+        sockets: 0,
+        holders: Vec::new(),
+        numbers: numbers(&nums),
+        explanation,
+        fix: None,
+    }
+}

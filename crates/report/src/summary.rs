@@ -1,0 +1,232 @@
+//! The human summary of a report: the story, final counts per side and state, who holds the stuck
+//! sockets, what the acceptor's descriptors did, the diagnosis with its fix, what the kernel and
+//! the wire saw, each expectation, the verdict. Everything it says that is a reading of the run
+//! comes from the report's [`Diagnosis`](cwlab_model::Diagnosis).
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use cwlab_model::diagnosis::{Diagnosis, Held};
+use cwlab_model::events::Reporter;
+use cwlab_model::report::{Report, Role, Side};
+use cwlab_model::scenario::Topology;
+use cwlab_model::TcpState;
+
+use crate::text::{ranges, wrap};
+
+/// Prints each report's summary on stdout, a blank line between two.
+pub struct Summary {
+    /// Where each report was written, in the order the runs finish.
+    paths: VecDeque<PathBuf>,
+    printed: usize,
+}
+
+impl Summary {
+    /// A summary for runs whose reports go to `paths`, in order.
+    pub fn new(paths: Vec<PathBuf>) -> Summary {
+        Summary { paths: paths.into(), printed: 0 }
+    }
+}
+
+impl Reporter for Summary {
+    fn finish(&mut self, r: &Report) -> io::Result<()> {
+        let path = self.paths.pop_front().unwrap_or_default();
+        let sep = if self.printed > 0 { "\n" } else { "" };
+        self.printed += 1;
+        let mut out = io::stdout().lock();
+        write!(out, "{sep}{}", render(r, &path))?;
+        out.flush()
+    }
+}
+
+/// The whole summary of one report.
+pub fn render(r: &Report, report_path: &Path) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "━━ {} ━━ {}", r.scenario.name, r.scenario.file);
+    for line in wrap(&r.scenario.story, 76) {
+        let _ = writeln!(s, "  {line}");
+    }
+    let _ = writeln!(
+        s,
+        "\n  server {} · {} clients ({} completed{}) · port {} · {}",
+        r.scenario.behaviour,
+        r.clients,
+        r.client_outcome.completed,
+        if r.client_outcome.failed > 0 {
+            format!(", {} failed", r.client_outcome.failed)
+        } else {
+            String::new()
+        },
+        r.port,
+        r.isolation
+    );
+    if let Some(note) = &r.isolation_note {
+        let _ = writeln!(s, "  note: {note}");
+    }
+    if r.topology == Topology::TwoHosts {
+        let (client, server) = (Topology::CLIENT_HOST, Topology::SERVER_HOST);
+        let _ = writeln!(
+            s,
+            "  two hosts: clients on {client}, the server on {server}, a veth pair between; each side counted on its own host"
+        );
+    }
+    if let Some(e) = &r.client_outcome.first_error {
+        let _ = writeln!(s, "  first client error: {e}");
+    }
+    counts(&mut s, r);
+    holders(&mut s, &r.diagnosis);
+    fds(&mut s, r);
+    findings(&mut s, &r.diagnosis);
+    witnesses(&mut s, r);
+    expectations(&mut s, r, report_path);
+    s
+}
+
+fn counts(s: &mut String, r: &Report) {
+    let _ = writeln!(s, "\n  {:<12}{:>8}{:>8}", "at the end", "server", "client");
+    let f = &r.final_counts;
+    for st in TcpState::ALL {
+        let (a, b) = (f.get(Side::Server, st), f.get(Side::Client, st));
+        if a + b > 0 {
+            let _ = writeln!(s, "  {:<12}{a:>8}{b:>8}", st.name());
+        }
+    }
+    if f.server.is_empty() && f.client.is_empty() {
+        let _ = writeln!(s, "  (no socket on the port)");
+    }
+}
+
+fn holders(s: &mut String, d: &Diagnosis) {
+    if d.held.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\n  who holds the stuck sockets");
+    for h in &d.held {
+        let _ = writeln!(s, "    {}", held_line(h));
+    }
+}
+
+/// "100 server CLOSE-WAIT sockets held by pid 4158, the acceptor, fds 4–103".
+pub fn held_line(h: &Held) -> String {
+    let Held { side, state, role, sockets, processes } = h;
+    let noun = if *sockets == 1 { "socket" } else { "sockets" };
+    let who = match (role, processes.as_slice()) {
+        (Role::Nobody, _) | (_, []) => "held by nobody".to_string(),
+        (_, [p]) => format!(
+            "held by pid {}, the {role}, {} {}",
+            p.pid,
+            if p.fds.len() == 1 { "fd" } else { "fds" },
+            ranges(&p.fds)
+        ),
+        (_, many) => {
+            let list: Vec<String> = many.iter().take(4).map(|p| p.pid.to_string()).collect();
+            let more = if many.len() > 4 { ", …" } else { "" };
+            format!("held by {} {role} processes (pids {}{more})", many.len(), list.join(", "))
+        }
+    };
+    format!("{sockets} {side} {state} {noun} {who}")
+}
+
+fn fds(s: &mut String, r: &Report) {
+    let (Some(before), Some(after)) = (r.acceptor.fds_baseline, r.acceptor.fds_end) else {
+        return;
+    };
+    let grew = i64::from(after) - i64::from(before);
+    let _ = writeln!(
+        s,
+        "\n  acceptor (pid {}) fds: {before} before the clients, {after} at the end ({grew:+})",
+        r.acceptor.pid
+    );
+}
+
+/// Each finding: why, and the fix.
+fn findings(s: &mut String, d: &Diagnosis) {
+    for f in &d.findings {
+        let _ = writeln!(s, "  → {}", f.explanation);
+        if let Some(fix) = &f.fix {
+            let _ = writeln!(s, "    fix: {fix}");
+        }
+    }
+}
+
+/// The kernel's transitions (paths, the first connections step by step) and the FIN counts.
+fn witnesses(s: &mut String, r: &Report) {
+    let t = &r.transitions;
+    let _ = writeln!(s, "\n  what the kernel did");
+    if t.available {
+        for p in &t.paths {
+            let path: Vec<&str> = p.path.iter().map(|x| x.name()).collect();
+            let _ = writeln!(s, "    {} {} × {}", p.side, p.connections, path.join(" → "));
+        }
+        let handed_over = t.paths.iter().any(|p| {
+            p.path.ends_with(&[TcpState::FinWait2, TcpState::Close])
+                || p.path.ends_with(&[TcpState::FinWait1, TcpState::Close])
+        });
+        if handed_over {
+            let _ = writeln!(
+                s,
+                "    (FIN-WAIT → CLOSE: the socket was handed to a timewait socket, which the table shows as TIME-WAIT or FIN-WAIT-2)"
+            );
+        }
+        for c in &t.first {
+            let steps = |v: &[(TcpState, f64)]| -> String {
+                v.iter().map(|(st, ms)| format!("{st} {ms:.1}")).collect::<Vec<_>>().join(" → ")
+            };
+            let _ = writeln!(s, "    :{:<5} server {}", c.client_port, steps(&c.server));
+            let _ = writeln!(s, "    {:6} client {}", "", steps(&c.client));
+        }
+        if t.lost > 0 {
+            let _ = writeln!(s, "    ({} transitions lost: the counts are lower bounds)", t.lost);
+        }
+    } else {
+        let _ =
+            writeln!(s, "    transitions: not observable ({})", t.note.as_deref().unwrap_or("?"));
+    }
+    let p = &r.packets;
+    if p.available {
+        let n = p.connections;
+        let _ = writeln!(
+            s,
+            "    server sent FIN: {} of {n} connections · client sent FIN: {} of {n}",
+            p.sent(Side::Server, "FIN"),
+            p.sent(Side::Client, "FIN")
+        );
+        let rst = (p.sent(Side::Server, "RST"), p.sent(Side::Client, "RST"));
+        if rst != (0, 0) {
+            let _ = writeln!(s, "    RST: server in {} connections, client in {}", rst.0, rst.1);
+        }
+        if let Some(f) = &p.pcap {
+            let _ = writeln!(s, "    packets: {f}");
+        }
+    } else {
+        let _ = writeln!(s, "    packets: not observable ({})", p.note.as_deref().unwrap_or("?"));
+    }
+}
+
+fn expectations(s: &mut String, r: &Report, path: &Path) {
+    if !r.expectations.is_empty() {
+        let _ = writeln!(s, "\n  expectations");
+        let width = r.expectations.iter().map(|e| e.text.chars().count()).max().unwrap_or(0);
+        for e in &r.expectations {
+            let mark = match (e.observable, e.passed) {
+                (false, _) => "?",
+                (true, true) => "✓",
+                (true, false) => "✗",
+            };
+            let _ = writeln!(s, "    {mark} {:width$}   {}", e.text, e.detail);
+        }
+    }
+    if let Some(e) = &r.error {
+        let _ = writeln!(s, "\n  error: {e}");
+    }
+    let (held, of) = r.expectations_held();
+    let _ = writeln!(
+        s,
+        "\n  {}  {held} of {of} expectations held · {:.2}s · report {}",
+        r.verdict,
+        r.duration_ms as f64 / 1000.0,
+        path.display()
+    );
+}
