@@ -128,8 +128,11 @@ fn kill_at_random_on(test: &str, signal: i32, twice: bool, topology: &str, runs:
         let runner = child.id();
         // The moment to strike: anywhere from startup to teardown.
         std::thread::sleep(Duration::from_millis(moments.next_ms(450)));
+        // SAFETY: kill(2) takes no memory; the runner is our child, not yet reaped, so its pid
+        // cannot have been reused.
         unsafe { libc::kill(runner as i32, signal) };
         if twice {
+            // SAFETY: as above.
             unsafe { libc::kill(runner as i32, signal) };
         }
         let what = format!("{test} run {i}");

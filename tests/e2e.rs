@@ -507,10 +507,11 @@ fn issue_7_progress_shows_on_a_terminal_only() {
     };
     let dir = scratch("progress");
     let report = dir.join("r.json");
+    // script(1) hands the command to a shell: quote the paths, which may hold spaces (issue 11).
     let cmd = format!(
         "{} run scenarios/parent-closes.toml --report {}",
-        env!("CARGO_BIN_EXE_cwlab"),
-        report.display()
+        shell_quote(env!("CARGO_BIN_EXE_cwlab")),
+        shell_quote(&report.display().to_string())
     );
     let _one_at_a_time = serial();
     let out = std::process::Command::new(script)
@@ -526,8 +527,167 @@ fn issue_7_progress_shows_on_a_terminal_only() {
     );
 }
 
+/// `text` as one word for sh: single quotes, each quote inside closed, escaped and reopened.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 fn which(tool: &str) -> Result<std::path::PathBuf, ()> {
     std::env::var_os("PATH")
         .and_then(|p| std::env::split_paths(&p).map(|d| d.join(tool)).find(|f| f.is_file()))
         .ok_or(())
+}
+
+/// "N side STATE … held by ROLE" from the summary's "who holds" lines.
+fn summary_held(stdout: &str) -> BTreeSet<(u32, String, String, String)> {
+    let mut v = BTreeSet::new();
+    let mut inside = false;
+    for line in stdout.lines() {
+        if line.trim() == "who holds the stuck sockets" {
+            inside = true;
+            continue;
+        }
+        if !inside || !line.starts_with("    ") {
+            inside = false;
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let role = match line.split_once(" held by ").unwrap().1 {
+            "nobody" => "nobody".to_string(),
+            rest if rest.starts_with("pid ") => {
+                rest.split(", the ").nth(1).unwrap().split(',').next().unwrap().to_string()
+            }
+            rest => rest.split_whitespace().nth(1).unwrap().to_string(),
+        };
+        v.insert((words[0].parse().unwrap(), words[1].into(), words[2].into(), role));
+    }
+    v
+}
+
+#[test]
+fn issue_11_summary_demo_and_json_count_the_same_holders() {
+    if !can_isolate("held-by") {
+        return;
+    }
+    let _one_at_a_time = serial();
+    for name in ["leak", "fork-worker", "exec-inherit"] {
+        let (out, r) = run(&root().join(format!("scenarios/{name}.toml")), &format!("held-{name}"));
+        assert_exit!(out, 0);
+        let json: BTreeSet<(u32, String, String, String)> = r
+            .diagnosis
+            .held
+            .iter()
+            .map(|h| (h.sockets, h.side.to_string(), h.state.to_string(), h.role.to_string()))
+            .collect();
+        assert!(!json.is_empty(), "{name}: something is held");
+        let summary = summary_held(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(summary, json, "{name}: the summary against the JSON");
+
+        let demo = cwlab(&["demo", name]);
+        assert_exit!(demo, 0);
+        let prefix = format!("[{name}] ");
+        let demo: BTreeSet<(u32, String, String, String)> = String::from_utf8_lossy(&demo.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|l| {
+                let (count, rest) = l.split_once(' ')?;
+                let (what, role) = rest.split_once(" held by ")?;
+                let (side, state) = what.split_once(' ')?;
+                Some((count.parse().ok()?, side.into(), state.into(), role.into()))
+            })
+            .collect();
+        assert_eq!(demo, json, "{name}: the demo against the JSON");
+        // And the count is the distinct sockets among the raw holder rows.
+        for h in &r.diagnosis.held {
+            let rows: BTreeSet<u64> = r
+                .holders
+                .iter()
+                .filter(|x| x.side == h.side && x.state == h.state && x.role == h.role)
+                .map(|x| x.inode)
+                .collect();
+            if h.role != cwlab_model::report::Role::Nobody {
+                assert_eq!(rows.len() as u32, h.sockets, "{name}: {h:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn issue_11_junit_has_a_case_per_expectation_and_failures_with_what_was_seen() {
+    if !can_isolate("junit") {
+        return;
+    }
+    let dir = scratch("junit");
+    let text = std::fs::read_to_string(root().join("scenarios/fixed.toml")).unwrap();
+    let text = text.replace("name = \"fixed\"", "name = \"leak-as-fixed\"");
+    let file = dir.join("leak-as-fixed.toml");
+    std::fs::write(&file, text.replace("\"shutdown-close\"", "\"close-only\"")).unwrap();
+    let xml = dir.join("junit.xml");
+    let _one_at_a_time = serial();
+    let out = cwlab(&[
+        "run",
+        file.to_str().unwrap(),
+        root().join("scenarios/parent-closes.toml").to_str().unwrap(),
+        "--report",
+        dir.join("reports").to_str().unwrap(),
+        "--junit",
+        xml.to_str().unwrap(),
+    ]);
+    assert_exit!(out, 1);
+    let text = std::fs::read_to_string(&xml).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let root_el = doc.root_element();
+    assert_eq!(root_el.tag_name().name(), "testsuites");
+    assert_eq!(root_el.attribute("failures"), Some("6"));
+    let suites: Vec<_> = root_el.children().filter(|n| n.has_tag_name("testsuite")).collect();
+    let names: Vec<&str> = suites.iter().map(|s| s.attribute("name").unwrap()).collect();
+    assert_eq!(names, ["leak-as-fixed", "parent-closes"]);
+    let cases = |s: &roxmltree::Node| s.children().filter(|n| n.has_tag_name("testcase")).count();
+    assert_eq!(cases(&suites[0]), 7);
+    let failure = suites[0]
+        .descendants()
+        .find(|n| {
+            n.has_tag_name("failure")
+                && n.parent().unwrap().attribute("name") == Some("server CLOSE-WAIT == 0")
+        })
+        .expect("the failed expectation is a failure");
+    assert_eq!(failure.attribute("message"), Some("observed 100: 100 at the end"));
+    let out_text = suites[0].descendants().find(|n| n.has_tag_name("system-out")).unwrap();
+    assert!(out_text.text().unwrap().starts_with("fork-leak: the acceptor holds 100"));
+    assert_eq!(suites[1].attribute("failures"), Some("0"));
+}
+
+#[test]
+fn issue_11_the_report_format_doc_has_the_shape_run_json_prints() {
+    if !can_isolate("format-doc") {
+        return;
+    }
+    let source = std::fs::read_to_string(root().join("crates/model/src/report.rs")).unwrap();
+    let start = source.find("//! ```json\n").unwrap() + "//! ```json\n".len();
+    let end = start + source[start..].find("//! ```\n").unwrap();
+    let doc: String =
+        source[start..end].lines().map(|l| l.strip_prefix("//!").unwrap_or(l)).collect();
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let dir = scratch("format-doc");
+    let _one_at_a_time = serial();
+    let out = cwlab(&[
+        "run",
+        "scenarios/leak.toml",
+        "--json",
+        "--report",
+        dir.join("r.json").to_str().unwrap(),
+    ]);
+    assert_exit!(out, 0);
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    fn keys(v: &serde_json::Value) -> Vec<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    }
+    assert_eq!(keys(&printed), keys(&doc), "the top level");
+    for path in ["/scenario", "/acceptor", "/transitions", "/packets", "/diagnosis"] {
+        assert_eq!(keys(&printed[&path[1..]]), keys(doc.pointer(path).unwrap()), "{path}");
+    }
+    for path in ["/diagnosis/findings/0", "/diagnosis/held/0", "/holders/0", "/samples/0"] {
+        let (a, b) = (printed.pointer(path).unwrap(), doc.pointer(path).unwrap());
+        assert_eq!(keys(a), keys(b), "{path}");
+    }
 }

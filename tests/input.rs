@@ -179,11 +179,19 @@ fn a_port_already_in_use() {
     drop(held);
 }
 
-/// `cwlab run` as an unprivileged user: no network namespace.
+/// `cwlab run` as an unprivileged user: no network namespace. The user runs a copy of the binary
+/// in `dir` (which everyone may enter): the checkout may lie in a folder only root may enter (a
+/// clone inside `mktemp -d`), where nobody could exec `target/debug/cwlab` (issue 11).
 fn as_nobody(args: &[&str], dir: &Path) -> std::process::Output {
+    let exe = dir.join("cwlab");
+    if !exe.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_cwlab"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
     std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_cwlab"))
+        .arg(&exe)
         .args(args)
         .current_dir(dir)
         .output()

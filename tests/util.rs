@@ -26,6 +26,7 @@ pub fn scratch(test: &str) -> PathBuf {
 
 /// True when this machine lets us make network namespaces; under CI=true it must.
 pub fn can_isolate(test: &str) -> bool {
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }

@@ -390,3 +390,98 @@ fn clean(r: &Report) -> Finding {
         fix: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::report;
+    use crate::report::ServerOutcome;
+
+    fn holder(inode: u64, pid: Option<u32>, fd: Option<i32>, role: Role) -> Holder {
+        Holder {
+            side: Side::Server,
+            state: TcpState::CloseWait,
+            local: "127.0.0.1:40000".into(),
+            remote: format!("127.0.0.1:{}", 50000 + inode),
+            inode,
+            pid,
+            fd,
+            role,
+            comm: pid.map(|_| "cwlab-acceptor".into()),
+        }
+    }
+
+    fn ended(close_wait: u32, fds: (u32, u32), holders: Vec<Holder>) -> Report {
+        let mut r = report("t", 3);
+        r.final_counts.server.insert(TcpState::CloseWait, close_wait);
+        r.final_counts.server.retain(|_, n| *n > 0);
+        r.acceptor.fds_baseline = Some(fds.0);
+        r.acceptor.fds_end = Some(fds.1);
+        r.holders = holders;
+        r
+    }
+
+    #[test]
+    fn a_socket_two_processes_hold_counts_once() {
+        let rows = [
+            holder(1, Some(10), Some(5), Role::Acceptor),
+            holder(1, Some(11), Some(7), Role::Acceptor),
+            holder(2, Some(10), Some(6), Role::Acceptor),
+        ];
+        assert_eq!(held_sockets(&rows), 2);
+        let d = Diagnosis::of(&ended(2, (4, 6), rows.to_vec()));
+        assert_eq!(d.held.len(), 1);
+        assert_eq!(d.held_by(Side::Server, TcpState::CloseWait, Role::Acceptor), 2);
+        let pids: Vec<(u32, Vec<i32>)> =
+            d.held[0].processes.iter().map(|p| (p.pid, p.fds.clone())).collect();
+        assert_eq!(pids, [(10, vec![5, 6]), (11, vec![7])]);
+    }
+
+    #[test]
+    fn the_fork_leak_names_the_acceptor_and_the_fix() {
+        let rows = (1..=3).map(|i| holder(i, Some(10), Some(3 + i as i32), Role::Acceptor));
+        let d = Diagnosis::of(&ended(3, (4, 7), rows.collect()));
+        let f = d.primary().unwrap();
+        assert_eq!(f.kind, FindingKind::ForkLeak);
+        assert_eq!(f.sockets, 3);
+        assert_eq!(f.holders[0].fds, [4, 5, 6]);
+        assert_eq!(f.numbers["acceptor_fds_grew"], 3);
+        assert!(f.fix.as_deref().unwrap().starts_with("close the accepted socket in the parent"));
+        assert!(d.leaks());
+        assert_eq!(d.findings.len(), 1);
+    }
+
+    #[test]
+    fn no_close_wait_with_growing_descriptors_is_a_hidden_leak() {
+        let d = Diagnosis::of(&ended(0, (4, 104), Vec::new()));
+        assert_eq!(d.findings.len(), 1);
+        let f = &d.findings[0];
+        assert_eq!(f.kind, FindingKind::HiddenLeak);
+        assert_eq!(f.explanation, "the symptom is gone, the fd leak is not: the acceptor holds 100 more descriptors than before the clients came");
+        assert!(d.leaks());
+    }
+
+    #[test]
+    fn close_wait_nobody_holds_is_the_backlog_not_a_leak() {
+        let rows = (1..=2).map(|i| holder(i, None, None, Role::Nobody)).collect();
+        let d = Diagnosis::of(&ended(2, (4, 4), rows));
+        assert_eq!(d.primary().unwrap().kind, FindingKind::Backlog);
+        assert!(!d.leaks());
+    }
+
+    #[test]
+    fn clean_hung_and_accept_errors() {
+        let d = Diagnosis::of(&ended(0, (4, 4), Vec::new()));
+        assert_eq!(d.findings.len(), 1);
+        assert_eq!(d.findings[0].kind, FindingKind::Clean);
+        assert_eq!(
+            d.findings[0].explanation,
+            "no socket waits in CLOSE-WAIT and the acceptor is back to its 4 descriptors"
+        );
+        let mut r = ended(0, (4, 4), Vec::new());
+        r.client_outcome.hung = 2;
+        r.server = ServerOutcome { accepted: 1, accept_errors: 5, accept_errno: Some(24) };
+        let kinds: Vec<FindingKind> = Diagnosis::of(&r).findings.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, [FindingKind::AcceptFailing, FindingKind::HungClients]);
+    }
+}

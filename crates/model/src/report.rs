@@ -2,45 +2,157 @@
 //!
 //! # Format
 //!
-//! ```text
+//! ```json
 //! {
-//!   "schema_version": 1,
-//!   "scenario": {"name": "leak", "file": "scenarios/leak.toml", "behaviour": "close-only", "story": "…"},
-//!   "isolation": "netns" | "host",
-//!   "isolation_note": null | "why the run fell back to the host",
-//!   "topology": "loopback" | "two-hosts",  // absent in reports before it: loopback
-//!   "port": 40123,                       // the server's listening port
-//!   "clients": 100,                      // how many clients the scenario runs
-//!   "acceptor": {"pid": 4711, "fds_baseline": 4, "fds_end": 104},
-//!   "phases": [{"phase": "listen", "t_ms": 0}, {"phase": "connect", "t_ms": 2}, …],
-//!   "samples": [{"t_ms": 0, "phase": "listen", "server": {"LISTEN": 1}, "client": {}, "acceptor_fds": 4}, …],
+//!   "schema_version": 2,
+//!   "scenario": {
+//!     "name": "leak",
+//!     "file": "scenarios/leak.toml",
+//!     "behaviour": "close-only",
+//!     "story": "The leak: the acceptor keeps its copy of every accepted socket, …"
+//!   },
+//!   "isolation": "netns",
+//!   "isolation_note": null,
+//!   "topology": "loopback",
+//!   "port": 45347,
+//!   "clients": 100,
+//!   "acceptor": {"pid": 11558, "fds_baseline": 4, "fds_end": 104},
+//!   "phases": [
+//!     {"phase": "listen", "t_ms": 0},
+//!     {"phase": "connect", "t_ms": 58},
+//!     {"phase": "close", "t_ms": 111},
+//!     {"phase": "hold", "t_ms": 119},
+//!     {"phase": "end", "t_ms": 1621}
+//!   ],
+//!   "samples": [
+//!     {"t_ms": 0, "phase": "listen", "server": {"LISTEN": 1}, "client": {}, "acceptor_fds": 4},
+//!     {
+//!       "t_ms": 1621,
+//!       "phase": "end",
+//!       "server": {"CLOSE-WAIT": 100, "LISTEN": 1},
+//!       "client": {"FIN-WAIT-2": 100},
+//!       "acceptor_fds": 104
+//!     }
+//!   ],
 //!   "final": {"server": {"CLOSE-WAIT": 100, "LISTEN": 1}, "client": {"FIN-WAIT-2": 100}},
-//!   "holders": [{"side": "server", "state": "CLOSE-WAIT", "local": "127.0.0.1:40123",
-//!                "remote": "127.0.0.1:51234", "inode": 81234, "pid": 4711, "fd": 5,
-//!                "role": "acceptor", "comm": "cwlab"}, …],
+//!   "holders": [
+//!     {
+//!       "side": "server",
+//!       "state": "CLOSE-WAIT",
+//!       "local": "127.0.0.1:45347",
+//!       "remote": "127.0.0.1:42334",
+//!       "inode": 7531,
+//!       "pid": 11558,
+//!       "fd": 4,
+//!       "role": "acceptor",
+//!       "comm": "cwlab-acceptor"
+//!     },
+//!     {
+//!       "side": "client",
+//!       "state": "FIN-WAIT-2",
+//!       "local": "127.0.0.1:42334",
+//!       "remote": "127.0.0.1:45347",
+//!       "inode": 0,
+//!       "pid": null,
+//!       "fd": null,
+//!       "role": "nobody",
+//!       "comm": null
+//!     }
+//!   ],
 //!   "client_outcome": {"completed": 100, "failed": 0, "hung": 0, "first_error": null},
 //!   "server": {"accepted": 100, "accept_errors": 0, "accept_errno": null},
-//!   "fds_by_role": {"acceptor": 104, "helper": 150},  // at the end, summed per role
-//!   "transitions": {"available": true, "note": null, "events": 600, "lost": 0,
-//!                   "counts": [{"side": "server", "from": "ESTAB", "to": "CLOSE-WAIT", "connections": 100}, …],
-//!                   "paths": [{"side": "server", "path": ["ESTAB", "CLOSE-WAIT"], "connections": 100}, …],
-//!                   "durations": [{"side": "client", "state": "FIN-WAIT-1", "connections": 100,
-//!                                  "min_ms": 0.02, "median_ms": 0.04, "max_ms": 0.3}, …],
-//!                   "first": [{"client_port": 51234, "server": [["SYN-RECV", 3.1], …], "client": […]}]},
-//!   "packets": {"available": true, "note": null, "pcap": "reports/leak.pcap" | null,
-//!               "server_segments": {"all": 300, "ACK": 300, "PSH": 100, "SYN": 100},
-//!               "client_segments": {…}, "connections": 100,
-//!               "server_sent": {"SYN": 100, "ACK": 100, "PSH": 100},   // connections, by flag
-//!               "client_sent": {"FIN": 100, …}},
-//!   "expectations": [{"text": "server CLOSE-WAIT == clients for 1s", "passed": true,
-//!                     "observed": 100, "detail": "held 100 for 1.45s"}, …],
-//!   "verdict": "pass" | "fail" | "error",
-//!   "error": null | "what stopped the run",
-//!   "interrupted": false,                // true when SIGINT or SIGTERM ended the run early
-//!   "stopped_in": null | "connect",      // the phase a signal or the deadline stopped
-//!   "duration_ms": 1712
+//!   "fds_by_role": {"acceptor": 104, "handler": 0},
+//!   "transitions": {
+//!     "available": true,
+//!     "note": null,
+//!     "events": 700,
+//!     "lost": 0,
+//!     "counts": [{"side": "server", "from": "ESTAB", "to": "CLOSE-WAIT", "connections": 100}],
+//!     "paths": [{"side": "server", "path": ["ESTAB", "CLOSE-WAIT"], "connections": 100}],
+//!     "durations": [
+//!       {
+//!         "side": "server",
+//!         "state": "ESTAB",
+//!         "connections": 100,
+//!         "min_ms": 50.703,
+//!         "median_ms": 54.248,
+//!         "max_ms": 57.338
+//!       }
+//!     ],
+//!     "first": [
+//!       {
+//!         "client_port": 42334,
+//!         "server": [["SYN-RECV", 59.253], ["ESTAB", 59.261], ["CLOSE-WAIT", 111.417]],
+//!         "client": [["ESTAB", 59.236], ["FIN-WAIT-1", 111.413], ["FIN-WAIT-2", 157.088], ["CLOSE", 157.089]]
+//!       }
+//!     ]
+//!   },
+//!   "packets": {
+//!     "available": true,
+//!     "note": null,
+//!     "pcap": null,
+//!     "server_segments": {"ACK": 400, "PSH": 100, "SYN": 100, "all": 400},
+//!     "client_segments": {"ACK": 400, "FIN": 100, "PSH": 100, "SYN": 100, "all": 500},
+//!     "connections": 100,
+//!     "server_sent": {"ACK": 100, "PSH": 100, "SYN": 100},
+//!     "client_sent": {"ACK": 100, "FIN": 100, "PSH": 100, "SYN": 100},
+//!     "dropped": 0
+//!   },
+//!   "expectations": [
+//!     {
+//!       "text": "server CLOSE-WAIT == clients for 1s",
+//!       "passed": true,
+//!       "observed": 100,
+//!       "detail": "100 for 1463 ms",
+//!       "observable": true
+//!     },
+//!     {
+//!       "text": "server CLOSE-WAIT held by acceptor == clients",
+//!       "passed": true,
+//!       "observed": 100,
+//!       "detail": "100 at the end",
+//!       "observable": true
+//!     }
+//!   ],
+//!   "diagnosis": {
+//!     "findings": [
+//!       {
+//!         "kind": "fork-leak",
+//!         "title": "fork leak: 100 CLOSE-WAIT held by the acceptor",
+//!         "sockets": 100,
+//!         "holders": [{"pid": 11558, "name": "cwlab-acceptor", "role": "acceptor", "fds": [4, 5, 6]}],
+//!         "numbers": {"acceptor_fds_grew": 100, "close_wait": 100, "held": 100},
+//!         "explanation": "the acceptor holds 100 connections the clients have closed: the last reference never went, so no FIN was sent",
+//!         "fix": "close the accepted socket in the parent right after fork(); shutdown(SHUT_RDWR) in the child only hides it"
+//!       }
+//!     ],
+//!     "held": [
+//!       {
+//!         "side": "server",
+//!         "state": "CLOSE-WAIT",
+//!         "role": "acceptor",
+//!         "sockets": 100,
+//!         "processes": [{"pid": 11558, "name": "cwlab-acceptor", "role": "acceptor", "fds": [4, 5, 6]}]
+//!       },
+//!       {"side": "client", "state": "FIN-WAIT-2", "role": "nobody", "sockets": 100, "processes": []}
+//!     ]
+//!   },
+//!   "verdict": "pass",
+//!   "error": null,
+//!   "interrupted": false,
+//!   "stopped_in": null,
+//!   "duration_ms": 1722
 //! }
 //! ```
+//!
+//! This is a real report of `leak`, its lists cut to one or two entries (a test parses it, and
+//! writes it back unchanged). `isolation` is `netns` or `host` (with `isolation_note` saying why
+//! the run fell back); `topology` is `loopback` or `two-hosts`; `phases` are `listen`, `connect`,
+//! `close`, `hold`, `end`; `verdict` is `pass`, `fail` or `error` (with `error` saying what
+//! stopped the run, `interrupted` true when a signal did, `stopped_in` the phase). `diagnosis`
+//! (schema 2) is [`Diagnosis`]: `findings[].kind` is one of `fork-leak`, `exec-inherited`,
+//! `worker-inherited`, `handler-holds`, `held-elsewhere`, `hidden-leak`, `accept-failing`,
+//! `backlog`, `hung-clients`, `clean`; `held` groups the stuck sockets by side, state and role.
 //!
 //! Times are milliseconds since the server reported LISTEN. Counts maps name only the states with
 //! at least one socket: a state that is absent has a count of 0. `server` counts the sockets whose
@@ -487,6 +599,23 @@ impl fmt::Display for Verdict {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    /// The example of this module's `# Format`.
+    pub(crate) fn format_example() -> String {
+        let source = include_str!("report.rs");
+        let start = source.find("//! ```json\n").expect("a json example") + "//! ```json\n".len();
+        let end = start + source[start..].find("//! ```\n").expect("its end");
+        source[start..end].lines().map(|l| l.strip_prefix("//!").unwrap_or(l)).collect()
+    }
+
+    #[test]
+    fn the_format_doc_is_a_report_this_code_writes_back_unchanged() {
+        let text = format_example();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let r: Report = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(r.schema_version, SCHEMA_VERSION);
+        assert_eq!(serde_json::to_value(&r).unwrap(), doc);
+    }
 
     /// A report of a run that has not begun: no sample, no holder, nothing observed.
     pub(crate) fn report(name: &str, clients: u32) -> Report {

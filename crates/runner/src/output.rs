@@ -12,7 +12,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -56,23 +56,16 @@ impl AtomicFile {
             self.file.sync_all()?;
             if self.unnamed {
                 guard(&self.tmp);
-                let from =
-                    CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd())).unwrap();
-                let to =
-                    CString::new(self.tmp.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-                // SAFETY: two valid C strings; AT_SYMLINK_FOLLOW links the file the fd names.
-                let rc = unsafe {
-                    libc::linkat(
-                        libc::AT_FDCWD,
-                        from.as_ptr(),
-                        libc::AT_FDCWD,
-                        to.as_ptr(),
-                        libc::AT_SYMLINK_FOLLOW,
-                    )
-                };
-                if rc != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // AT_SYMLINK_FOLLOW through /proc links the file the descriptor names (without
+                // CAP_DAC_READ_SEARCH, AT_EMPTY_PATH would be refused).
+                let from = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    from.as_str(),
+                    rustix::fs::CWD,
+                    &self.tmp,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )?;
             }
             std::fs::rename(&self.tmp, &self.path)
         })();
@@ -108,16 +101,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// An unnamed regular file in `dir`.
 fn unnamed(dir: &Path) -> std::io::Result<File> {
-    let c_dir = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: open(2) with a valid path; the descriptor is owned by the File.
-    let fd = unsafe {
-        libc::open(c_dir.as_ptr(), libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC, 0o644)
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is fresh and ours.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?;
+    Ok(File::from(fd))
 }
 
 #[cfg(test)]

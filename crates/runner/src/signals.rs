@@ -7,7 +7,7 @@
 //! # References
 //! signal-safety(7), sigaction(2), pipe2(2).
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
@@ -18,7 +18,8 @@ static TEMPORARY: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut())
 
 extern "C" fn on_signal(sig: libc::c_int) {
     if RECEIVED.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-        // SAFETY: kill(2), unlink(2) and _exit(2) are async-signal-safe.
+        // SAFETY: kill(2), unlink(2) and _exit(2) are async-signal-safe; `tmp` is null or a
+        // C string leaked by `guard_temporary`, never freed while it is stored.
         unsafe {
             let group = GROUP.load(Ordering::SeqCst);
             if group > 0 {
@@ -33,7 +34,9 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
     let fd = WAKE.load(Ordering::SeqCst);
     if fd >= 0 {
-        // SAFETY: write(2) is async-signal-safe; a full pipe already holds a wake-up.
+        // SAFETY: write(2) is async-signal-safe, the buffer is a live one-byte array, and the
+        // descriptor is the pipe's write end, which is never closed; a full pipe already holds
+        // a wake-up.
         unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) };
     }
 }
@@ -51,16 +54,14 @@ pub fn install() -> std::io::Result<()> {
     if WAKE_READ.get().is_some() {
         return Ok(());
     }
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors that nothing else owns.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
     // The write end lives as long as the process: the handler may write to it at any time.
-    WAKE.store(fds[1], Ordering::SeqCst);
+    WAKE.store(write.into_raw_fd(), Ordering::SeqCst);
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction with our handler and no SA_RESTART, so blocking calls return
-        // EINTR and the run can look at what arrived.
+        // SAFETY: a zeroed sigaction is valid; the handler does only async-signal-safe things
+        // (atomics, kill, unlink, write, _exit). No SA_RESTART, so blocking calls return EINTR
+        // and the run can look at what arrived. Raw libc: the handler's signature is the C one.
         unsafe {
             let mut sa: libc::sigaction = std::mem::zeroed();
             sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
@@ -70,8 +71,7 @@ pub fn install() -> std::io::Result<()> {
             }
         }
     }
-    // SAFETY: fds[0] is ours alone.
-    let _ = WAKE_READ.set(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    let _ = WAKE_READ.set(read);
     Ok(())
 }
 

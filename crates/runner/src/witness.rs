@@ -22,8 +22,7 @@ type Pcap = BufWriter<std::fs::File>;
 /// removes the tracefs instance `DIR`, retrying while the runner's last open file in it closes.
 pub fn janitor(dir: &std::path::Path) -> i32 {
     let mut buf = [0u8; 64];
-    // SAFETY: reading stdin into a local buffer.
-    while unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    while matches!(nix::unistd::read(0, &mut buf), Ok(n) if n > 0) {}
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match std::fs::remove_dir(dir) {

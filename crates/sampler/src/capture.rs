@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bytes of each packet kept in the pcap file: the Ethernet, IP and TCP headers.
@@ -70,30 +70,21 @@ impl<W: Write> Capture<W> {
         let name = std::ffi::CString::new(iface)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
         let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: socket(2); the result is checked before it is owned.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(proto),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: if_nametoindex with a C string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        let fd = rustix::net::socket_with(
+            AddressFamily::PACKET,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            Some(rustix::net::eth::ALL),
+        )?;
+        let ifindex = nix::net::if_::if_nametoindex(name.as_c_str())?;
         // SAFETY: sockaddr_ll is plain data; zeroed is valid.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = proto;
         sll.sll_ifindex = ifindex as i32;
-        // SAFETY: bind(2) with a sockaddr_ll of the right size.
+        // SAFETY: bind(2) reads a sockaddr_ll of exactly the size given, from a live local; neither
+        // nix nor rustix builds a sockaddr_ll with a protocol and an ifindex.
         let rc = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
@@ -104,17 +95,9 @@ impl<W: Write> Capture<W> {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: setsockopt with an int. A bigger queue only lowers the chance of drops.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                4,
-            )
-        };
+        // A bigger queue only lowers the chance of drops: a refusal is no failure.
+        let _ =
+            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
         if let Some(w) = out.as_mut() {
             write_header(w)?;
         }
@@ -132,7 +115,10 @@ impl<W: Write> Capture<W> {
             // SAFETY: sockaddr_ll is plain data.
             let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: the buffer and address are valid for the lengths given.
+            // SAFETY: recvfrom(2) writes at most `buf.len()` bytes into the buffer and at most `len`
+            // into `from`, both live and exclusively borrowed here. It stays raw: the packet type
+            // and device type of the sender's sockaddr_ll are what the skip below reads, and nix's
+            // LinkAddr does not expose the device type.
             let n = unsafe {
                 libc::recvfrom(
                     self.fd.as_raw_fd(),
@@ -187,7 +173,8 @@ impl<W: Write> Capture<W> {
 fn dropped(fd: &OwnedFd) -> u64 {
     let mut st = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
     let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-    // SAFETY: getsockopt into a tpacket_stats of the right size.
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `st`, a live local of that size;
+    // PACKET_STATISTICS is in neither nix nor rustix.
     let rc = unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),

@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use crate::{Error, PortSide, Query, SocketRecord, TcpState};
 
@@ -47,19 +47,14 @@ impl SockDiag {
     /// # References
     /// socket(2), netlink(7), sock_diag(7).
     pub fn open() -> Result<SockDiag, Error> {
-        // SAFETY: plain socket(2) call; the result is checked before it is owned.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(Error::io("open a NETLINK_SOCK_DIAG socket")(io::Error::last_os_error()));
-        }
-        // SAFETY: fd is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        use rustix::net::{netlink, AddressFamily, SocketFlags, SocketType};
+        let fd = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::DGRAM,
+            SocketFlags::CLOEXEC,
+            Some(netlink::SOCK_DIAG),
+        )
+        .map_err(|e| Error::io("open a NETLINK_SOCK_DIAG socket")(e.into()))?;
         Ok(SockDiag { fd, buf: vec![0; RECV_BUF], seq: 0, one_walk: true })
     }
 
@@ -94,18 +89,13 @@ impl SockDiag {
 
     fn read_replies(&mut self, f: &mut impl FnMut(&SocketRecord)) -> Result<(), Error> {
         loop {
-            // SAFETY: the buffer is valid for writes of its length.
-            let n = unsafe {
-                libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0)
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::io("read a sock_diag reply")(e));
-            }
-            if walk(&self.buf[..n as usize], f)? {
+            let n =
+                match rustix::net::recv(&self.fd, &mut self.buf, rustix::net::RecvFlags::empty()) {
+                    Ok(n) => n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(Error::io("read a sock_diag reply")(e.into())),
+                };
+            if walk(&self.buf[..n], f)? {
                 return Ok(());
             }
         }
@@ -113,15 +103,12 @@ impl SockDiag {
 }
 
 fn send(fd: &OwnedFd, req: &[u8]) -> Result<(), Error> {
+    // An unconnected netlink socket sends to the kernel.
     loop {
-        // SAFETY: req is a valid buffer; an unconnected netlink socket sends to the kernel.
-        let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(Error::io("send a sock_diag request")(e));
+        match rustix::net::send(fd, req, rustix::net::SendFlags::empty()) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(Error::io("send a sock_diag request")(e.into())),
         }
     }
 }

@@ -224,39 +224,29 @@ pub fn count_split(q: &Query) -> Result<usize, Error> {
 }
 
 /// A set of CPUs a thread may run on (`sched_setaffinity(2)`).
-struct CpuMask(libc::cpu_set_t);
+struct CpuMask(nix::sched::CpuSet);
 
 impl CpuMask {
     /// The calling thread's mask.
     fn of_this_thread() -> Option<CpuMask> {
-        // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            (libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) == 0)
-                .then_some(CpuMask(set))
-        }
+        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok().map(CpuMask)
     }
 
     fn one(cpu: usize) -> CpuMask {
-        // SAFETY: cpu_set_t is plain data; CPU_SET writes within it.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            CpuMask(set)
-        }
+        let mut set = nix::sched::CpuSet::new();
+        let _ = set.set(cpu);
+        CpuMask(set)
     }
 
     fn contains(&self, cpu: usize) -> bool {
-        // SAFETY: CPU_ISSET reads within the set; out-of-range CPUs read as absent.
-        cpu < libc::CPU_SETSIZE as usize && unsafe { libc::CPU_ISSET(cpu, &self.0) }
+        self.0.is_set(cpu).unwrap_or(false)
     }
 
     /// Two CPUs of the mask: the one the caller runs on first (binding the first thread there
     /// moves nobody), then another.
     fn two_cpus(&self) -> Option<[usize; 2]> {
-        // SAFETY: sched_getcpu has no preconditions.
-        let here = usize::try_from(unsafe { libc::sched_getcpu() }).ok();
-        let mut cpus = (0..libc::CPU_SETSIZE as usize).filter(|&c| self.contains(c));
+        let here = nix::sched::sched_getcpu().ok();
+        let mut cpus = (0..nix::sched::CpuSet::count()).filter(|&c| self.contains(c));
         let first = here.filter(|&c| self.contains(c)).or_else(|| cpus.next())?;
         let second = cpus.find(|&c| c != first)?;
         Some([first, second])
@@ -264,8 +254,7 @@ impl CpuMask {
 
     /// Binds the calling thread to the mask. Best effort: a refusal leaves it where it was.
     fn apply(&self) {
-        // SAFETY: a valid set of its own size; pid 0 is the calling thread.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&self.0), &self.0) };
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
     }
 }
 

@@ -9,14 +9,11 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Moves the calling thread into a new network namespace and brings its loopback up.
 pub fn enter_private() -> io::Result<()> {
-    // SAFETY: unshare(2) with a flag; no memory is passed.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
     loopback_up()
 }
 
@@ -76,10 +73,7 @@ pub fn in_namespace_of<T: Send>(
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     std::thread::scope(|s| {
         s.spawn(move || {
-            // SAFETY: setns(2) with an open namespace file, on this thread only.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
             f()
         })
         .join()
@@ -159,27 +153,18 @@ impl Message {
     fn send_and_ack(mut self) -> io::Result<()> {
         let len = self.0.len() as u32;
         self.0[0..4].copy_from_slice(&len.to_ne_bytes());
-        // SAFETY: socket(2); the descriptor is owned at once.
-        let fd = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just opened and is ours.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the buffer is valid for its length; an unbound netlink socket sends to the
-        // kernel.
-        if unsafe { libc::send(fd.as_raw_fd(), self.0.as_ptr().cast(), self.0.len(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
+        let fd = rustix::net::socket_with(
+            AddressFamily::NETLINK,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            None, // protocol 0: NETLINK_ROUTE
+        )?;
+        // An unbound netlink socket sends to the kernel.
+        rustix::net::send(&fd, &self.0, SendFlags::empty())?;
         let mut buf = [0u8; 1024];
-        // SAFETY: the buffer is valid for writes of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let reply = &buf[..n as usize];
+        let n = rustix::net::recv(&fd, &mut buf, RecvFlags::empty())?;
+        let reply = &buf[..n];
         // NLMSG_ERROR: the header, then the error (0 for success), then the request echoed.
         if reply.len() >= 20 && u16::from_ne_bytes([reply[4], reply[5]]) == 2 {
             let errno = i32::from_ne_bytes(reply[16..20].try_into().unwrap());
@@ -201,14 +186,15 @@ fn c_name(name: &str) -> io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// A datagram socket used only for the interface ioctls.
 fn inet_socket() -> io::Result<OwnedFd> {
-    // SAFETY: a plain datagram socket used only for ioctls; owned at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is ours.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    Ok(rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 fn ifreq(name: &str) -> io::Result<libc::ifreq> {

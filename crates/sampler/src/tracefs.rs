@@ -50,17 +50,14 @@ fn tracefs_root() -> Result<PathBuf, String> {
             return Ok(PathBuf::from(d));
         }
     }
-    let target = c"/sys/kernel/tracing";
-    // SAFETY: mount(2) with valid C strings and no data.
-    let rc = unsafe {
-        libc::mount(c"nodev".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
-    };
-    if rc != 0 {
-        return Err(format!(
-            "tracefs is not mounted and cannot be mounted ({})",
-            std::io::Error::last_os_error()
-        ));
-    }
+    nix::mount::mount(
+        Some("nodev"),
+        "/sys/kernel/tracing",
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("tracefs is not mounted and cannot be mounted ({e})"))?;
     Ok(PathBuf::from("/sys/kernel/tracing"))
 }
 

@@ -234,6 +234,7 @@ fn the_holder_of_a_forked_copy_is_the_child_and_its_fd() {
             // Drop every copy the fork made but the accepted socket and the gate: the other
             // tests' sockets (and our client) must not stay open in here.
             let keep = [fd.min(gate_r.as_raw_fd()), fd.max(gate_r.as_raw_fd())];
+            // SAFETY: the child never returns to code that owns the descriptors closed here.
             unsafe {
                 libc::close_range(3, keep[0] as u32 - 1, 0);
                 libc::close_range(keep[0] as u32 + 1, keep[1] as u32 - 1, 0);
@@ -241,6 +242,7 @@ fn the_holder_of_a_forked_copy_is_the_child_and_its_fd() {
             }
             let mut b = [0u8; 1];
             let _ = read(gate_r.as_raw_fd(), &mut b);
+            // SAFETY: _exit(2) is async-signal-safe and never returns.
             unsafe { libc::_exit(0) };
         }
         ForkResult::Parent { child } => child,
