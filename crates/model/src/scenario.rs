@@ -485,8 +485,20 @@ impl Scenario {
     pub fn parse(file: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         let src = Source { file, text };
         let raw: RawScenario = toml::from_str(text).map_err(|e| {
-            let message = e.message().trim().replace('\n', " ");
-            src.error(e.span().map(|s| s.start), message)
+            let at = e.span().map_or(0, |s| s.start);
+            let mut message = e.message().trim().replace('\n', " ");
+            if message.is_empty() {
+                // The TOML parser names some refusals by place alone (a control character in a
+                // comment or a string): say what it is (found by tests/parsers.rs).
+                message = match text.get(at..).and_then(|t| t.chars().next()) {
+                    Some(c) if c.is_control() => {
+                        format!("invalid character {c:?}: control characters are not allowed here")
+                    }
+                    Some(c) => format!("invalid TOML at {c:?}"),
+                    None => "invalid TOML at the end of the file".to_string(),
+                };
+            }
+            src.error(Some(at), message)
         })?;
         let behaviour_name = raw.server.behaviour.get_ref();
         let behaviour = Behaviour::parse(behaviour_name).ok_or_else(|| {
