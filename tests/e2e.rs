@@ -156,17 +156,21 @@ fn every_scenario_file_has_a_row_in_the_truth_table() {
     assert_eq!(names, rows);
 }
 
+/// The leak's server judged by the fixed scenario's expectations, as `leak-as-fixed.toml` in `dir`.
+fn leak_as_fixed(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(root().join("scenarios/fixed.toml")).unwrap();
+    let text = text.replace("name = \"fixed\"", "name = \"leak-as-fixed\"");
+    let file = dir.join("leak-as-fixed.toml");
+    std::fs::write(&file, text.replace("\"shutdown-close\"", "\"close-only\"")).unwrap();
+    file
+}
+
 #[test]
 fn the_leak_judged_by_the_fixed_expectations_fails_and_says_why() {
     if !can_isolate("leak-as-fixed") {
         return;
     }
-    let dir = scratch("leak-as-fixed-src");
-    let text = std::fs::read_to_string(root().join("scenarios/fixed.toml")).unwrap();
-    let text = text.replace("name = \"fixed\"", "name = \"leak-as-fixed\"");
-    let text = text.replace("\"shutdown-close\"", "\"close-only\"");
-    let file = dir.join("leak-as-fixed.toml");
-    std::fs::write(&file, text).unwrap();
+    let file = leak_as_fixed(&scratch("leak-as-fixed-src"));
     let _one_at_a_time = serial();
     let (out, r) = run(&file, "leak-as-fixed");
     assert_exit!(out, 1);
@@ -618,10 +622,7 @@ fn issue_11_junit_has_a_case_per_expectation_and_failures_with_what_was_seen() {
         return;
     }
     let dir = scratch("junit");
-    let text = std::fs::read_to_string(root().join("scenarios/fixed.toml")).unwrap();
-    let text = text.replace("name = \"fixed\"", "name = \"leak-as-fixed\"");
-    let file = dir.join("leak-as-fixed.toml");
-    std::fs::write(&file, text.replace("\"shutdown-close\"", "\"close-only\"")).unwrap();
+    let file = leak_as_fixed(&dir);
     let xml = dir.join("junit.xml");
     let _one_at_a_time = serial();
     let out = cwlab(&[
