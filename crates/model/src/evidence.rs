@@ -113,6 +113,16 @@ impl Transitions {
             .sum()
     }
 
+    /// Whether some path ends FIN-WAIT → CLOSE: the kernel handed the socket to a timewait
+    /// socket, which the table shows as TIME-WAIT (or FIN-WAIT-2) and the tracepoint never
+    /// reports.
+    pub fn handed_to_timewait(&self) -> bool {
+        self.paths.iter().any(|p| {
+            p.path.ends_with(&[TcpState::FinWait2, TcpState::Close])
+                || p.path.ends_with(&[TcpState::FinWait1, TcpState::Close])
+        })
+    }
+
     /// How many connections on `side` took exactly `path` from ESTAB on.
     pub fn path(&self, side: Side, path: &[TcpState]) -> u64 {
         self.paths.iter().filter(|p| p.side == side && p.path == path).map(|p| p.connections).sum()

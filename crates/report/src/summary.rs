@@ -160,11 +160,7 @@ fn witnesses(s: &mut String, r: &Report) {
             let path: Vec<&str> = p.path.iter().map(|x| x.name()).collect();
             let _ = writeln!(s, "    {} {} × {}", p.side, p.connections, path.join(" → "));
         }
-        let handed_over = t.paths.iter().any(|p| {
-            p.path.ends_with(&[TcpState::FinWait2, TcpState::Close])
-                || p.path.ends_with(&[TcpState::FinWait1, TcpState::Close])
-        });
-        if handed_over {
+        if t.handed_to_timewait() {
             let _ = writeln!(
                 s,
                 "    (FIN-WAIT → CLOSE: the socket was handed to a timewait socket, which the table shows as TIME-WAIT or FIN-WAIT-2)"
