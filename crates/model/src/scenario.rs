@@ -624,13 +624,18 @@ fn check_run(
     hold: Duration,
     timeout: Duration,
 ) -> Result<(), ScenarioError> {
+    // Where a clash of two settings is placed: at the one written in the file (the other took
+    // its default), the first one when both are (found by tests/parsers.rs).
     let place = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.span().start);
+    let either = |a: &Option<Spanned<String>>, b: &Option<Spanned<String>>| {
+        place(a).or(place(b)).or(Some(0))
+    };
     if sample_interval.is_zero() {
         return Err(src.error(place(&raw.sample_interval), "expected a sample_interval above 0"));
     }
     if sample_interval > hold {
         return Err(src.error(
-            place(&raw.sample_interval),
+            either(&raw.sample_interval, &raw.hold),
             format!(
                 "sample_interval {} is longer than the hold ({}): the hold would see no sample",
                 duration::format(sample_interval),
@@ -640,7 +645,7 @@ fn check_run(
     }
     if timeout <= hold {
         return Err(src.error(
-            place(&raw.timeout),
+            either(&raw.timeout, &raw.hold),
             format!(
                 "timeout {} leaves no time beyond the hold ({})",
                 duration::format(timeout),

@@ -156,3 +156,19 @@ fn issue_11_a_control_character_in_a_comment_is_named_and_placed() {
         "s.toml:2:2: invalid character '\\0': control characters are not allowed here"
     );
 }
+
+#[test]
+fn issue_11_a_hold_longer_than_the_default_timeout_is_placed_at_the_hold() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/leak.toml"),
+    )
+    .unwrap();
+    assert!(!text.contains("timeout"), "leak.toml takes the default timeout");
+    let text = text.replace("hold = \"1500ms\"", "hold = \"90s\"");
+    let line = text.lines().position(|l| l.starts_with("hold")).unwrap() + 1;
+    let e = Scenario::parse(Path::new("s.toml"), &text).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("s.toml:{line}:8: timeout 60s leaves no time beyond the hold (90s)")
+    );
+}
