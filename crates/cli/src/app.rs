@@ -20,6 +20,9 @@ enum Command {
     Sockets(crate::sockets::Args),
     /// Run scenarios and check their expectations; the exit code is the verdict.
     Run(crate::run::Args),
+    /// Run your own server (any language) under the lab's witnesses: the verdict, who holds
+    /// what, and the fix. `cwlab check -- python3 server.py {port}`
+    Check(crate::check::Args),
     /// Run scenarios side by side in a live view (default: leak and fixed), for an audience.
     Demo(crate::demo::Args),
     /// Draw the timelines of finished runs as one SVG, side by side on one scale.
@@ -33,6 +36,9 @@ enum Command {
     /// Run a forking server (the runner starts this; it never starts a thread).
     #[command(hide = true)]
     Serve(crate::serve::Args),
+    /// Run a user's server contained (the runner starts this for `cwlab check`).
+    #[command(hide = true)]
+    Contain(crate::serve::ContainArgs),
     /// Hold inherited descriptors until stdin closes (a handler starts this).
     #[command(hide = true)]
     Helper,
@@ -62,10 +68,12 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Sockets(a) => crate::sockets::main(&a),
         Command::Run(a) => crate::run::main(&a),
+        Command::Check(a) => crate::check::main(&a),
         Command::List { dir } => crate::list::main(&dir),
         Command::Chart(a) => crate::chart_cmd::main(&a),
         Command::Demo(a) => crate::demo::main(&a),
         Command::Serve(a) => crate::serve::main(&a),
+        Command::Contain(a) => crate::serve::contain(&a),
         Command::Helper => Ok(cwlab_servers::helper()),
         Command::Janitor { dir } => Ok(cwlab_runner::janitor(&dir)),
     };

@@ -2,6 +2,7 @@
 
 mod app;
 mod chart_cmd;
+mod check;
 mod demo;
 mod list;
 mod run;

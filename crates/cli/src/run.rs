@@ -51,13 +51,23 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum IsolationArg {
+pub enum IsolationArg {
     Auto,
     Netns,
     Host,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+impl IsolationArg {
+    pub fn mode(self) -> IsolationMode {
+        match self {
+            IsolationArg::Auto => IsolationMode::Auto,
+            IsolationArg::Netns => IsolationMode::Netns,
+            IsolationArg::Host => IsolationMode::Host,
+        }
+    }
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     cwlab_model::duration::parse(s)
 }
 
@@ -76,14 +86,12 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     let exe = std::env::current_exe().map_err(Failure::bad_input)?;
     let opts = Options {
         exe,
-        isolation: match a.isolation {
-            IsolationArg::Auto => IsolationMode::Auto,
-            IsolationArg::Netns => IsolationMode::Netns,
-            IsolationArg::Host => IsolationMode::Host,
-        },
+        isolation: a.isolation.mode(),
         timeout: a.timeout,
         run_id: run_id(),
         pcap: None,
+        grace: cwlab_runner::GRACE,
+        ready_timeout: None,
         pace: a.step.then(cwlab_report::step::enter_keys),
     };
     let mut faces = reporters(a, &paths);
@@ -136,7 +144,7 @@ fn reporters(a: &Args, paths: &[PathBuf]) -> Reporters {
     Reporters(faces)
 }
 
-fn write_report(path: &Path, report: &Report) -> Result<(), Failure> {
+pub fn write_report(path: &Path, report: &Report) -> Result<(), Failure> {
     let mut bytes = serde_json::to_vec_pretty(report).expect("reports serialize");
     bytes.push(b'\n');
     cwlab_runner::write_atomically(path, &bytes).map_err(|e| {
@@ -145,7 +153,7 @@ fn write_report(path: &Path, report: &Report) -> Result<(), Failure> {
 }
 
 /// The mark on every process of this invocation: the runner's pid, then a nonce.
-fn run_id() -> String {
+pub fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -172,7 +180,7 @@ fn report_path(a: &Args, s: &Scenario) -> PathBuf {
 
 /// Refuses, before anything runs, a report path that cannot be written. Returns the folders it
 /// made for it, deepest first.
-fn check_writable(path: &Path) -> Result<Vec<PathBuf>, Failure> {
+pub fn check_writable(path: &Path) -> Result<Vec<PathBuf>, Failure> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -200,7 +208,7 @@ fn check_writable(path: &Path) -> Result<Vec<PathBuf>, Failure> {
 /// Folders the command made, deepest first: removed when it ends, those still empty (the ones
 /// no report went into).
 #[derive(Default)]
-struct MadeFolders(Vec<PathBuf>);
+pub struct MadeFolders(pub Vec<PathBuf>);
 
 impl Drop for MadeFolders {
     fn drop(&mut self) {

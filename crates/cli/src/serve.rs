@@ -14,3 +14,15 @@ pub struct Args {
 pub fn main(a: &Args) -> Result<i32, Failure> {
     cwlab_servers::serve(&a.options).map_err(Failure::bad_input)
 }
+
+/// `cwlab contain`: the hidden entry of a user's server, contained.
+#[derive(clap::Args)]
+pub struct ContainArgs {
+    /// The options as JSON (see cwlab_model::protocol): the runner writes them.
+    #[arg(value_parser = cwlab_model::protocol::ContainOptions::from_arg)]
+    options: cwlab_model::protocol::ContainOptions,
+}
+
+pub fn contain(a: &ContainArgs) -> Result<i32, Failure> {
+    cwlab_servers::contain(&a.options).map_err(Failure::bad_input)
+}

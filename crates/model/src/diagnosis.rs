@@ -101,6 +101,12 @@ pub enum FindingKind {
     Backlog,
     /// Clients waited for a reply or an EOF that never came.
     HungClients,
+    /// CLOSE-WAIT held by the listening process, which never forked: the handler never closes.
+    NeverClosed,
+    /// CLOSE-WAIT that drained within the hold: the server finishing its work, not a leak.
+    SlowClose,
+    /// The server went away during the run.
+    ServerGone,
     /// None of the above.
     Clean,
 }
@@ -118,6 +124,9 @@ impl FindingKind {
             FindingKind::AcceptFailing => "accept-failing",
             FindingKind::Backlog => "backlog",
             FindingKind::HungClients => "hung-clients",
+            FindingKind::NeverClosed => "never-closed",
+            FindingKind::SlowClose => "slow-close",
+            FindingKind::ServerGone => "server-gone",
             FindingKind::Clean => "clean",
         }
     }
@@ -131,6 +140,7 @@ impl FindingKind {
                 | FindingKind::WorkerInherited
                 | FindingKind::HeldElsewhere
                 | FindingKind::HiddenLeak
+                | FindingKind::NeverClosed
         )
     }
 }
@@ -176,8 +186,10 @@ impl Diagnosis {
     pub fn of(r: &Report) -> Diagnosis {
         let held = group(&r.holders);
         let mut findings = Vec::new();
+        gone(r, &mut findings);
         close_wait(r, &held, &mut findings);
         hidden(r, &mut findings);
+        slow(r, &mut findings);
         accept_errors(r, &mut findings);
         hung(r, &mut findings);
         if findings.is_empty() {
@@ -189,6 +201,11 @@ impl Diagnosis {
     /// The first finding: the one a title or a one-line summary shows.
     pub fn primary(&self) -> Option<&Finding> {
         self.findings.first()
+    }
+
+    /// Whether nothing is wrong: every finding is `clean` or a slow close (`cwlab check` exits 0).
+    pub fn is_clean(&self) -> bool {
+        self.findings.iter().all(|f| matches!(f.kind, FindingKind::Clean | FindingKind::SlowClose))
     }
 
     /// Whether any finding is a leak.
@@ -231,9 +248,18 @@ fn fds_grew(r: &Report) -> Option<i64> {
     Some(i64::from(r.acceptor.fds_end?) - i64::from(r.acceptor.fds_baseline?))
 }
 
+/// How the report names the listening process: the lab's acceptor, or a user's server.
+fn listener(r: &Report) -> String {
+    match &r.scenario.command {
+        None => "the acceptor".into(),
+        Some(_) => format!("the listening process (pid {})", r.acceptor.pid),
+    }
+}
+
 /// One finding per role that holds server CLOSE-WAIT sockets at the end.
 fn close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
     let total = r.final_counts.get(Side::Server, TcpState::CloseWait);
+    let who = listener(r);
     for h in held.iter().filter(|h| h.side == Side::Server && h.state == TcpState::CloseWait) {
         let n = h.sockets;
         let mut nums = vec![("close_wait", i64::from(total)), ("held", i64::from(n))];
@@ -241,16 +267,22 @@ fn close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
             nums.push(("acceptor_fds_grew", g));
         }
         let (kind, title, explanation, fix) = match h.role {
+            Role::Acceptor if r.acceptor.forked == Some(false) => (
+                FindingKind::NeverClosed,
+                format!("never closed: {n} CLOSE-WAIT held by the listening process"),
+                format!("{who} holds {n} connections the clients have closed, and it never forked: the server reads the EOF and never calls close()"),
+                Some("close the connection when a read returns EOF (0 bytes), on every path, errors included"),
+            ),
             Role::Acceptor => (
                 FindingKind::ForkLeak,
-                format!("fork leak: {n} CLOSE-WAIT held by the acceptor"),
-                format!("the acceptor holds {n} connections the clients have closed: the last reference never went, so no FIN was sent"),
+                format!("fork leak: {n} CLOSE-WAIT held by {}", if r.scenario.command.is_some() { "the listening process" } else { "the acceptor" }),
+                format!("{who} holds {n} connections the clients have closed: the last reference never went, so no FIN was sent"),
                 Some("close the accepted socket in the parent right after fork(); shutdown(SHUT_RDWR) in the child only hides it"),
             ),
             Role::Helper => (
                 FindingKind::ExecInherited,
                 format!("inherited across exec: {n} CLOSE-WAIT held by helpers"),
-                format!("{n} closed connections are held by helper processes that inherited them across exec: the acceptor is clean, the leak is in the children"),
+                format!("{n} closed connections are held by helper processes that inherited them across exec: {} is clean, the leak is in the children", who),
                 Some("set SOCK_CLOEXEC on the connection (accept4 with SOCK_CLOEXEC, or FD_CLOEXEC) before starting helpers"),
             ),
             Role::Worker => (
@@ -267,10 +299,14 @@ fn close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
             ),
             Role::Nobody => {
                 nums.push(("accepted", r.server.accepted as i64));
+                let accepted = match &r.scenario.command {
+                    None => format!("{} were accepted", r.server.accepted),
+                    Some(_) => "none was accepted".into(),
+                };
                 (
                     FindingKind::Backlog,
                     format!("backlog look-alike: {n} CLOSE-WAIT held by nobody"),
-                    format!("{n} CLOSE-WAIT sockets are held by no process and {} were accepted: they wait in the listen queue. A busy server, not a leak", r.server.accepted),
+                    format!("{n} CLOSE-WAIT sockets are held by no process and {accepted}: they wait in the listen queue. A busy server, not a leak"),
                     Some("none in the close path: the server is too busy to accept, not leaking"),
                 )
             }
@@ -293,6 +329,64 @@ fn close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
     }
 }
 
+/// The server went away before the run ended.
+fn gone(r: &Report, out: &mut Vec<Finding>) {
+    if !r.server.gone {
+        return;
+    }
+    let how = r.server.exited.as_deref().unwrap_or("its processes are gone");
+    out.push(Finding {
+        kind: FindingKind::ServerGone,
+        title: "the server went away during the run".into(),
+        sockets: 0,
+        holders: Vec::new(),
+        numbers: BTreeMap::new(),
+        explanation: format!("nothing of the server was left before the run ended ({how}): it crashed or quit, and what it held went with it"),
+        fix: None,
+    });
+}
+
+/// CLOSE-WAIT seen during the hold that was gone by the end: the server finished its work after
+/// the client's FIN, then closed.
+fn slow(r: &Report, out: &mut Vec<Finding>) {
+    if r.final_counts.get(Side::Server, TcpState::CloseWait) > 0 {
+        return;
+    }
+    let Some(hold) = r.hold_from_ms() else { return };
+    let seen: Vec<&crate::report::Sample> = r
+        .samples
+        .iter()
+        .filter(|s| s.t_ms >= hold && s.get(Side::Server, TcpState::CloseWait) > 0)
+        .collect();
+    let Some(last) = seen.last() else { return };
+    let peak = seen.iter().map(|s| s.get(Side::Server, TcpState::CloseWait)).max().unwrap_or(0);
+    let stay = r
+        .transitions
+        .durations
+        .iter()
+        .find(|d| d.side == Side::Server && d.state == TcpState::CloseWait);
+    let (how_long, mut nums) = match stay {
+        Some(d) => (
+            format!("each stayed {:.0} ms at the median, {:.0} ms at most (from the kernel's transitions)", d.median_ms, d.max_ms),
+            vec![("median_ms", d.median_ms.round() as i64), ("max_ms", d.max_ms.round() as i64)],
+        ),
+        None => {
+            let ms = last.t_ms.saturating_sub(hold);
+            (format!("the last was gone {ms} ms into the hold (from the samples)"), vec![("drained_ms", ms as i64)])
+        }
+    };
+    nums.push(("peak", i64::from(peak)));
+    out.push(Finding {
+        kind: FindingKind::SlowClose,
+        title: format!("slow close: up to {peak} CLOSE-WAIT, all drained"),
+        sockets: peak,
+        holders: Vec::new(),
+        numbers: numbers(&nums),
+        explanation: format!("up to {peak} server sockets sat in CLOSE-WAIT after the clients closed and all were closed within the hold: {how_long}. The server finished its work, then closed"),
+        fix: Some("none: it is the server finishing its work, not a leak".into()),
+    });
+}
+
 /// No CLOSE-WAIT, but the acceptor's descriptors grew: the FIN went out, the parent's copy did not
 /// go.
 fn hidden(r: &Report, out: &mut Vec<Finding>) {
@@ -300,9 +394,10 @@ fn hidden(r: &Report, out: &mut Vec<Finding>) {
         return;
     }
     let Some(grew) = fds_grew(r).filter(|g| *g > 0) else { return };
+    let who = listener(r);
     out.push(Finding {
         kind: FindingKind::HiddenLeak,
-        title: format!("symptom hidden: no CLOSE-WAIT, the acceptor holds {grew} more fds"),
+        title: format!("symptom hidden: no CLOSE-WAIT, {who} holds {grew} more fds"),
         sockets: 0,
         holders: Vec::new(),
         numbers: numbers(&[
@@ -311,7 +406,7 @@ fn hidden(r: &Report, out: &mut Vec<Finding>) {
             ("acceptor_fds_before", i64::from(r.acceptor.fds_baseline.unwrap_or(0))),
             ("acceptor_fds_after", i64::from(r.acceptor.fds_end.unwrap_or(0))),
         ]),
-        explanation: format!("the symptom is gone, the fd leak is not: the acceptor holds {grew} more descriptors than before the clients came"),
+        explanation: format!("the symptom is gone, the fd leak is not: {who} holds {grew} more descriptors than before the clients came"),
         fix: Some("the parent still keeps its copy: close it right after fork()".into()),
     });
 }
@@ -480,7 +575,12 @@ mod tests {
         );
         let mut r = ended(0, (4, 4), Vec::new());
         r.client_outcome.hung = 2;
-        r.server = ServerOutcome { accepted: 1, accept_errors: 5, accept_errno: Some(24) };
+        r.server = ServerOutcome {
+            accepted: 1,
+            accept_errors: 5,
+            accept_errno: Some(24),
+            ..Default::default()
+        };
         let kinds: Vec<FindingKind> = Diagnosis::of(&r).findings.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, [FindingKind::AcceptFailing, FindingKind::HungClients]);
     }

@@ -13,12 +13,17 @@
 //! {"event":"accepted","count":1}        // after each accept
 //! {"event":"accept-error","errno":24}   // after each failed accept
 //! ```
+//!
+//! A server of the user's own runs under `cwlab contain '{"command":{…},"port":P,…}'`, whose
+//! stdout says `{"event":"exited","status":"exit status 1"}` when the command's first process
+//! ends and `{"event":"empty"}` when nothing of the server is left; the command's own stdout and
+//! stderr go to `cwlab contain`'s stderr.
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{Behaviour, ServerLimits};
+use crate::scenario::{Behaviour, ServerCommand, ServerLimits};
 
 /// How to start the lab's server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +59,36 @@ impl ServeOptions {
     }
 }
 
+/// How to run a server of the user's own (`cwlab contain`): in a PID namespace of its own when
+/// the run has one, under an init of the lab's that reaps whatever the server leaves behind and
+/// stops it all when the lifeline (stdin) closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainOptions {
+    /// The command, `{port}` already replaced.
+    pub command: ServerCommand,
+    /// The run's port, also given as `PORT`.
+    pub port: u16,
+    /// Contain it in a PID namespace of its own.
+    pub pid_namespace: bool,
+    /// How long the server gets between SIGTERM and SIGKILL, in ms.
+    pub grace_ms: u64,
+}
+
+impl ContainOptions {
+    /// The options as the one argument of `cwlab contain`.
+    pub fn to_arg(&self) -> String {
+        serde_json::to_string(self).expect("options serialize")
+    }
+
+    /// Reads the argument of `cwlab contain`.
+    pub fn from_arg(s: &str) -> Result<ContainOptions, String> {
+        serde_json::from_str(s).map_err(|e| format!("bad contain options: {e}"))
+    }
+}
+
 /// One line the server writes on its stdout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ServerMessage {
     /// The acceptor's pid, when a PID namespace put it one fork away from the runner's child.
@@ -78,6 +111,13 @@ pub enum ServerMessage {
         /// Its errno (24 is EMFILE).
         errno: i32,
     },
+    /// The user's command (its first process) ended.
+    Exited {
+        /// How: `exit status 3`, `killed by signal 9`, or why it could not start.
+        status: String,
+    },
+    /// No process of the user's server is left.
+    Empty,
 }
 
 impl ServerMessage {
@@ -112,7 +152,7 @@ mod tests {
         assert_eq!(ServeOptions::from_arg(&o.to_arg()), Ok(o));
         let m = ServerMessage::AcceptError { errno: 24 };
         assert_eq!(m.line(), "{\"event\":\"accept-error\",\"errno\":24}\n");
-        assert_eq!(ServerMessage::parse(&m.line()), Some(m));
+        assert_eq!(ServerMessage::parse(&m.line()), Some(m.clone()));
         assert_eq!(ServerMessage::parse("listening 4000"), None);
         let e = ServeOptions::from_arg(r#"{"behaviour":"close-all"}"#).unwrap_err();
         assert!(e.contains("unknown server behaviour `close-all`"), "{e}");

@@ -210,6 +210,10 @@ pub struct Report {
     pub client_outcome: ClientOutcome,
     /// What the acceptor reported.
     pub server: ServerOutcome,
+    /// The last lines the server printed (stderr; for a command, stdout too), kept when the run
+    /// did not pass or the server went away.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_output: Vec<String>,
     /// Open descriptors at the end, summed over the acceptor and its descendants by role.
     pub fds_by_role: BTreeMap<Role, u64>,
     /// Every state transition, from the kernel's tracepoint.
@@ -252,13 +256,14 @@ impl Report {
             topology,
             port: 0,
             clients,
-            acceptor: Acceptor { pid: 0, fds_baseline: None, fds_end: None },
+            acceptor: Acceptor { pid: 0, fds_baseline: None, fds_end: None, forked: None },
             phases: vec![PhaseMark { phase: Phase::Listen, t_ms: 0 }],
             samples: Vec::new(),
             final_counts: SideCounts::default(),
             holders: Vec::new(),
             client_outcome: ClientOutcome::default(),
             server: ServerOutcome::default(),
+            server_output: Vec::new(),
             fds_by_role: BTreeMap::new(),
             transitions: Transitions { note: not_yet.clone(), ..Transitions::default() },
             packets: Packets { note: not_yet, ..Packets::default() },
@@ -305,6 +310,9 @@ pub struct ScenarioRef {
     pub behaviour: String,
     /// The story the scenario tells.
     pub story: String,
+    /// The user's command, when the server was one (`cwlab check`, `[server] command`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
 }
 
 /// Where a run's sockets lived.
@@ -336,6 +344,10 @@ pub struct Acceptor {
     pub fds_baseline: Option<u32>,
     /// Its open descriptors at the end.
     pub fds_end: Option<u32>,
+    /// For a user's server: whether the listening process forked during the run (a child alive
+    /// or unreaped at the end, or children it reaped). Absent for the lab's servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked: Option<bool>,
 }
 
 /// The phases of a run, in order.
@@ -555,6 +567,12 @@ pub struct ServerOutcome {
     pub accept_errors: u64,
     /// errno of the last failed accept(), if any (24 is EMFILE).
     pub accept_errno: Option<i32>,
+    /// A command's first process ended, and how (`exit status 0`): only for a user's server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exited: Option<String>,
+    /// Nothing of a user's server was left before the run ended: it crashed or quit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
 }
 
 /// One expectation and what was observed.
@@ -624,6 +642,7 @@ pub(crate) mod tests {
             file: format!("scenarios/{name}.toml"),
             behaviour: "close-only".into(),
             story: String::new(),
+            command: None,
         };
         Report::begin(scenario, Isolation::Netns, None, Topology::Loopback, clients)
     }

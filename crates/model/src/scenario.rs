@@ -200,6 +200,9 @@ pub enum ClientRead {
     None,
     /// Until the server's FIN: a client the FIN never reaches hangs until `reply_timeout`.
     UntilEof,
+    /// The first bytes of a reply of any length, then whatever follows them closely (a client
+    /// that closed with reply bytes unread would send RST, not FIN).
+    Some,
 }
 
 /// How each client ends its connection.
@@ -265,6 +268,8 @@ pub struct Clients {
     pub concurrency: u32,
     /// Bytes each client sends; the server echoes them.
     pub request_bytes: u32,
+    /// What each client sends instead of `request_bytes` of filler (`cwlab check`'s request).
+    pub request: Option<Vec<u8>>,
     /// What a client reads before it closes.
     pub read: ClientRead,
     /// How long a client waits for what it reads; past it, the client counts as hung.
@@ -309,6 +314,113 @@ impl Topology {
     }
 }
 
+/// What runs as the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerProgram {
+    /// One of the lab's forking servers (`cwlab serve`).
+    Lab(Behaviour),
+    /// A server of the user's own, any language (`cwlab check`, or `[server] command`).
+    Command(ServerCommand),
+}
+
+impl ServerProgram {
+    /// How reports name it: the behaviour, or `command`.
+    pub fn name(&self) -> &str {
+        match self {
+            ServerProgram::Lab(b) => b.name(),
+            ServerProgram::Command(_) => "command",
+        }
+    }
+}
+
+/// A server of the user's own: a program and its arguments, where `{port}` stands for the run's
+/// port (also in the `PORT` variable).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerCommand {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Variables set beside the caller's environment.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Where it runs; the caller's working directory when absent.
+    pub cwd: Option<PathBuf>,
+}
+
+impl ServerCommand {
+    /// The arguments with `{port}` replaced.
+    pub fn argv_for(&self, port: u16) -> Vec<String> {
+        self.argv.iter().map(|a| a.replace("{port}", &port.to_string())).collect()
+    }
+}
+
+/// What `cwlab check` was told: the scenario of a user's server is made of these.
+#[derive(Debug, Clone)]
+pub struct CheckSettings {
+    /// The server's command.
+    pub command: ServerCommand,
+    /// Its fixed port, or 0 for one of the run's own.
+    pub port: u16,
+    /// Clients, one connection each.
+    pub clients: u32,
+    /// How many connect at once.
+    pub concurrency: u32,
+    /// What each sends.
+    pub request: Vec<u8>,
+    /// What each reads before it closes.
+    pub read: ClientRead,
+    /// How long a client waits for it before it counts as hung.
+    pub reply_timeout: Duration,
+    /// How long the lab watches after the clients closed.
+    pub hold: Duration,
+    /// The run's deadline.
+    pub timeout: Duration,
+}
+
+/// The expectations of `cwlab check`: what a server that closes well shows.
+pub const CHECK_EXPECTATIONS: [&str; 3] =
+    ["server CLOSE-WAIT == 0", "acceptor fds growth <= 0", "hung clients == 0"];
+
+impl Scenario {
+    /// The scenario `cwlab check` runs: the user's command as the server, clients as told, and
+    /// [`CHECK_EXPECTATIONS`].
+    pub fn check(c: CheckSettings) -> Scenario {
+        let line = c.command.argv.join(" ");
+        Scenario {
+            file: PathBuf::from("cwlab check"),
+            name: "check".into(),
+            story: format!(
+                "Your server, `{line}`, under the lab's witnesses: {} clients connect, send a request, read the reply and close, then the lab watches what stays for {} and names who holds it.",
+                c.clients,
+                duration::format(c.hold)
+            ),
+            program: ServerProgram::Command(c.command),
+            port: c.port,
+            server: ServerLimits::default(),
+            clients: Clients {
+                count: c.clients,
+                count_position: (0, 0),
+                concurrency: c.concurrency.clamp(1, c.clients.max(1)),
+                request_bytes: c.request.len() as u32,
+                request: Some(c.request),
+                read: c.read,
+                reply_timeout: Some(c.reply_timeout),
+                close: ClientClose::Close,
+                sndbuf: None,
+                rcvbuf: None,
+            },
+            sample_interval: DEFAULT_SAMPLE_INTERVAL.min(c.hold),
+            hold: c.hold,
+            timeout: c.timeout,
+            expectations: CHECK_EXPECTATIONS
+                .iter()
+                .map(|e| Expectation::parse(e).expect("the check's expectations parse"))
+                .collect(),
+            require: Vec::new(),
+            topology: Topology::Loopback,
+        }
+    }
+}
+
 /// A scenario, read and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scenario {
@@ -318,8 +430,8 @@ pub struct Scenario {
     pub name: String,
     /// What it shows and why.
     pub story: String,
-    /// How the server ends connections.
-    pub behaviour: Behaviour,
+    /// The server: one of the lab's behaviours, or a command of the user's own.
+    pub program: ServerProgram,
     /// The port to listen on; 0 picks a free one.
     pub port: u16,
     /// The acceptor's descriptor limit and socket buffers.
@@ -342,6 +454,14 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The lab's behaviour, when the server is the lab's.
+    pub fn behaviour(&self) -> Option<Behaviour> {
+        match &self.program {
+            ServerProgram::Lab(b) => Some(*b),
+            ServerProgram::Command(_) => None,
+        }
+    }
+
     /// The first line of the story.
     pub fn headline(&self) -> &str {
         self.story.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
@@ -388,7 +508,11 @@ struct RawScenario {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    behaviour: Spanned<String>,
+    behaviour: Option<Spanned<String>>,
+    command: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    cwd: Option<String>,
     #[serde(default)]
     port: u16,
     nofile: Option<Spanned<u64>>,
@@ -403,6 +527,7 @@ struct RawClients {
     concurrency: Option<Spanned<u32>>,
     #[serde(default = "default_request_bytes")]
     request_bytes: u32,
+    request: Option<String>,
     read: Option<Spanned<String>>,
     reply_timeout: Option<Spanned<String>>,
     close: Option<Spanned<String>>,
@@ -500,16 +625,7 @@ impl Scenario {
             }
             src.error(Some(at), message)
         })?;
-        let behaviour_name = raw.server.behaviour.get_ref();
-        let behaviour = Behaviour::parse(behaviour_name).ok_or_else(|| {
-            src.at(
-                raw.server.behaviour.span(),
-                format!(
-                    "unknown server behaviour `{behaviour_name}` (expected one of {})",
-                    Behaviour::choices()
-                ),
-            )
-        })?;
+        let program = program(&src, &raw.server)?;
         let clients = clients(&src, &raw.clients)?;
         if let Some(n) = raw.server.nofile.as_ref().filter(|n| *n.get_ref() < 8) {
             return Err(
@@ -551,7 +667,7 @@ impl Scenario {
             file: file.to_path_buf(),
             name: raw.name,
             story: raw.story.trim().to_string(),
-            behaviour,
+            program,
             port: raw.server.port,
             server,
             clients,
@@ -562,6 +678,46 @@ impl Scenario {
             require,
             topology,
         })
+    }
+}
+
+/// The server: `behaviour` (the lab's) or `command` (the user's), exactly one.
+fn program(src: &Source<'_>, raw: &RawServer) -> Result<ServerProgram, ScenarioError> {
+    match (&raw.behaviour, &raw.command) {
+        (Some(b), None) => {
+            let name = b.get_ref();
+            let behaviour = Behaviour::parse(name).ok_or_else(|| {
+                src.at(
+                    b.span(),
+                    format!(
+                        "unknown server behaviour `{name}` (expected one of {})",
+                        Behaviour::choices()
+                    ),
+                )
+            })?;
+            if raw.cwd.is_some() || !raw.env.is_empty() {
+                return Err(src.at(b.span(), "`env` and `cwd` go with `command`, not `behaviour`"));
+            }
+            Ok(ServerProgram::Lab(behaviour))
+        }
+        (None, Some(c)) => {
+            if c.get_ref().first().is_none_or(|p| p.is_empty()) {
+                return Err(src.at(c.span(), "expected a command: a program and its arguments"));
+            }
+            Ok(ServerProgram::Command(ServerCommand {
+                argv: c.get_ref().clone(),
+                env: raw.env.clone(),
+                cwd: raw.cwd.as_ref().map(PathBuf::from),
+            }))
+        }
+        (Some(b), Some(_)) => Err(src.at(
+            b.span(),
+            "a server has a `behaviour` (the lab's) or a `command` (yours), not both",
+        )),
+        (None, None) => Err(src.error(
+            src.text.find("[server]").or(Some(0)),
+            "expected `behaviour = \"…\"` (one of the lab's) or `command = [\"program\", …]` in [server]",
+        )),
     }
 }
 
@@ -593,10 +749,13 @@ fn clients(src: &Source<'_>, raw: &RawClients) -> Result<Clients, ScenarioError>
         None | Some((_, "reply")) => ClientRead::Reply,
         Some((_, "none")) => ClientRead::None,
         Some((_, "until-eof")) => ClientRead::UntilEof,
+        Some((_, "some")) => ClientRead::Some,
         Some((r, other)) => {
             return Err(src.at(
                 r.span(),
-                format!("unknown client read `{other}` (expected one of reply, none, until-eof)"),
+                format!(
+                    "unknown client read `{other}` (expected one of reply, some, none, until-eof)"
+                ),
             ))
         }
     };
@@ -609,6 +768,7 @@ fn clients(src: &Source<'_>, raw: &RawClients) -> Result<Clients, ScenarioError>
         count_position: line_col(src.text, raw.count.span().start),
         concurrency,
         request_bytes: raw.request_bytes,
+        request: raw.request.as_ref().map(|r| r.clone().into_bytes()),
         read,
         reply_timeout,
         close,
@@ -720,7 +880,7 @@ hold = "1500ms"
         let s = load(GOOD).unwrap();
         assert_eq!(s.name, "leak");
         assert_eq!(s.headline(), "The parent keeps its copy.");
-        assert_eq!(s.behaviour, Behaviour::CloseOnly);
+        assert_eq!(s.behaviour(), Some(Behaviour::CloseOnly));
         assert_eq!(s.clients.count, 100);
         assert_eq!(s.clients.concurrency, 100);
         assert_eq!(s.clients.request_bytes, 64);

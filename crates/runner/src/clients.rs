@@ -16,7 +16,8 @@ use tokio::task::JoinSet;
 /// Connects every client and exchanges one request; returns the open streams and the tally.
 pub async fn connect_all(addr: SocketAddr, c: &Clients) -> (Vec<TcpStream>, ClientOutcome) {
     let gate = Arc::new(Semaphore::new(c.concurrency as usize));
-    let request = Arc::new(vec![b'x'; c.request_bytes as usize]);
+    let request =
+        Arc::new(c.request.clone().unwrap_or_else(|| vec![b'x'; c.request_bytes as usize]));
     let mut set = JoinSet::new();
     for _ in 0..c.count {
         let gate = gate.clone();
@@ -75,12 +76,33 @@ async fn exchange(
                 let mut sink = Vec::new();
                 s.read_to_end(&mut sink).await.map(|_| ())
             }
+            ClientRead::Some => read_some(&mut s).await,
         }
     };
     match tokio::time::timeout(wait, read).await {
         Ok(Ok(())) => Ok((s, false)),
         Ok(Err(e)) => Err(format!("read the reply: {e}")),
         Err(_) => Ok((s, true)),
+    }
+}
+
+/// How long a reply may pause before the client takes it as whole.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// The first bytes of a reply, then whatever follows within [`QUIET`] of the last, to the EOF:
+/// a client that closed with reply bytes unread would send RST instead of FIN, and the server's
+/// socket would never be seen in CLOSE-WAIT.
+async fn read_some(s: &mut TcpStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    if s.read(&mut buf).await? == 0 {
+        return Ok(());
+    }
+    loop {
+        match tokio::time::timeout(QUIET, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => return Ok(()),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ mod witness;
 
 pub use isolation::IsolationMode;
 pub use output::{write_atomically, AtomicFile};
-pub use run::{run, GoAhead, Options, Pace};
+pub use run::{run, GoAhead, Options, Pace, GRACE};
 pub use server::RUN_MARK;
 pub use witness::janitor;
 

@@ -11,18 +11,18 @@ use std::sync::Arc;
 use cwlab_model::diagnosis::Diagnosis;
 use cwlab_model::events::{PhaseStart, Reporter, RunEvent, Started, Waiting};
 use cwlab_model::expect::{evaluate, Evidence};
-use cwlab_model::protocol::ServeOptions;
+use cwlab_model::protocol::{ContainOptions, ServeOptions};
 use cwlab_model::report::{
     ClientOutcome, Isolation, Phase, PhaseMark, Report, Sample, ScenarioRef, Verdict,
 };
-use cwlab_model::scenario::{self, Topology};
+use cwlab_model::scenario::{self, ServerCommand, ServerProgram, Topology};
 use cwlab_model::{duration, Scenario};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::isolation::{self, IsolationMode};
 use crate::sampling::{PhaseCell, Probe, Sampler};
-use crate::server::{Launch, Server};
+use crate::server::{Launch, Program, Server};
 use crate::witness::Witness;
 use crate::{clients, hosts, io, signals, stuck, RunError};
 
@@ -39,6 +39,10 @@ pub struct Options {
     pub run_id: String,
     /// Where to write the run's packets as a pcap file, if anywhere.
     pub pcap: Option<PathBuf>,
+    /// How long a server gets between SIGTERM and SIGKILL when the run ends ([`GRACE`]).
+    pub grace: Duration,
+    /// How long a command may take to listen (the whole run's deadline when absent).
+    pub ready_timeout: Option<Duration>,
     /// A presenter's pace: before each phase the run reports [`RunEvent::Waiting`] and waits for
     /// the next go-ahead (the deadline then grows to an hour). The caller decides where go-aheads
     /// come from (Enter on a terminal, a line on stdin).
@@ -200,7 +204,7 @@ impl Work<'_> {
                 self.kept = kept;
             }
             Act::Hold => {
-                if self.scenario.behaviour.needs_release() {
+                if self.scenario.behaviour().is_some_and(|b| b.needs_release()) {
                     // A client's connect completes before the acceptor has forked its handler:
                     // release only once every handler exists (each inherits SIGUSR1 blocked, so
                     // none misses it).
@@ -215,9 +219,16 @@ impl Work<'_> {
     }
 }
 
-/// How long a server gets to exit after SIGTERM before SIGKILL. The lab's own servers exit at
-/// once (nothing in them handles SIGTERM); the grace is there for what is not the lab's.
-const GRACE: Duration = Duration::from_secs(2);
+/// How long a server gets to exit after SIGTERM before SIGKILL, by default. The lab's own
+/// servers exit at once (nothing in them handles SIGTERM); the grace is there for what is not
+/// the lab's.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// A port nothing listens on, from the kernel (bind to port 0, read it, let it go): in a private
+/// namespace nothing can take it before the server does.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
 
 /// Runs one scenario, telling `reporter` each event (its `finish` is the caller's, with the
 /// returned report). Call it on a thread that has started no other thread in this run: the
@@ -251,8 +262,12 @@ pub fn run(
     let scenario_ref = ScenarioRef {
         name: scenario.name.clone(),
         file: scenario.file.display().to_string(),
-        behaviour: scenario.behaviour.name().to_string(),
+        behaviour: scenario.program.name().to_string(),
         story: scenario.story.clone(),
+        command: match &scenario.program {
+            ServerProgram::Command(c) => Some(c.argv.clone()),
+            ServerProgram::Lab(_) => None,
+        },
     };
     let mut rec = Record {
         report: Report::begin(
@@ -268,20 +283,32 @@ pub fn run(
         reporter,
         stop: None,
     };
-    let launch = Launch {
-        exe: &opts.exe,
-        options: ServeOptions {
-            behaviour: scenario.behaviour,
+    let pid_namespace = isolation == Isolation::Netns;
+    let program = match &scenario.program {
+        ServerProgram::Lab(behaviour) => Program::Lab(ServeOptions {
+            behaviour: *behaviour,
             addr,
             port: scenario.port,
             backlog: 4096,
-            pid_namespace: isolation == Isolation::Netns,
+            pid_namespace,
             net_namespace: two_hosts,
             limits: scenario.server.clone(),
-        },
-        mark: &opts.run_id,
-        deadline,
+        }),
+        ServerProgram::Command(c) => {
+            let port = match scenario.port {
+                0 => free_port().map_err(io("find a free port"))?,
+                p => p,
+            };
+            Program::Command(ContainOptions {
+                command: ServerCommand { argv: c.argv_for(port), ..c.clone() },
+                port,
+                pid_namespace,
+                grace_ms: opts.grace.as_millis() as u64,
+            })
+        }
     };
+    let ready_by = opts.ready_timeout.map_or(deadline, |t| (Instant::now() + t).min(deadline));
+    let launch = Launch { exe: &opts.exe, program, mark: &opts.run_id, deadline: ready_by };
     let mut server = match Server::start(&launch) {
         Ok(s) => s,
         Err(RunError::Interrupted(sig)) => {
@@ -374,12 +401,24 @@ pub fn run(
     rec.report.acceptor.fds_end = last.acceptor_fds;
     rec.push(last);
     (rec.report.transitions, rec.report.packets) = witness.finish(port, t0_us, 3);
-    let end = stuck::survey(&records, port, server.acceptor);
+    let tree = match scenario.program {
+        ServerProgram::Lab(_) => stuck::Tree::Lab { acceptor: server.acceptor },
+        ServerProgram::Command(_) => {
+            stuck::Tree::Command { acceptor: server.acceptor, root: server.pid() }
+        }
+    };
+    let end = stuck::survey(&records, port, tree);
+    if let stuck::Tree::Command { acceptor, .. } = tree {
+        rec.report.acceptor.forked = Some(stuck::forked(acceptor));
+    }
     (rec.report.holders, rec.report.fds_by_role) = (end.holders, end.fds_by_role);
     rec.report.client_outcome = std::mem::take(&mut work.outcome);
     drop(work);
-    server.stop(GRACE);
+    server.stop(opts.grace);
     rec.report.server = server.outcome();
+    if rec.report.server.gone || rec.stop.is_some() || rec.report.server.exited.is_some() {
+        rec.report.server_output = server.output.lines();
+    }
     Ok(finish(rec, scenario, timeout))
 }
 

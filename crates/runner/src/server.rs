@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cwlab_model::protocol::{ServeOptions, ServerMessage};
+use cwlab_model::protocol::{ContainOptions, ServeOptions, ServerMessage};
 use cwlab_model::report::ServerOutcome;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -26,7 +26,11 @@ pub struct Server {
     child: Child,
     lifeline: Option<ChildStdin>,
     reader: Option<JoinHandle<()>>,
-    /// The acceptor's pid as the runner sees it.
+    /// The last lines the server wrote on stderr (and, for a command, stdout).
+    pub output: Tail,
+    /// Whether it is a command of the user's own, contained (`cwlab contain`).
+    contained: bool,
+    /// The acceptor's pid as the runner sees it (for a command: the listening process).
     pub acceptor: u32,
     /// The port it listens on.
     pub port: u16,
@@ -36,13 +40,63 @@ pub struct Server {
     pub accepted: tokio::sync::watch::Receiver<u64>,
 }
 
+/// What runs as the server.
+pub enum Program {
+    /// The lab's own: `cwlab serve OPTIONS`.
+    Lab(ServeOptions),
+    /// The user's: `cwlab contain OPTIONS`.
+    Command(ContainOptions),
+}
+
 /// How to start the server.
 pub struct Launch<'a> {
     pub exe: &'a Path,
-    /// What `cwlab serve` is told, as one typed argument.
-    pub options: ServeOptions,
+    /// What runs, with its options as one typed argument.
+    pub program: Program,
     pub mark: &'a str,
     pub deadline: Instant,
+}
+
+/// The last lines of a stream, at most [`Tail::LINES`] of at most 400 bytes each.
+#[derive(Clone, Default)]
+pub struct Tail(Arc<Mutex<std::collections::VecDeque<String>>>);
+
+impl Tail {
+    /// How many lines are kept.
+    pub const LINES: usize = 20;
+
+    /// Drains `r` on a thread of its own until its end: a chatty server never blocks on a full
+    /// pipe, and only the last lines are kept.
+    fn drain(r: impl Read + Send + 'static) -> Tail {
+        let tail = Tail::default();
+        let lines = tail.0.clone();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(r);
+            let mut line = Vec::new();
+            while matches!(std::io::BufRead::read_until(&mut r, b'\n', &mut line), Ok(n) if n > 0) {
+                let mut text = String::from_utf8_lossy(&line).trim_end().to_string();
+                if text.len() > 400 {
+                    let mut cut = 400;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                }
+                let mut v = lines.lock().unwrap();
+                if v.len() == Tail::LINES {
+                    v.pop_front();
+                }
+                v.push_back(text);
+                line.clear();
+            }
+        });
+        tail
+    }
+
+    /// The lines kept so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().iter().cloned().collect()
+    }
 }
 
 impl Server {
@@ -52,11 +106,16 @@ impl Server {
         self.child.id()
     }
 
-    /// Starts the server and waits, to the deadline, until it reports that it listens.
+    /// Starts the server and waits, to the deadline, until it listens: the lab's says so, a
+    /// command's LISTEN socket is seen through sock_diag.
     pub fn start(l: &Launch<'_>) -> Result<Server, RunError> {
+        let (sub, arg, pid_namespace) = match &l.program {
+            Program::Lab(o) => ("serve", o.to_arg(), o.pid_namespace),
+            Program::Command(o) => ("contain", o.to_arg(), o.pid_namespace),
+        };
         let mut cmd = Command::new(l.exe);
-        cmd.arg("serve")
-            .arg(l.options.to_arg())
+        cmd.arg(sub)
+            .arg(arg)
             .env(RUN_MARK, l.mark)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -74,9 +133,10 @@ impl Server {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(io(format!("start {} serve", l.exe.display())))?;
+        let mut child = cmd.spawn().map_err(io(format!("start {} {sub}", l.exe.display())))?;
         crate::signals::guard_group(child.id() as i32);
-        let mut lines = LineReader { out: child.stdout.take().expect("piped"), buf: Vec::new() };
+        let lines = LineReader { out: child.stdout.take().expect("piped"), buf: Vec::new() };
+        let output = Tail::drain(child.stderr.take().expect("piped"));
         let lifeline = child.stdin.take();
         let (accepted_tx, accepted_rx) = tokio::sync::watch::channel(0u64);
         let mut server = Server {
@@ -84,39 +144,137 @@ impl Server {
             child,
             lifeline,
             reader: None,
+            output,
+            contained: matches!(l.program, Program::Command(_)),
             port: 0,
             stats: Arc::default(),
             accepted: accepted_rx,
         };
-        // With a PID namespace, the supervisor's `acceptor` and the acceptor's own `listening`
-        // race each other to the pipe: wait for both.
-        let mut acceptor_known = !l.options.pid_namespace;
-        while server.port == 0 || !acceptor_known {
-            let Some(line) = lines.next_line(l.deadline)? else {
-                return Err(server.failed_to_start());
-            };
-            match ServerMessage::parse(&line) {
-                Some(ServerMessage::Acceptor { pid }) => {
-                    server.acceptor = pid;
-                    acceptor_known = true;
-                }
-                Some(ServerMessage::Listening { port }) => server.port = port,
-                _ => {}
-            }
-        }
+        let lines = match &l.program {
+            Program::Lab(_) => server.lab_ready(lines, pid_namespace, l.deadline)?,
+            Program::Command(o) => server.command_ready(lines, o.port, l.deadline)?,
+        };
         let stats = server.stats.clone();
         server.reader = Some(std::thread::spawn(move || follow(lines, &stats, &accepted_tx)));
         Ok(server)
     }
 
-    fn failed_to_start(&mut self) -> RunError {
+    /// Waits for the lab's server to say it listens, and where its acceptor is.
+    fn lab_ready(
+        &mut self,
+        mut lines: LineReader,
+        pid_namespace: bool,
+        deadline: Instant,
+    ) -> Result<LineReader, RunError> {
+        // With a PID namespace, the supervisor's `acceptor` and the acceptor's own `listening`
+        // race each other to the pipe: wait for both.
+        let mut acceptor_known = !pid_namespace;
+        while self.port == 0 || !acceptor_known {
+            let Some(line) = lines.next_line(deadline)? else {
+                return Err(self.failed_to_start(None));
+            };
+            match ServerMessage::parse(&line) {
+                Some(ServerMessage::Acceptor { pid }) => {
+                    self.acceptor = pid;
+                    acceptor_known = true;
+                }
+                Some(ServerMessage::Listening { port }) => self.port = port,
+                _ => {}
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Waits until a LISTEN socket on `port` is in the table (sock_diag, in the calling thread's
+    /// namespace) and a process of the server holds it: that process is the acceptor. Fails
+    /// when nothing of the server is left first.
+    fn command_ready(
+        &mut self,
+        mut lines: LineReader,
+        port: u16,
+        deadline: Instant,
+    ) -> Result<LineReader, RunError> {
+        let mut table = cwlab_sampler::Table::open(cwlab_sampler::Backend::SockDiag)?;
+        let q = cwlab_sampler::Query {
+            states: cwlab_sampler::States::of(&[cwlab_model::TcpState::Listen]),
+            port: Some(port),
+            side: cwlab_sampler::PortSide::Local,
+            peer: None,
+        };
+        let mut exited = None;
+        loop {
+            let mut inodes = std::collections::HashSet::new();
+            table.for_each(&q, |r| {
+                inodes.insert(r.inode);
+            })?;
+            if !inodes.is_empty() {
+                let (found, _) = cwlab_sampler::holders::survey(&inodes);
+                let mine = self.child.id();
+                if let Some(pid) = found
+                    .processes
+                    .keys()
+                    .copied()
+                    .filter(|p| descends(*p, mine, &found.processes))
+                    .min()
+                {
+                    self.acceptor = pid;
+                    self.port = port;
+                    return Ok(lines);
+                }
+            }
+            // A message, or 10 ms to look at the table again: a wait for a condition, to the
+            // deadline.
+            let soon = (Instant::now() + std::time::Duration::from_millis(10)).min(deadline);
+            match lines.next_line(soon) {
+                Ok(Some(line)) => match ServerMessage::parse(&line) {
+                    Some(ServerMessage::Exited { status }) => exited = Some(status),
+                    Some(ServerMessage::Empty) => return Err(self.failed_to_start(exited)),
+                    _ => {}
+                },
+                Ok(None) => return Err(self.failed_to_start(exited)),
+                Err(RunError::Environment(_)) if Instant::now() < deadline => {}
+                Err(RunError::Environment(_)) => {
+                    return Err(self.never_listened(port, exited));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn never_listened(&mut self, port: u16, exited: Option<String>) -> RunError {
+        self.stop(Duration::ZERO);
+        let how = exited.map_or(String::new(), |s| format!(" (its command ended: {s})"));
+        RunError::Environment(format!(
+            "the server never listened on port {port} within the ready timeout{how}{}",
+            self.last_lines()
+        ))
+    }
+
+    fn last_lines(&self) -> String {
+        let lines = self.output.lines();
+        if lines.is_empty() {
+            return "; it printed nothing".into();
+        }
+        format!("; its last lines:\n  {}", lines.join("\n  "))
+    }
+
+    fn failed_to_start(&mut self, exited: Option<String>) -> RunError {
         let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
         let status = self.child.wait().ok();
         crate::signals::guard_group(0);
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
+        if self.contained {
+            let how = exited.unwrap_or_else(|| "an unknown status".into());
+            return RunError::Environment(format!(
+                "the server exited before it listened ({how}){}",
+                self.last_lines()
+            ));
         }
+        // The drain thread reads to the end of the pipe, which the kill has closed.
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.output.lines().is_empty() && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        let err = self.output.lines().join("\n");
         let err = err.trim().trim_start_matches("error: ").to_string();
         let status = status.map_or("an unknown status".into(), |s| s.to_string());
         if err.is_empty() {
@@ -144,7 +302,11 @@ impl Server {
     pub fn stop(&mut self, grace: Duration) {
         self.lifeline.take();
         let group = Pid::from_raw(-(self.child.id() as i32));
-        if !grace.is_zero() && matches!(self.child.try_wait(), Ok(None)) {
+        if self.contained && !grace.is_zero() {
+            // The lifeline's end is the contained server's SIGTERM: its init signals every
+            // process of the server (daemons included), waits the grace, and goes.
+            wait_for_exit(self.child.id(), grace + Duration::from_secs(1));
+        } else if !grace.is_zero() && matches!(self.child.try_wait(), Ok(None)) {
             let _ = kill(group, Signal::SIGTERM);
             wait_for_exit(self.child.id(), grace);
         }
@@ -202,6 +364,8 @@ fn follow(
                 s.accept_errors += 1;
                 s.accept_errno = Some(errno);
             }
+            Some(ServerMessage::Exited { status }) => s.exited = Some(status),
+            Some(ServerMessage::Empty) => s.gone = true,
             _ => {}
         }
     }
@@ -274,4 +438,29 @@ impl LineReader {
             }
         }
     }
+}
+
+/// Whether `pid` is `root` or one of its descendants (by the parents the survey read).
+fn descends(
+    mut pid: u32,
+    root: u32,
+    procs: &std::collections::HashMap<u32, cwlab_sampler::holders::Process>,
+) -> bool {
+    for _ in 0..64 {
+        if pid == root {
+            return true;
+        }
+        let parent = match procs.get(&pid) {
+            Some(p) => p.ppid,
+            None => match cwlab_sampler::holders::process(pid) {
+                Some(p) => p.ppid,
+                None => return false,
+            },
+        };
+        if parent == 0 || parent == pid {
+            return false;
+        }
+        pid = parent;
+    }
+    false
 }

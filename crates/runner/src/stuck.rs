@@ -19,24 +19,82 @@ pub struct End {
     pub fds_by_role: BTreeMap<Role, u64>,
 }
 
-/// Who holds each stuck socket of `records`, and the descriptors per role: one walk of /proc.
-pub fn survey(records: &[SocketRecord], port: u16, acceptor: u32) -> End {
-    let stuck: Vec<&SocketRecord> = records.iter().filter(|r| !settled(r.state)).collect();
-    let inodes: HashSet<u64> = stuck.iter().map(|r| r.inode).filter(|i| *i != 0).collect();
-    let (found, everyone) = holders::survey(&inodes);
-    End {
-        holders: rows(&stuck, &found, port, acceptor),
-        fds_by_role: fds_by_role(acceptor, &everyone),
+/// Whose processes a run's server is made of.
+#[derive(Debug, Clone, Copy)]
+pub enum Tree {
+    /// The lab's: the acceptor names its children (`cwlab-handler`, `cwlab-worker`).
+    Lab {
+        /// The acceptor.
+        acceptor: u32,
+    },
+    /// A user's command under `cwlab contain`: roles come from the process tree and what each
+    /// process runs. A descendant running the listening process's command line is a fork of it
+    /// (a handler; a worker when it holds more than one stuck connection, which it cannot have
+    /// been handed to serve); one running anything else exec'd it (a helper).
+    Command {
+        /// The listening process.
+        acceptor: u32,
+        /// `cwlab contain`, the root of everything the server started.
+        root: u32,
+    },
+}
+
+impl Tree {
+    fn acceptor(self) -> u32 {
+        match self {
+            Tree::Lab { acceptor } | Tree::Command { acceptor, .. } => acceptor,
+        }
     }
 }
 
-fn rows(
-    stuck: &[&SocketRecord],
-    found: &holders::Holders,
-    port: u16,
-    acceptor: u32,
-) -> Vec<Holder> {
-    let roles = Roles::new(acceptor);
+/// Who holds each stuck socket of `records`, and the descriptors per role: one walk of /proc.
+pub fn survey(records: &[SocketRecord], port: u16, tree: Tree) -> End {
+    let stuck: Vec<&SocketRecord> = records.iter().filter(|r| !settled(r.state)).collect();
+    let inodes: HashSet<u64> = stuck.iter().map(|r| r.inode).filter(|i| *i != 0).collect();
+    let (found, everyone) = holders::survey(&inodes);
+    let mut holders = rows(&stuck, &found, port, tree);
+    if let Tree::Command { .. } = tree {
+        workers(&mut holders);
+    }
+    End { holders, fds_by_role: fds_by_role(tree, &everyone, &found) }
+}
+
+/// A fork of a user's server that holds more than one stuck connection holds what it inherited,
+/// not what it was handed to serve: when one does, the run's forks that hold connections are
+/// workers (the first of them may have been born with only one to inherit).
+fn workers(rows: &mut [Holder]) {
+    let mut held: HashMap<u32, HashSet<u64>> = HashMap::new();
+    for h in rows.iter().filter(|h| h.role == Role::Handler && h.side == Side::Server) {
+        held.entry(h.pid.unwrap_or(0)).or_default().insert(h.inode);
+    }
+    if held.values().any(|s| s.len() > 1) {
+        for h in rows.iter_mut().filter(|h| h.role == Role::Handler) {
+            h.role = Role::Worker;
+        }
+    }
+}
+
+/// Whether a user's listening process forked: a child of it alive or unreaped now, or children
+/// it reaped (their page faults are added to its `cminflt`, proc(5)). A thread is neither.
+pub fn forked(listener: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{listener}/stat")) else {
+        return false;
+    };
+    // The fields after the command name, which may hold spaces: state is the 3rd field of stat,
+    // cminflt the 11th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let cminflt: u64 = after.split_whitespace().nth(8).and_then(|v| v.parse().ok()).unwrap_or(0);
+    if cminflt > 0 {
+        return true;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{listener}/task")) else { return false };
+    tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("children")).is_ok_and(|c| !c.trim().is_empty())
+    })
+}
+
+fn rows(stuck: &[&SocketRecord], found: &holders::Holders, port: u16, tree: Tree) -> Vec<Holder> {
+    let roles = Roles::new(tree);
     // One role per process, not per row: the acceptor alone may hold 10,000 of them.
     let role_of: HashMap<u32, Role> =
         found.processes.iter().map(|(pid, p)| (*pid, roles.of(p))).collect();
@@ -69,11 +127,16 @@ fn rows(
     rows
 }
 
-/// Open descriptors of the acceptor and every descendant, summed per role.
-fn fds_by_role(acceptor: u32, procs: &HashMap<u32, holders::Brief>) -> BTreeMap<Role, u64> {
-    let descends = |mut pid: u32| {
+/// Open descriptors of the acceptor and every descendant (for a command, every process of the
+/// server), summed per role.
+fn fds_by_role(
+    tree: Tree,
+    procs: &HashMap<u32, holders::Brief>,
+    found: &holders::Holders,
+) -> BTreeMap<Role, u64> {
+    let descends = |mut pid: u32, root: u32| {
         for _ in 0..64 {
-            if pid == acceptor {
+            if pid == root {
                 return true;
             }
             match procs.get(&pid) {
@@ -83,15 +146,41 @@ fn fds_by_role(acceptor: u32, procs: &HashMap<u32, holders::Brief>) -> BTreeMap<
         }
         false
     };
+    let acceptor = tree.acceptor();
     let mut sums = BTreeMap::new();
     for (&pid, p) in procs {
-        if !descends(pid) {
-            continue;
-        }
-        let role = if pid == acceptor { Role::Acceptor } else { role_by_name(&p.comm) };
+        let role = match tree {
+            Tree::Lab { .. } if !descends(pid, acceptor) => continue,
+            Tree::Lab { .. } if pid == acceptor => Role::Acceptor,
+            Tree::Lab { .. } => role_by_name(&p.comm),
+            Tree::Command { root, .. } => {
+                if pid == root || p.comm == "cwlab-init" || !descends(pid, root) {
+                    continue;
+                }
+                if pid == acceptor {
+                    Role::Acceptor
+                } else if same_program(pid, acceptor, found) {
+                    Role::Handler
+                } else {
+                    Role::Helper
+                }
+            }
+        };
         *sums.entry(role).or_insert(0) += u64::from(p.fds);
     }
     sums
+}
+
+/// Whether two processes run the same command line (a fork that did not exec).
+fn same_program(a: u32, b: u32, found: &holders::Holders) -> bool {
+    let cmdline = |pid: u32| {
+        found.processes.get(&pid).map(|p| p.cmdline.clone()).or_else(|| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        })
+    };
+    matches!((cmdline(a), cmdline(b)), (Some(x), Some(y)) if x == y)
 }
 
 fn role_by_name(comm: &str) -> Role {
@@ -104,13 +193,14 @@ fn role_by_name(comm: &str) -> Role {
 
 /// Tells the acceptor, its handlers, workers and helpers, and the runner's clients apart.
 struct Roles {
+    tree: Tree,
     acceptor: u32,
     me: u32,
 }
 
 impl Roles {
-    fn new(acceptor: u32) -> Roles {
-        Roles { acceptor, me: std::process::id() }
+    fn new(tree: Tree) -> Roles {
+        Roles { tree, acceptor: tree.acceptor(), me: std::process::id() }
     }
 
     /// Descendants of the acceptor are told apart by the names the server gives them
@@ -124,10 +214,32 @@ impl Roles {
         if p.pid == self.me {
             return Role::Client;
         }
+        if let Tree::Command { root, .. } = self.tree {
+            return self.of_command(p, root);
+        }
         let mut up = p.ppid;
         for _ in 0..64 {
             if up == self.acceptor {
                 return role_by_name(&p.comm);
+            }
+            match holders::process(up) {
+                Some(q) if q.ppid != 0 && q.ppid != up => up = q.ppid,
+                _ => break,
+            }
+        }
+        Role::Other
+    }
+
+    /// A process of a user's server: a fork of the listening process runs its command line.
+    fn of_command(&self, p: &holders::Process, root: u32) -> Role {
+        let mut up = p.ppid;
+        for _ in 0..64 {
+            if up == root {
+                let listener = holders::process(self.acceptor);
+                return match listener {
+                    Some(l) if l.cmdline == p.cmdline => Role::Handler,
+                    _ => Role::Helper,
+                };
             }
             match holders::process(up) {
                 Some(q) if q.ppid != 0 && q.ppid != up => up = q.ppid,

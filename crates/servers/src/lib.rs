@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 mod acceptor;
+mod container;
 mod handler;
 mod process;
 
@@ -55,6 +56,15 @@ pub fn helper() -> i32 {
     let mut buf = [0u8; 64];
     while matches!(nix::unistd::read(0, &mut buf), Ok(n) if n > 0) {}
     0
+}
+
+/// Runs a server of the user's own, contained (see `container.rs`), until the lifeline (stdin)
+/// closes or nothing of it is left. Returns the process's exit status.
+pub fn contain(o: &cwlab_model::protocol::ContainOptions) -> Result<i32, Error> {
+    // SAFETY: close_range(2) on descriptors nothing in this process owns yet: the user's server
+    // starts with stdin, stdout and stderr only, whatever the runner's parent left open.
+    unsafe { libc::close_range(3, u32::MAX, 0) };
+    container::contain(o)
 }
 
 /// Runs a server until the lifeline (stdin) closes. Returns the process's exit status.
