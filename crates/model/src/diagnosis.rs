@@ -55,6 +55,9 @@ pub struct HolderProcess {
     pub name: Option<String>,
     /// What it is to the run.
     pub role: Role,
+    /// Its command line, for a user's server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
     /// The descriptor numbers, ascending.
     pub fds: Vec<i32>,
 }
@@ -168,6 +171,7 @@ fn processes<'a>(rows: impl IntoIterator<Item = &'a Holder>) -> Vec<HolderProces
             pid,
             name: h.comm.clone(),
             role: h.role,
+            command: h.cmdline.clone(),
             fds: Vec::new(),
         });
         p.fds.extend(h.fd);
@@ -503,6 +507,7 @@ mod tests {
             fd,
             role,
             comm: pid.map(|_| "cwlab-acceptor".into()),
+            cmdline: None,
         }
     }
 

@@ -781,6 +781,7 @@ mod tests {
             fd: pid.map(|_| 5),
             role,
             comm: None,
+            cmdline: None,
         };
         let mut r = report(&t);
         r.holders = vec![

@@ -541,6 +541,9 @@ pub struct Holder {
     pub role: Role,
     /// The process's name, or null.
     pub comm: Option<String>,
+    /// The process's command line, for a user's server (the lab's are named by `comm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
 }
 
 /// What the clients saw.

@@ -48,10 +48,13 @@ pub fn render(r: &Report, report_path: &Path) -> String {
     for line in wrap(&r.scenario.story, 76) {
         let _ = writeln!(s, "  {line}");
     }
+    let server = match &r.scenario.command {
+        Some(argv) => format!("`{}`", argv.join(" ")),
+        None => r.scenario.behaviour.clone(),
+    };
     let _ = writeln!(
         s,
-        "\n  server {} · {} clients ({} completed{}) · port {} · {}",
-        r.scenario.behaviour,
+        "\n  server {server} · {} clients ({} completed{}) · port {} · {}",
         r.clients,
         r.client_outcome.completed,
         if r.client_outcome.failed > 0 {
@@ -76,7 +79,7 @@ pub fn render(r: &Report, report_path: &Path) -> String {
         let _ = writeln!(s, "  first client error: {e}");
     }
     counts(&mut s, r);
-    holders(&mut s, &r.diagnosis);
+    holders(&mut s, r);
     fds(&mut s, r);
     findings(&mut s, &r.diagnosis);
     witnesses(&mut s, r);
@@ -98,22 +101,31 @@ fn counts(s: &mut String, r: &Report) {
     }
 }
 
-fn holders(s: &mut String, d: &Diagnosis) {
-    if d.held.is_empty() {
+fn holders(s: &mut String, r: &Report) {
+    if r.diagnosis.held.is_empty() {
         return;
     }
     let _ = writeln!(s, "\n  who holds the stuck sockets");
-    for h in &d.held {
-        let _ = writeln!(s, "    {}", held_line(h));
+    for h in &r.diagnosis.held {
+        let _ = writeln!(s, "    {}", held_line(h, &role_name(r, h.role)));
+    }
+}
+
+/// A role as this report's reader knows it: a user's server has a listening process where the
+/// lab's has an acceptor.
+fn role_name(r: &Report, role: Role) -> String {
+    match (role, &r.scenario.command) {
+        (Role::Acceptor, Some(_)) => "listening process".into(),
+        _ => role.to_string(),
     }
 }
 
 /// "100 server CLOSE-WAIT sockets held by pid 4158, the acceptor, fds 4–103".
-pub fn held_line(h: &Held) -> String {
-    let Held { side, state, role, sockets, processes } = h;
+pub fn held_line(h: &Held, role: &str) -> String {
+    let Held { side, state, sockets, processes, .. } = h;
     let noun = if *sockets == 1 { "socket" } else { "sockets" };
-    let who = match (role, processes.as_slice()) {
-        (Role::Nobody, _) | (_, []) => "held by nobody".to_string(),
+    let who = match (h.role, processes.as_slice()) {
+        (_, []) => "held by nobody".to_string(),
         (_, [p]) => format!(
             "held by pid {}, the {role}, {} {}",
             p.pid,
@@ -123,7 +135,12 @@ pub fn held_line(h: &Held) -> String {
         (_, many) => {
             let list: Vec<String> = many.iter().take(4).map(|p| p.pid.to_string()).collect();
             let more = if many.len() > 4 { ", …" } else { "" };
-            format!("held by {} {role} processes (pids {}{more})", many.len(), list.join(", "))
+            format!(
+                "held by {} {role}{} (pids {}{more})",
+                many.len(),
+                if role.ends_with("process") { "es" } else { " processes" },
+                list.join(", ")
+            )
         }
     };
     format!("{sockets} {side} {state} {noun} {who}")
@@ -136,15 +153,31 @@ fn fds(s: &mut String, r: &Report) {
     let grew = i64::from(after) - i64::from(before);
     let _ = writeln!(
         s,
-        "\n  acceptor (pid {}) fds: {before} before the clients, {after} at the end ({grew:+})",
+        "\n  {} (pid {}) fds: {before} before the clients, {after} at the end ({grew:+})",
+        role_name(r, Role::Acceptor),
         r.acceptor.pid
     );
 }
 
-/// Each finding: why, and the fix.
+/// Each finding: why, who (a user's server's holders by command line), and the fix.
 fn findings(s: &mut String, d: &Diagnosis) {
     for f in &d.findings {
         let _ = writeln!(s, "  → {}", f.explanation);
+        let shown = f.holders.iter().filter(|p| p.command.is_some()).take(3);
+        for p in shown {
+            let _ = writeln!(
+                s,
+                "    pid {} `{}` ({}), {} {}",
+                p.pid,
+                p.command.as_deref().unwrap_or(""),
+                p.role,
+                if p.fds.len() == 1 { "fd" } else { "fds" },
+                ranges(&p.fds)
+            );
+        }
+        if f.holders.len() > 3 && f.holders.iter().any(|p| p.command.is_some()) {
+            let _ = writeln!(s, "    … and {} more processes", f.holders.len() - 3);
+        }
         if let Some(fix) = &f.fix {
             let _ = writeln!(s, "    fix: {fix}");
         }

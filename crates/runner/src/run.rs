@@ -299,6 +299,7 @@ pub fn run(
                 0 => free_port().map_err(io("find a free port"))?,
                 p => p,
             };
+            rec.report.scenario.command = Some(c.argv_for(port));
             Program::Command(ContainOptions {
                 command: ServerCommand { argv: c.argv_for(port), ..c.clone() },
                 port,
@@ -343,6 +344,7 @@ pub fn run(
     let iface = if two_hosts { hosts::CLIENT_IFACE } else { "lo" };
     let witness = Witness::start(&opts.exe, &opts.run_id, &instance, iface, port, pcap);
     let mut probe = Probe::open(port, server.acceptor, server_ns)?;
+    let faults_before = stuck::reaped_faults(server.acceptor);
     let (first, _) = probe.sample(0, Phase::Listen)?;
     rec.report.acceptor.fds_baseline = first.acceptor_fds;
     rec.push(first);
@@ -400,7 +402,8 @@ pub fn run(
     let (last, records) = probe.sample(rec.now_ms(), Phase::End)?;
     rec.report.acceptor.fds_end = last.acceptor_fds;
     rec.push(last);
-    (rec.report.transitions, rec.report.packets) = witness.finish(port, t0_us, 3);
+    let forks;
+    (rec.report.transitions, rec.report.packets, forks) = witness.finish(port, t0_us, 3);
     let tree = match scenario.program {
         ServerProgram::Lab(_) => stuck::Tree::Lab { acceptor: server.acceptor },
         ServerProgram::Command(_) => {
@@ -409,7 +412,8 @@ pub fn run(
     };
     let end = stuck::survey(&records, port, tree);
     if let stuck::Tree::Command { acceptor, .. } = tree {
-        rec.report.acceptor.forked = Some(stuck::forked(acceptor));
+        let traced = forks.is_some_and(|f| f.iter().any(|f| stuck::thread_of(f.parent, acceptor)));
+        rec.report.acceptor.forked = Some(traced || stuck::forked(acceptor, faults_before));
     }
     (rec.report.holders, rec.report.fds_by_role) = (end.holders, end.fds_by_role);
     rec.report.client_outcome = std::mem::take(&mut work.outcome);

@@ -74,17 +74,26 @@ fn workers(rows: &mut [Holder]) {
     }
 }
 
-/// Whether a user's listening process forked: a child of it alive or unreaped now, or children
-/// it reaped (their page faults are added to its `cminflt`, proc(5)). A thread is neither.
-pub fn forked(listener: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{listener}/stat")) else {
-        return false;
-    };
+/// The page faults of the children a process has reaped (`cminflt`, proc(5)): they grow when it
+/// reaps a child it forked, and never for a thread. Kept across exec, so only its growth counts
+/// (a wrapper such as a pyenv shim reaps children of its own before it execs the server).
+pub fn reaped_faults(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
     // The fields after the command name, which may hold spaces: state is the 3rd field of stat,
     // cminflt the 11th.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let cminflt: u64 = after.split_whitespace().nth(8).and_then(|v| v.parse().ok()).unwrap_or(0);
-    if cminflt > 0 {
+    after.split_whitespace().nth(8).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Whether thread `tid` is (or was, for the main thread) a thread of process `pid`.
+pub fn thread_of(tid: u32, pid: u32) -> bool {
+    tid == pid || std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}
+
+/// Whether a user's listening process forked during the run: a child of it alive or unreaped
+/// now, or children it reaped since it began to listen (`faults_before`, [`reaped_faults`]).
+pub fn forked(listener: u32, faults_before: u64) -> bool {
+    if reaped_faults(listener) > faults_before {
         return true;
     }
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{listener}/task")) else { return false };
@@ -111,6 +120,12 @@ fn rows(stuck: &[&SocketRecord], found: &holders::Holders, port: u16, tree: Tree
             fd,
             role,
             comm: pid.and_then(|p| found.processes.get(&p)).map(|p| p.comm.clone()),
+            cmdline: match tree {
+                Tree::Command { .. } => pid
+                    .and_then(|p| found.processes.get(&p))
+                    .map(|p| p.cmdline.replace('\0', " ").trim().to_string()),
+                Tree::Lab { .. } => None,
+            },
         };
         // A process that exited between the walk of its fds and the read of its stat is gone:
         // it holds nothing any more (handlers exit by the thousand at the end of `scale`).

@@ -75,6 +75,7 @@ pub struct Witness {
 
 struct Gathered {
     raw: Vec<RawTransition>,
+    forks: Option<Vec<cwlab_sampler::tracefs::Fork>>,
     lost: u64,
     tally: Option<Tally>,
     pcap: Option<Pcap>,
@@ -117,10 +118,17 @@ impl Witness {
     }
 
     /// Stops both and makes their report sections; `t0_us` is the run's LISTEN on the monotonic
-    /// clock, `first` how many connections to keep step by step.
-    pub fn finish(mut self, port: u16, t0_us: i64, first: usize) -> (Transitions, Packets) {
+    /// clock, `first` how many connections to keep step by step. Also returns the forks the
+    /// kernel traced, where it could.
+    pub fn finish(
+        mut self,
+        port: u16,
+        t0_us: i64,
+        first: usize,
+    ) -> (Transitions, Packets, Option<Vec<cwlab_sampler::tracefs::Fork>>) {
         self.stop.store(true, Ordering::SeqCst);
-        let g = self.handle.take().and_then(|h| h.join().ok());
+        let mut g = self.handle.take().and_then(|h| h.join().ok());
+        let forks = g.as_mut().and_then(|g| g.forks.take());
         self._janitor.take();
         let transitions = match (&self.trace_note, &g) {
             (None, Some(g)) => {
@@ -155,7 +163,7 @@ impl Witness {
                 ..Packets::default()
             },
         };
-        (transitions, packets)
+        (transitions, packets, forks)
     }
 }
 
@@ -195,9 +203,7 @@ fn watch(
         }
     }
     let lost = tracer.as_ref().map_or(0, Tracer::lost);
-    if let Some(t) = tracer {
-        t.stop(&mut raw);
-    }
+    let forks = tracer.and_then(|t| t.stop(&mut raw));
     let (tally, pcap) = match capture.map(Capture::finish) {
         Some(Ok((t, w))) => (Some(t), w),
         Some(Err(e)) => {
@@ -206,7 +212,7 @@ fn watch(
         }
         None => (None, None),
     };
-    Gathered { raw, lost, tally, pcap, error }
+    Gathered { raw, forks, lost, tally, pcap, error }
 }
 
 /// Names the side and the connection of a transition; drops the listener's own and a client's

@@ -29,12 +29,25 @@ pub struct RawTransition {
     pub to: TcpState,
 }
 
-/// A tracefs instance recording one port's transitions.
+/// A tracefs instance recording one port's transitions, and every fork on the machine (the
+/// `task:task_newtask` tracepoint without threads), by which the runner tells a forking server
+/// from a threaded one.
 pub struct Tracer {
     dir: PathBuf,
     pipe: Option<File>,
     partial: String,
     lost: u64,
+    forks: Vec<Fork>,
+    forks_seen: bool,
+}
+
+/// One fork: the thread that forked, and the new process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fork {
+    /// The forking thread's id (the process's pid for its main thread).
+    pub parent: u32,
+    /// The new process's pid.
+    pub child: u32,
 }
 
 /// The folder an instance of this name has (or will have), mounting tracefs if needed; `None`
@@ -76,12 +89,26 @@ impl Tracer {
         }
         let dir = root.join("instances").join(name);
         fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut t = Tracer { dir, pipe: None, partial: String::new(), lost: 0 };
+        let mut t = Tracer {
+            dir,
+            pipe: None,
+            partial: String::new(),
+            lost: 0,
+            forks: Vec::new(),
+            forks_seen: false,
+        };
         let ev = t.dir.join("events/sock/inet_sock_set_state");
         write(&t.dir.join("trace_clock"), "mono")?;
         write(&t.dir.join("buffer_size_kb"), "8192")?;
         write(&ev.join("filter"), &format!("sport == {port} || dport == {port}"))?;
         write(&ev.join("enable"), "1")?;
+        // Forks, not threads (CLONE_THREAD is 0x10000): best effort, a kernel without the
+        // tracepoint only loses the fork/thread distinction.
+        let newtask = t.dir.join("events/task/task_newtask");
+        if newtask.is_dir() {
+            t.forks_seen = write(&newtask.join("filter"), "!(clone_flags & 65536)").is_ok()
+                && write(&newtask.join("enable"), "1").is_ok();
+        }
         write(&t.dir.join("tracing_on"), "1")?;
         let pipe = OpenOptions::new()
             .read(true)
@@ -117,6 +144,8 @@ impl Tracer {
                             self.lost += lost;
                         } else if let Some(t) = parse_line(&line) {
                             out.push(t);
+                        } else if let Some(f) = parse_fork(&line) {
+                            self.forks.push(f);
                         }
                     }
                 }
@@ -126,10 +155,12 @@ impl Tracer {
         }
     }
 
-    /// Stops tracing, reads what is left, and removes the instance.
-    pub fn stop(mut self, out: &mut Vec<RawTransition>) {
+    /// Stops tracing, reads what is left, and removes the instance. Returns the forks seen,
+    /// or `None` where the kernel could not trace them.
+    pub fn stop(mut self, out: &mut Vec<RawTransition>) -> Option<Vec<Fork>> {
         let _ = write(&self.dir.join("tracing_on"), "0");
         self.read_ready(out);
+        self.forks_seen.then(|| std::mem::take(&mut self.forks))
     }
 }
 
@@ -172,6 +203,15 @@ pub fn parse_line(line: &str) -> Option<RawTransition> {
     Some(RawTransition { t_us, sport: sport?, dport: dport?, from: from?, to: to? })
 }
 
+/// `  python3-4711 [001] ..... 12.5: task_newtask: pid=4712 comm=python3 clone_flags=1200011 …`
+pub fn parse_fork(line: &str) -> Option<Fork> {
+    let (head, fields) = line.split_once(": task_newtask: ")?;
+    let task = head.rsplit_once(" [")?.0.trim();
+    let parent = task.rsplit_once('-')?.1.parse().ok()?;
+    let child = fields.split_whitespace().find_map(|kv| kv.strip_prefix("pid="))?.parse().ok()?;
+    Some(Fork { parent, child })
+}
+
 /// `TCP_CLOSE_WAIT` → CLOSE-WAIT; `TCP_NEW_SYN_RECV` → SYN-RECV.
 fn state(v: &str) -> Option<TcpState> {
     let name = v.strip_prefix("TCP_")?;
@@ -194,5 +234,7 @@ mod tests {
         assert_eq!((t.from, t.to), (TcpState::Established, TcpState::CloseWait));
         assert_eq!(lost_events("CPU:1 [LOST 42 EVENTS]\n"), Some(42));
         assert_eq!(parse_line("# tracer: nop"), None);
+        let f = "   python3 -x-4711    [000] .....  12.500000: task_newtask: pid=4712 comm=python3 -x clone_flags=1200011 oom_score_adj=0\n";
+        assert_eq!(parse_fork(f), Some(Fork { parent: 4711, child: 4712 }));
     }
 }
