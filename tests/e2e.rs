@@ -80,6 +80,27 @@ fn time_wait_client_matches_the_truth_table() {
 }
 
 #[test]
+fn issue_12_slow_close_matches_the_truth_table_and_says_how_long() {
+    let test = "truth-slow-close";
+    if !can_isolate(test) {
+        return;
+    }
+    let _one_at_a_time = serial();
+    let (out, r) = run(&root().join("scenarios/slow-close.toml"), test);
+    check_truth_of("slow-close", &out, &r);
+    let kinds: Vec<_> = r.diagnosis.findings.iter().map(|f| f.kind.name()).collect();
+    assert_eq!(kinds, ["slow-close"]);
+    let f = &r.diagnosis.findings[0];
+    assert_eq!(f.numbers["peak"], 100);
+    // The handler works 500 ms after the FIN: each socket's stay, from the kernel.
+    let median = f.numbers["median_ms"];
+    assert!((500..1500).contains(&median), "{f:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("→ up to 100 server sockets sat in CLOSE-WAIT"), "{stdout}");
+    assert!(stdout.contains("fix: none: it is the server finishing its work, not a leak"));
+}
+
+#[test]
 fn fin_wait_1_matches_the_truth_table() {
     check_truth("fin-wait-1");
 }

@@ -80,11 +80,15 @@ pub enum Behaviour {
     /// The handler writes until the window is zero and shutdown(SHUT_WR)s (its FIN waits behind
     /// the data), then, once the runner releases it (SIGUSR1), reads to EOF.
     Simultaneous,
+    /// The look-alike that is under control: the handler reads to EOF, then finishes some work
+    /// (half a second) before it close()s; the acceptor closes its copy. CLOSE-WAIT rises with
+    /// the clients' FINs and drains when the work is done.
+    SlowClose,
 }
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 13] = [
+    pub const ALL: [Behaviour; 14] = [
         Behaviour::CloseOnly,
         Behaviour::ShutdownClose,
         Behaviour::ParentCloses,
@@ -98,6 +102,7 @@ impl Behaviour {
         Behaviour::NoRead,
         Behaviour::FillClose,
         Behaviour::Simultaneous,
+        Behaviour::SlowClose,
     ];
 
     /// The name scenario files use.
@@ -116,6 +121,7 @@ impl Behaviour {
             Behaviour::NoRead => "no-read",
             Behaviour::FillClose => "fill-close",
             Behaviour::Simultaneous => "simultaneous",
+            Behaviour::SlowClose => "slow-close",
         }
     }
 

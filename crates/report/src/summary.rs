@@ -82,6 +82,12 @@ pub fn render(r: &Report, report_path: &Path) -> String {
     holders(&mut s, r);
     fds(&mut s, r);
     findings(&mut s, &r.diagnosis);
+    if !r.server_output.is_empty() {
+        let _ = writeln!(s, "\n  the server's last lines");
+        for l in &r.server_output {
+            let _ = writeln!(s, "    | {l}");
+        }
+    }
     witnesses(&mut s, r);
     expectations(&mut s, r, report_path);
     s

@@ -48,6 +48,13 @@ fn end(behaviour: Behaviour, conn: Socket) -> i32 {
             code
         }
         Behaviour::NoRead => process::wait_forever(),
+        // The client's FIN is in; the server has work left (a log to write, a cache to flush).
+        Behaviour::SlowClose => {
+            let code = status(echo_until_eof(&conn));
+            std::thread::sleep(SLOW_CLOSE_WORK);
+            drop(conn);
+            code
+        }
         Behaviour::FillClose => {
             let code = status(drain(&conn).and_then(|()| fill(&conn)));
             drop(conn);
@@ -70,6 +77,9 @@ fn end(behaviour: Behaviour, conn: Socket) -> i32 {
         }
     }
 }
+
+/// How long a `slow-close` handler works between the client's FIN and its close().
+const SLOW_CLOSE_WORK: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn status(r: std::io::Result<()>) -> i32 {
     if r.is_ok() {
