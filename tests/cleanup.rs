@@ -108,6 +108,46 @@ fn kill_at_random_on(test: &str, signal: i32, twice: bool, topology: &str, runs:
     }
     let dir = scratch(test);
     let file = quick_scenario(&dir, topology);
+    let args: Vec<String> = ["run", file.to_str().unwrap(), "--isolation", "netns", "--report"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    kill_at_random_with(test, signal, twice, runs, &dir, &args, &[], 450, 0);
+}
+
+/// `cwlab check` of a server that daemonizes and leaks, killed at random moments: nothing it
+/// started (the daemon and its handlers included) outlives the check.
+fn kill_check_at_random(test: &str, signal: i32, runs: usize) {
+    if !can_isolate(test) {
+        return;
+    }
+    let dir = scratch(test);
+    let server = root().join("examples/python/daemonizes.py");
+    let args: Vec<String> =
+        ["check", "--clients", "40", "--hold", "300ms", "--isolation", "netns", "--report"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let tail = ["--".into(), "python3".into(), server.display().to_string(), "{port}".into()];
+    // A check that ends before the signal finds the leak: exit 1.
+    kill_at_random_with(test, signal, false, runs, &dir, &args, &tail, 900, 1);
+}
+
+/// Runs `cwlab ARGS REPORT TAIL` `runs` times, each killed by `signal` (twice: at once again) at
+/// a random moment below `window_ms`, and checks what it leaves; a run that ended before the
+/// signal exits `finished`.
+#[allow(clippy::too_many_arguments)]
+fn kill_at_random_with(
+    test: &str,
+    signal: i32,
+    twice: bool,
+    runs: usize,
+    dir: &Path,
+    args: &[String],
+    tail: &[String],
+    window_ms: u64,
+    finished: i32,
+) {
     let seed = std::env::var("CWLAB_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
             as u64
@@ -119,15 +159,17 @@ fn kill_at_random_on(test: &str, signal: i32, twice: bool, topology: &str, runs:
     for i in 0..runs {
         let report = dir.join(format!("r{i}.json"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_cwlab"))
-            .args(["run", file.to_str().unwrap(), "--isolation", "netns", "--report"])
+            .args(args)
             .arg(&report)
+            .args(tail)
+            .current_dir(root())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let runner = child.id();
         // The moment to strike: anywhere from startup to teardown.
-        std::thread::sleep(Duration::from_millis(moments.next_ms(450)));
+        std::thread::sleep(Duration::from_millis(moments.next_ms(window_ms)));
         // SAFETY: kill(2) takes no memory; the runner is our child, not yet reaped, so its pid
         // cannot have been reused.
         unsafe { libc::kill(runner as i32, signal) };
@@ -138,7 +180,7 @@ fn kill_at_random_on(test: &str, signal: i32, twice: bool, topology: &str, runs:
         let what = format!("{test} run {i}");
         let status = wait_for_exit(&mut child, &what);
         no_survivors(runner, &what);
-        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        let leftovers: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
@@ -146,8 +188,8 @@ fn kill_at_random_on(test: &str, signal: i32, twice: bool, topology: &str, runs:
         assert!(leftovers.is_empty(), "{what}: temporary files left: {leftovers:?}");
         use std::os::unix::process::ExitStatusExt;
         match (signal, status.code()) {
-            // The run may have ended, passing, just before the signal.
-            (_, Some(0)) => {}
+            // The run may have ended, with its verdict, just before the signal.
+            (_, Some(c)) if c == finished => {}
             (libc::SIGKILL, _) => assert_eq!(status.signal(), Some(libc::SIGKILL), "{what}"),
             (_, Some(c)) => {
                 assert_eq!(c, 128 + signal, "{what}: exit status");
@@ -197,6 +239,13 @@ fn sigkill_of_the_runner_leaves_nothing() {
 
 /// Two hosts: the server's namespace, the veth pair between, and the socket table the runner
 /// opened in it go with the processes.
+#[test]
+fn issue_12_sigint_sigterm_and_sigkill_of_a_check_leave_nothing_of_a_daemon() {
+    kill_check_at_random("check-sigint", libc::SIGINT, 10);
+    kill_check_at_random("check-sigterm", libc::SIGTERM, 10);
+    kill_check_at_random("check-sigkill", libc::SIGKILL, 10);
+}
+
 #[test]
 fn sigint_and_sigkill_of_a_two_hosts_run_leave_nothing() {
     kill_at_random_on("two-hosts-sigint", libc::SIGINT, false, "two-hosts", 20);
