@@ -49,7 +49,7 @@ charts: build
 # The last line sums every test binary's results, so the verdict is one line, whichever crate ran last.
 test:
 	@mkdir -p target
-	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test.log
+	set -o pipefail; $(CARGO) test --workspace --no-fail-fast 2>&1 | tee target/test.log
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' target/test.log
 
 fmt:

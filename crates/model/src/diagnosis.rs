@@ -470,9 +470,10 @@ fn hung(r: &Report, out: &mut Vec<Finding>) {
 fn clean(r: &Report) -> Finding {
     let before = r.acceptor.fds_baseline;
     let explanation = match before {
-        Some(n) => {
-            format!("no socket waits in CLOSE-WAIT and the acceptor is back to its {n} descriptors")
-        }
+        Some(n) => format!(
+            "no socket waits in CLOSE-WAIT and {} is back to its {n} descriptors",
+            listener(r)
+        ),
         None => "no socket waits in CLOSE-WAIT".to_string(),
     };
     let mut nums = vec![("close_wait", 0)];

@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 
-use cwlab_model::diagnosis::{Diagnosis, Held};
+use cwlab_model::diagnosis::Held;
 use cwlab_model::events::Reporter;
 use cwlab_model::report::{Report, Role, Side};
 use cwlab_model::scenario::Topology;
@@ -81,7 +81,7 @@ pub fn render(r: &Report, report_path: &Path) -> String {
     counts(&mut s, r);
     holders(&mut s, r);
     fds(&mut s, r);
-    findings(&mut s, &r.diagnosis);
+    findings(&mut s, r);
     if !r.server_output.is_empty() {
         let _ = writeln!(s, "\n  the server's last lines");
         for l in &r.server_output {
@@ -166,8 +166,8 @@ fn fds(s: &mut String, r: &Report) {
 }
 
 /// Each finding: why, who (a user's server's holders by command line), and the fix.
-fn findings(s: &mut String, d: &Diagnosis) {
-    for f in &d.findings {
+fn findings(s: &mut String, r: &Report) {
+    for f in &r.diagnosis.findings {
         let _ = writeln!(s, "  → {}", f.explanation);
         let shown = f.holders.iter().filter(|p| p.command.is_some()).take(3);
         for p in shown {
@@ -176,7 +176,7 @@ fn findings(s: &mut String, d: &Diagnosis) {
                 "    pid {} `{}` ({}), {} {}",
                 p.pid,
                 p.command.as_deref().unwrap_or(""),
-                p.role,
+                role_name(r, p.role),
                 if p.fds.len() == 1 { "fd" } else { "fds" },
                 ranges(&p.fds)
             );
