@@ -151,9 +151,18 @@ fn reap(command: Pid) -> Result<bool, Error> {
 /// SIGTERM to every process of the server, up to `grace` for them to go, then SIGKILL.
 fn stop(namespace: bool, grace: Duration) {
     // In a PID namespace, -1 is every process of the namespace but its init; outside one, the
-    // process group (this process ignores SIGTERM).
+    // process group (this process ignores SIGTERM) and every descendant, which as a subreaper
+    // this process has inherited even from a daemon that left the group with setsid().
     let everyone = if namespace { Pid::from_raw(-1) } else { Pid::from_raw(0) };
-    let _ = kill(everyone, Signal::SIGTERM);
+    let signal_all = |sig: Signal| {
+        let _ = kill(everyone, sig);
+        if !namespace {
+            for pid in descendants(Pid::this()) {
+                let _ = kill(pid, sig);
+            }
+        }
+    };
+    signal_all(Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     loop {
         let all_gone = matches!(reap_quietly(), Err(nix::Error::ECHILD));
@@ -167,8 +176,40 @@ fn stop(namespace: bool, grace: Duration) {
             PollTimeout::try_from(left.as_millis().min(10) as i32 + 1).unwrap_or(PollTimeout::MAX);
         let _ = poll(&mut [], ms);
     }
-    let _ = kill(everyone, Signal::SIGKILL);
+    if !namespace {
+        // The group's SIGKILL would take this process too before it reaped: descendants first.
+        for pid in descendants(Pid::this()) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
     let _ = reap_quietly();
+    let _ = kill(everyone, Signal::SIGKILL);
+}
+
+/// Every process below `root`, by the parents /proc gives.
+fn descendants(root: Pid) -> Vec<Pid> {
+    let mut parent_of = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root.as_raw()];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.into_iter().skip(1).map(Pid::from_raw).collect()
 }
 
 fn reap_quietly() -> nix::Result<()> {
