@@ -206,6 +206,7 @@ examples! {
     issue_12_python_crashes_mid_run => "python-crashes-mid-run",
     issue_12_python_ignores_sigterm => "python-ignores-sigterm",
     issue_12_on_the_host_a_daemon_still_goes => "python-daemonizes-on-the-host",
+    issue_12_python_closes_first_keeps_copy => "python-closes-first-keeps-copy",
 }
 
 #[test]
