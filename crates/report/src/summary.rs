@@ -1,7 +1,7 @@
 //! The human summary of a report: the story, final counts per side and state, who holds the stuck
 //! sockets, what the acceptor's descriptors did, the diagnosis with its fix, what the kernel and
 //! the wire saw, each expectation, the verdict. Everything it says that is a reading of the run
-//! comes from the report's [`Diagnosis`].
+//! comes from the report's [`Diagnosis`](cwlab_model::diagnosis::Diagnosis).
 
 use std::collections::VecDeque;
 use std::fmt::Write;
