@@ -61,6 +61,7 @@ fn main() {
         port: Some(port),
         side: PortSide::Any,
         peer: None,
+        info: false,
     };
     let mut diag = Table::open(Backend::SockDiag).unwrap();
     // How `--count` splits the dump between its two threads.

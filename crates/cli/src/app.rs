@@ -23,6 +23,9 @@ enum Command {
     /// Run your own server (any language) under the lab's witnesses: the verdict, who holds
     /// what, and the fix. `cwlab check -- python3 server.py {port}`
     Check(crate::check::Args),
+    /// Watch a live host's close sequence per service port (read-only): on screen, as JSON, or as
+    /// a Prometheus exporter (`--listen`).
+    Watch(crate::watch::Args),
     /// Run scenarios side by side in a live view (default: leak and fixed), for an audience.
     Demo(crate::demo::Args),
     /// Draw the timelines of finished runs as one SVG, side by side on one scale.
@@ -69,6 +72,7 @@ pub fn main() -> i32 {
         Command::Sockets(a) => crate::sockets::main(&a),
         Command::Run(a) => crate::run::main(&a),
         Command::Check(a) => crate::check::main(&a),
+        Command::Watch(a) => crate::watch::main(&a),
         Command::List { dir } => crate::list::main(&dir),
         Command::Chart(a) => crate::chart_cmd::main(&a),
         Command::Demo(a) => crate::demo::main(&a),

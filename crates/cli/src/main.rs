@@ -8,6 +8,7 @@ mod list;
 mod run;
 mod serve;
 mod sockets;
+mod watch;
 
 fn main() {
     std::process::exit(app::main());

@@ -87,7 +87,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         SideArg::Remote => PortSide::Remote,
         SideArg::Any => PortSide::Any,
     };
-    let q = Query { states: States::of(&a.states), port: a.port, side, peer: None };
+    let q = Query { states: States::of(&a.states), port: a.port, side, peer: None, info: false };
     let mut out = std::io::stdout().lock();
     if a.count {
         let n = match backend {

@@ -350,8 +350,12 @@ fn gone(r: &Report, out: &mut Vec<Finding>) {
     });
 }
 
-/// CLOSE-WAIT seen during the hold that was gone by the end: the server finished its work after
-/// the client's FIN, then closed.
+/// How long CLOSE-WAIT must last, at the median, to be a slow close rather than a server that
+/// closes as it should (a busy handler takes a few milliseconds; a run's samples are 50 ms apart).
+pub const SLOW_CLOSE_MS: f64 = 100.0;
+
+/// CLOSE-WAIT that lasted (at least [`SLOW_CLOSE_MS`] at the median) and was gone by the end:
+/// the server finished its work after the client's FIN, then closed.
 fn slow(r: &Report, out: &mut Vec<Finding>) {
     if r.final_counts.get(Side::Server, TcpState::CloseWait) > 0 {
         return;
@@ -370,13 +374,24 @@ fn slow(r: &Report, out: &mut Vec<Finding>) {
         .iter()
         .find(|d| d.side == Side::Server && d.state == TcpState::CloseWait);
     let (how_long, mut nums) = match stay {
+        Some(d) if d.median_ms < SLOW_CLOSE_MS => return,
         Some(d) => (
-            format!("each stayed {:.0} ms at the median, {:.0} ms at most (from the kernel's transitions)", d.median_ms, d.max_ms),
+            format!(
+                "each stayed {:.0} ms at the median, {:.0} ms at most (from the kernel's transitions)",
+                d.median_ms, d.max_ms
+            ),
             vec![("median_ms", d.median_ms.round() as i64), ("max_ms", d.max_ms.round() as i64)],
         ),
+        None if r.transitions.available => return,
         None => {
             let ms = last.t_ms.saturating_sub(hold);
-            (format!("the last was gone {ms} ms into the hold (from the samples)"), vec![("drained_ms", ms as i64)])
+            if (ms as f64) < SLOW_CLOSE_MS {
+                return;
+            }
+            (
+                format!("the last was gone {ms} ms into the hold (from the samples)"),
+                vec![("drained_ms", ms as i64)],
+            )
         }
     };
     nums.push(("peak", i64::from(peak)));

@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod report;
 pub mod scenario;
 pub mod state;
+pub mod watch;
 
 pub use diagnosis::{Diagnosis, Finding, FindingKind};
 pub use expect::{Expectation, Quantity, Window};

@@ -22,6 +22,7 @@ mod progress;
 pub mod step;
 pub mod summary;
 pub mod text;
+pub mod watch_view;
 
 pub use chart::Svg;
 pub use json::{EventLines, Json};

@@ -200,6 +200,7 @@ impl Server {
             port: Some(port),
             side: cwlab_sampler::PortSide::Local,
             peer: None,
+            info: false,
         };
         let mut exited = None;
         loop {

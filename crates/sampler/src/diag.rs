@@ -170,6 +170,7 @@ fn record(m: &[u8]) -> Option<SocketRecord> {
         _ => return None,
     };
     Some(SocketRecord {
+        idle_ms: tcp_info(&m[MSG_LEN..]),
         state,
         local: SocketAddr::new(src, sport),
         remote: SocketAddr::new(dst, dport),
@@ -178,6 +179,26 @@ fn record(m: &[u8]) -> Option<SocketRecord> {
         uid: u32_at(m, 64),
         inode: u64::from(u32_at(m, 68)),
     })
+}
+
+/// `tcpi_last_ack_recv` from an `INET_DIAG_INFO` attribute, if the reply carries one.
+fn tcp_info(mut attrs: &[u8]) -> Option<u32> {
+    const INET_DIAG_INFO: u16 = 2;
+    // struct tcp_info: eight u8 fields, then u32s: rto, ato, snd_mss, rcv_mss, unacked, sacked,
+    // lost, retrans, fackets, last_data_sent, last_ack_sent, last_data_recv, last_ack_recv.
+    const LAST_ACK_RECV: usize = 8 + 12 * 4;
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if ty == INET_DIAG_INFO && len >= 4 + LAST_ACK_RECV + 4 {
+            return Some(u32_at(attrs, 4 + LAST_ACK_RECV));
+        }
+        attrs = &attrs[align4(len).min(attrs.len())..];
+    }
+    None
 }
 
 fn ip4(b: &[u8]) -> IpAddr {
@@ -210,6 +231,15 @@ fn bytecode_attr(b: &mut Vec<u8>, bc: &[u8]) {
     }
 }
 
+/// The extensions asked for: `INET_DIAG_INFO` (bit 1 << (2 - 1)) with [`Query::info`].
+fn ext(q: &Query) -> u8 {
+    if q.info {
+        1 << 1
+    } else {
+        0
+    }
+}
+
 /// Builds `nlmsghdr` + `inet_diag_req` (the original request, both families) + the bytecode.
 fn request_both(q: &Query, seq: u32) -> Vec<u8> {
     let bc = q.port.map(|p| bytecode(p, q.side, q.peer)).unwrap_or_default();
@@ -219,7 +249,7 @@ fn request_both(q: &Query, seq: u32) -> Vec<u8> {
     header(&mut b, total, TCPDIAG_GETSOCK, seq);
     // inet_diag_req: family (ignored: the kernel answers for both), src_len, dst_len, ext, a zero
     // socket id with no cookie, the states, dbs.
-    b.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+    b.extend_from_slice(&[libc::AF_INET as u8, 0, 0, ext(q)]);
     b.extend_from_slice(&[0u8; 40]);
     b.extend_from_slice(&[0xff; 8]);
     b.extend_from_slice(&q.states.mask().to_ne_bytes());
@@ -237,7 +267,7 @@ fn request(family: u8, q: &Query, seq: u32) -> Vec<u8> {
     let mut b = Vec::with_capacity(total);
     header(&mut b, total, SOCK_DIAG_BY_FAMILY, seq);
     // inet_diag_req_v2: family, protocol, ext, pad, states, then a zero socket id with no cookie.
-    b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, 0, 0]);
+    b.extend_from_slice(&[family, libc::IPPROTO_TCP as u8, ext(q), 0]);
     b.extend_from_slice(&q.states.mask().to_ne_bytes());
     b.extend_from_slice(&[0u8; 40]);
     b.extend_from_slice(&[0xff; 8]);

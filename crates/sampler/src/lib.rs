@@ -96,11 +96,13 @@ pub struct Query {
     /// With a port: the other end's port must lie in this range (inclusive). Several threads
     /// split one dump this way.
     pub peer: Option<(u16, u16)>,
+    /// Ask the kernel for `tcp_info` too (sock_diag only): fills [`SocketRecord::idle_ms`].
+    pub info: bool,
 }
 
 impl Default for Query {
     fn default() -> Query {
-        Query { states: States::ALL, port: None, side: PortSide::Any, peer: None }
+        Query { states: States::ALL, port: None, side: PortSide::Any, peer: None, info: false }
     }
 }
 
@@ -140,6 +142,10 @@ pub struct SocketRecord {
     pub recv_q: u32,
     /// Bytes in the send queue (for LISTEN: the backlog).
     pub send_q: u32,
+    /// With [`Query::info`]: milliseconds since the socket last received an ACK (`tcp_info`'s
+    /// `tcpi_last_ack_recv`). A socket in CLOSE-WAIT hears nothing after the peer's FIN, so this
+    /// is how long it has waited there.
+    pub idle_ms: Option<u32>,
 }
 
 /// Where records come from.

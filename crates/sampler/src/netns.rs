@@ -63,14 +63,13 @@ pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs `f` on a thread that has joined the network namespace of process `pid`, and returns what
-/// it returns. Sockets `f` opens belong to that namespace for good, whichever thread uses them
-/// later; the calling thread stays where it is.
-pub fn in_namespace_of<T: Send>(
-    pid: u32,
+/// Runs `f` on a thread that has joined the network namespace at `path` (`/proc/PID/ns/net`, a
+/// bind mount under `/run/netns`), as [`in_namespace_of`] does for a process's.
+pub fn in_namespace_at<T: Send>(
+    path: &std::path::Path,
     f: impl FnOnce() -> io::Result<T> + Send,
 ) -> io::Result<T> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let ns = std::fs::File::open(path)?;
     std::thread::scope(|s| {
         s.spawn(move || {
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
@@ -79,6 +78,16 @@ pub fn in_namespace_of<T: Send>(
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("a thread in another namespace panicked")))
     })
+}
+
+/// Runs `f` on a thread that has joined the network namespace of process `pid`, and returns what
+/// it returns. Sockets `f` opens belong to that namespace for good, whichever thread uses them
+/// later; the calling thread stays where it is.
+pub fn in_namespace_of<T: Send>(
+    pid: u32,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
+    in_namespace_at(std::path::Path::new(&format!("/proc/{pid}/ns/net")), f)
 }
 
 /// Creates a veth pair: `name` in the calling thread's namespace, `peer` in the network

@@ -42,6 +42,7 @@ pub fn parse_line(line: &str) -> Option<SocketRecord> {
     let _timeout = w.next()?;
     let inode = w.next()?.parse().ok()?;
     Some(SocketRecord {
+        idle_ms: None,
         state,
         local,
         remote,

@@ -75,6 +75,7 @@ fn populate(ip: IpAddr, estab: usize, close_wait: usize, time_wait: usize) -> Po
         port: Some(addr.port()),
         side: PortSide::Any,
         peer: None,
+        info: false,
     };
     wait_until("FIN-WAIT-1 and LAST-ACK to settle", || t.count(&q).unwrap() == 0);
     Population { _listener: listener, _keep: keep, port: addr.port() }
@@ -124,6 +125,7 @@ fn exact_counts_on(ip: &str) {
         port: Some(p.port),
         side: PortSide::Local,
         peer: None,
+        info: false,
     };
     assert_eq!(t.count(&q).unwrap(), 5);
     let q = Query { states: States::of(&[CloseWait, FinWait2]), ..Query::default() };
@@ -256,6 +258,7 @@ fn the_holder_of_a_forked_copy_is_the_child_and_its_fd() {
         port: Some(listener.local_addr().unwrap().port()),
         side: PortSide::Local,
         peer: None,
+        info: false,
     };
     wait_until("the server socket to reach CLOSE-WAIT", || t.count(&q).unwrap() == 1);
     let socket = t.list(&q).unwrap().remove(0);

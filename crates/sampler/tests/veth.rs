@@ -47,6 +47,7 @@ fn a_veth_pair_joins_two_namespaces_and_each_sees_its_own_end() {
         port: Some(port),
         side,
         peer: None,
+        info: false,
     };
     let mut our_table = Table::open(Backend::SockDiag).unwrap();
     assert_eq!(their_table.count(&estab(PortSide::Local)).unwrap(), 1, "the server's end, there");

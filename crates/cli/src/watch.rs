@@ -1,0 +1,153 @@
+//! `cwlab watch`: a live host's close sequence, read-only: on screen, as JSON lines, as a
+//! Prometheus exporter (`--listen`) or a node_exporter textfile (`--textfile`).
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cwlab_model::exit;
+use cwlab_watch::{Namespaces, Watcher};
+
+use crate::app::Failure;
+use crate::run::parse_duration;
+
+/// Where the exporter listens unless told: loopback, and a port outside 9100–9999 (the range
+/// Prometheus keeps for exporters, all of it allocated since 2023): node_exporter's 9100 plus
+/// 10,000, easy to remember beside it and below the ephemeral ports.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:19100";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A service port to watch (repeatable; default: every port with a listener).
+    #[arg(long = "port", value_name = "P")]
+    ports: Vec<u16>,
+    /// How often to look (on screen, JSON lines, textfile).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Watch this network namespace file (/run/netns/NAME, /proc/PID/ns/net); repeatable.
+    #[arg(long, value_name = "PATH")]
+    netns: Vec<PathBuf>,
+    /// Watch this process's network namespace (a container's, a pod's); repeatable.
+    #[arg(long, value_name = "PID")]
+    netns_pid: Vec<u32>,
+    /// Watch every network namespace on the host, each labelled by its inode and a process in it.
+    #[arg(long, conflicts_with_all = ["netns", "netns_pid"])]
+    all_netns: bool,
+    /// How many holders to name per port.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// One JSON object per interval.
+    #[arg(long)]
+    json: bool,
+    /// Serve /metrics for Prometheus here (loopback by default: the metrics name processes).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = DEFAULT_LISTEN)]
+    listen: Option<SocketAddr>,
+    /// Write DIR/cwlab.prom atomically every interval, for node_exporter's textfile collector.
+    #[arg(long, value_name = "DIR")]
+    textfile: Option<PathBuf>,
+    /// Look (or write) once and exit.
+    #[arg(long)]
+    once: bool,
+    /// How long an exporter client may take to send its request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, hide = true)]
+    request_timeout: Duration,
+}
+
+pub fn main(a: &Args) -> Result<i32, Failure> {
+    let which = if a.all_netns {
+        Namespaces::All
+    } else if a.netns.is_empty() && a.netns_pid.is_empty() {
+        Namespaces::Own
+    } else {
+        Namespaces::These { paths: a.netns.clone(), pids: a.netns_pid.clone() }
+    };
+    let mut watcher = Watcher::new(which, a.ports.clone(), a.top).map_err(Failure::bad_input)?;
+    cwlab_runner::signals::install().map_err(Failure::bad_input)?;
+    if let Some(addr) = a.listen {
+        return serve(addr, watcher, a.request_timeout);
+    }
+    if let Some(dir) = &a.textfile {
+        return textfile(dir, &mut watcher, a);
+    }
+    let tty = std::io::stdout().is_terminal();
+    if tty && !a.json && !a.once {
+        cwlab_report::watch_view::live(a.interval, || watcher.look())
+            .map_err(Failure::bad_input)?;
+        return Ok(exit::PASS);
+    }
+    loop {
+        let s = watcher.look();
+        let text = if a.json {
+            serde_json::to_string(&s).expect("snapshots serialize")
+        } else if a.once {
+            cwlab_report::watch_view::table(&s)
+        } else {
+            cwlab_report::watch_view::line(&s)
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", text.trim_end())
+            .and_then(|()| out.flush())
+            .map_err(Failure::bad_input)?;
+        if a.once || !wait(a.interval) {
+            return Ok(exit::PASS);
+        }
+    }
+}
+
+/// Waits an interval; false when SIGINT or SIGTERM came (a clean exit, not an error).
+fn wait(interval: Duration) -> bool {
+    let Some(wake) = cwlab_runner::signals::wake() else {
+        std::thread::sleep(interval);
+        return true;
+    };
+    let mut fds = [nix::poll::PollFd::new(wake, nix::poll::PollFlags::POLLIN)];
+    let ms = nix::poll::PollTimeout::try_from(interval.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(nix::poll::PollTimeout::MAX);
+    let _ = nix::poll::poll(&mut fds, ms);
+    cwlab_runner::signals::received().is_none()
+}
+
+fn textfile(dir: &std::path::Path, watcher: &mut Watcher, a: &Args) -> Result<i32, Failure> {
+    let path = dir.join("cwlab.prom");
+    loop {
+        let s = watcher.look();
+        // node_exporter's textfile collector reads the Prometheus text format.
+        let text = cwlab_watch::metrics::prometheus_text(&s, watcher.dumps);
+        cwlab_runner::write_atomically(&path, text.as_bytes()).map_err(|e| {
+            Failure::bad_input(format!("{}: cannot write the textfile: {e}", path.display()))
+        })?;
+        if a.once || !wait(a.interval) {
+            return Ok(exit::PASS);
+        }
+    }
+}
+
+fn serve(addr: SocketAddr, watcher: Watcher, request_timeout: Duration) -> Result<i32, Failure> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Failure::bad_input)?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Failure::bad_input(format!("--listen {addr}: cannot listen: {e}")))?;
+        let bound = listener.local_addr().map_err(Failure::bad_input)?;
+        eprintln!("cwlab watch: serving http://{bound}/metrics");
+        let mut exporter = cwlab_watch::http::Exporter::new(watcher);
+        exporter.request_timeout = request_timeout;
+        let stop = async {
+            let Some(fd) = cwlab_runner::signals::wake() else {
+                return std::future::pending::<()>().await;
+            };
+            let Ok(fd) = fd.try_clone_to_owned() else { return };
+            // SAFETY: the AsyncFd owns its descriptor, a duplicate of the wake pipe's read end,
+            // which stays open and the same until the AsyncFd is dropped.
+            if let Ok(w) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+                let _ = w.readable().await;
+            }
+        };
+        std::sync::Arc::new(exporter).serve(listener, stop).await;
+        Ok::<i32, Failure>(exit::PASS)
+    })
+}

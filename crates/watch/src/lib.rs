@@ -1,0 +1,30 @@
+//! `cwlab watch`: the close sequence of a live host, read-only. A [`Watcher`] looks at the
+//! socket tables of one or more network namespaces and makes a
+//! [`Snapshot`](cwlab_model::watch::Snapshot): per service port, the sockets per state on each
+//! side, how long the oldest CLOSE-WAIT has waited, how fast CLOSE-WAIT grows, and who holds it.
+//! [`metrics`] turns a snapshot into Prometheus metrics and [`http`] serves them, built at scrape
+//! time; Prometheus does the rest (storage, many hosts, alerts).
+#![warn(missing_docs)]
+
+pub mod http;
+pub mod metrics;
+mod snapshot;
+
+pub use snapshot::{Namespaces, Watcher};
+
+/// What stops a watch before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A namespace named on the command line could not be entered.
+    #[error("cannot watch the network namespace {what}: {source}")]
+    Namespace {
+        /// The path or pid given.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket table could not be read.
+    #[error(transparent)]
+    Sampler(#[from] cwlab_sampler::Error),
+}

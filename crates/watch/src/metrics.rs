@@ -1,0 +1,232 @@
+//! A snapshot as Prometheus metrics, built at scrape time with the prometheus org's
+//! `prometheus-client`. Names follow Prometheus's conventions; the `state` label is spelled as
+//! node_exporter's tcpstat collector spells it (`close_wait`, `fin_wait2`, …), so queries carry
+//! over. Label values stay bounded: ports are the service ports and one `other`, holders the top
+//! N of each port.
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `cwlab_tcp_sockets` | `netns`, `port`, `side`, `state` | sockets per state on each side of a service port (`side="server"`: local port; `client`: remote port); `port="other", side="other"` for the rest |
+//! | `cwlab_tcp_close_wait_oldest_seconds` | `netns`, `port` | how long the oldest server CLOSE-WAIT socket of the port has waited |
+//! | `cwlab_tcp_close_wait_holder_sockets` | `netns`, `port`, `pid`, `command` | server CLOSE-WAIT sockets held by each of the top holders |
+//! | `cwlab_process_open_fds`, `cwlab_process_max_fds` | `pid`, `command` | the holders' open descriptors and their limit |
+//! | `cwlab_netns_up` | `netns` | 1 when the namespace's table could be read |
+//! | `cwlab_scrape_duration_seconds` | | how long the look took |
+//! | `cwlab_dumps_total` | | kernel dumps made (concurrent scrapes share one) |
+//! | `cwlab_build_info` | `version` | 1 |
+
+use std::sync::atomic::AtomicU64;
+
+use cwlab_model::watch::Snapshot;
+use cwlab_model::TcpState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SocketLabels {
+    netns: String,
+    port: String,
+    side: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    netns: String,
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HolderLabels {
+    netns: String,
+    port: String,
+    pid: String,
+    command: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessLabels {
+    pid: String,
+    command: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetnsLabels {
+    netns: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// A state as node_exporter's tcpstat collector spells it.
+pub fn state_label(s: TcpState) -> &'static str {
+    match s {
+        TcpState::Established => "established",
+        TcpState::SynSent => "syn_sent",
+        TcpState::SynRecv => "syn_recv",
+        TcpState::FinWait1 => "fin_wait1",
+        TcpState::FinWait2 => "fin_wait2",
+        TcpState::TimeWait => "time_wait",
+        TcpState::Close => "close",
+        TcpState::CloseWait => "close_wait",
+        TcpState::LastAck => "last_ack",
+        TcpState::Listen => "listen",
+        TcpState::Closing => "closing",
+    }
+}
+
+/// The snapshot in the OpenMetrics text format (what `prometheus-client` writes).
+pub fn openmetrics(s: &Snapshot, dumps: u64) -> String {
+    let mut reg = Registry::default();
+    let sockets = Family::<SocketLabels, Gauge>::default();
+    let oldest = Family::<PortLabels, FloatGauge>::default();
+    let held = Family::<HolderLabels, Gauge>::default();
+    let open_fds = Family::<ProcessLabels, Gauge>::default();
+    let max_fds = Family::<ProcessLabels, Gauge>::default();
+    let up = Family::<NetnsLabels, Gauge>::default();
+    let took = FloatGauge::default();
+    let dumps_total = Counter::<u64>::default();
+    reg.register(
+        "cwlab_tcp_sockets",
+        "TCP sockets per state on each side of a service port",
+        sockets.clone(),
+    );
+    reg.register(
+        "cwlab_tcp_close_wait_oldest_seconds",
+        "How long the oldest server CLOSE-WAIT socket of a port has waited",
+        oldest.clone(),
+    );
+    reg.register(
+        "cwlab_tcp_close_wait_holder_sockets",
+        "Server CLOSE-WAIT sockets of a port held by one of its top holders",
+        held.clone(),
+    );
+    reg.register(
+        "cwlab_process_open_fds",
+        "Open descriptors of a process holding CLOSE-WAIT sockets",
+        open_fds.clone(),
+    );
+    reg.register(
+        "cwlab_process_max_fds",
+        "Descriptor limit (soft RLIMIT_NOFILE) of a process holding CLOSE-WAIT sockets",
+        max_fds.clone(),
+    );
+    reg.register("cwlab_netns_up", "1 when the namespace's socket table could be read", up.clone());
+    reg.register(
+        "cwlab_scrape_duration_seconds",
+        "How long the look at the socket tables took",
+        took.clone(),
+    );
+    reg.register(
+        "cwlab_dumps",
+        "Kernel dumps made; concurrent scrapes share one",
+        dumps_total.clone(),
+    );
+    reg.register(
+        "cwlab_build",
+        "The build of cwlab",
+        Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]),
+    );
+    took.set(s.took_ms / 1000.0);
+    dumps_total.inc_by(dumps);
+    for ns in &s.namespaces {
+        let netns = ns.inode.to_string();
+        up.get_or_create(&NetnsLabels { netns: netns.clone() }).set(i64::from(ns.error.is_none()));
+        let put = |port: &str, side: &str, counts: &cwlab_model::report::Counts| {
+            for (st, n) in counts {
+                sockets
+                    .get_or_create(&SocketLabels {
+                        netns: netns.clone(),
+                        port: port.to_string(),
+                        side: side.to_string(),
+                        state: state_label(*st).to_string(),
+                    })
+                    .set(i64::from(*n));
+            }
+        };
+        for p in &ns.ports {
+            let port = p.port.to_string();
+            put(&port, "server", &p.server);
+            put(&port, "client", &p.client);
+            if let Some(age) = p.close_wait_oldest_s {
+                oldest
+                    .get_or_create(&PortLabels { netns: netns.clone(), port: port.clone() })
+                    .set(age);
+            }
+            for h in &p.holders {
+                let pid = h.pid.to_string();
+                held.get_or_create(&HolderLabels {
+                    netns: netns.clone(),
+                    port: port.clone(),
+                    pid: pid.clone(),
+                    command: h.name.clone(),
+                })
+                .set(i64::from(h.sockets));
+                let who = ProcessLabels { pid, command: h.name.clone() };
+                open_fds.get_or_create(&who).set(i64::from(h.open_fds));
+                if let Some(m) = h.max_fds {
+                    max_fds.get_or_create(&who).set(i64::try_from(m).unwrap_or(i64::MAX));
+                }
+            }
+        }
+        put("other", "other", &ns.other);
+    }
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a string");
+    out
+}
+
+/// The snapshot in the Prometheus text format (0.0.4), for scrapers that do not ask for
+/// OpenMetrics: the same samples without the OpenMetrics-only lines.
+pub fn prometheus_text(s: &Snapshot, dumps: u64) -> String {
+    openmetrics(s, dumps)
+        .lines()
+        .filter(|l| *l != "# EOF" && !l.starts_with("# UNIT "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cwlab_model::watch::{Holding, NamespaceView, PortView};
+
+    #[test]
+    fn a_leak_as_metrics() {
+        let mut p = PortView { port: 8080, listening: true, ..Default::default() };
+        p.server.insert(TcpState::CloseWait, 100);
+        p.server.insert(TcpState::Listen, 1);
+        p.client.insert(TcpState::FinWait2, 100);
+        p.close_wait_oldest_s = Some(12.5);
+        p.holders.push(Holding {
+            pid: 4711,
+            name: "myserver".into(),
+            sockets: 100,
+            open_fds: 104,
+            max_fds: Some(1024),
+        });
+        let mut ns = NamespaceView { inode: 4026531840, label: "x".into(), ..Default::default() };
+        ns.ports.push(p);
+        ns.other.insert(TcpState::Established, 3);
+        let s = Snapshot { t_unix_ms: 0, took_ms: 3.0, namespaces: vec![ns] };
+        let text = openmetrics(&s, 7);
+        for want in [
+            r#"cwlab_tcp_sockets{netns="4026531840",port="8080",side="server",state="close_wait"} 100"#,
+            r#"cwlab_tcp_sockets{netns="4026531840",port="8080",side="client",state="fin_wait2"} 100"#,
+            r#"cwlab_tcp_sockets{netns="4026531840",port="other",side="other",state="established"} 3"#,
+            r#"cwlab_tcp_close_wait_oldest_seconds{netns="4026531840",port="8080"} 12.5"#,
+            r#"cwlab_tcp_close_wait_holder_sockets{netns="4026531840",port="8080",pid="4711",command="myserver"} 100"#,
+            r#"cwlab_process_max_fds{pid="4711",command="myserver"} 1024"#,
+            "cwlab_dumps_total 7",
+            "# EOF",
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        let plain = prometheus_text(&s, 7);
+        assert!(!plain.contains("# EOF"));
+        assert!(plain.contains("cwlab_dumps_total 7"));
+    }
+}

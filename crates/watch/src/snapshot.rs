@@ -1,0 +1,297 @@
+//! One look at the watched namespaces: a kernel dump each (with `tcp_info`, for the ages), the
+//! service ports, and one walk of /proc for the holders of server CLOSE-WAIT sockets.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use cwlab_model::watch::{Holding, NamespaceView, PortView, Snapshot};
+use cwlab_model::TcpState;
+use cwlab_sampler::{holders, netns, Backend, Query, Table};
+
+use crate::Error;
+
+/// Which network namespaces to watch.
+#[derive(Debug, Clone)]
+pub enum Namespaces {
+    /// The watcher's own.
+    Own,
+    /// These: namespace files (`/run/netns/NAME`, `/proc/PID/ns/net`) and processes' namespaces.
+    These {
+        /// Namespace files.
+        paths: Vec<PathBuf>,
+        /// Processes whose namespace to watch.
+        pids: Vec<u32>,
+    },
+    /// Every namespace a process on the host is in, found anew at each look.
+    All,
+}
+
+/// One namespace's table.
+struct Target {
+    inode: u64,
+    label: String,
+    /// How to open it again: a namespace file, or none for the watcher's own.
+    path: Option<PathBuf>,
+    table: Option<Table>,
+}
+
+/// Looks at socket tables and remembers enough for rates.
+pub struct Watcher {
+    which: Namespaces,
+    targets: Vec<Target>,
+    ports: Vec<u16>,
+    top: usize,
+    /// Server CLOSE-WAIT per (namespace, port) at the last look.
+    last: HashMap<(u64, u16), (Instant, u32)>,
+    /// Dumps made so far (concurrent scrapes share one).
+    pub dumps: u64,
+}
+
+impl Watcher {
+    /// Opens the tables of `which`; `ports` narrows the service ports (default: every port with a
+    /// listener), `top` is how many holders to name per port.
+    pub fn new(which: Namespaces, ports: Vec<u16>, top: usize) -> Result<Watcher, Error> {
+        let mut targets = Vec::new();
+        match &which {
+            Namespaces::Own => targets.push(Target {
+                inode: own_inode(),
+                label: label(own_inode(), std::process::id()),
+                path: None,
+                table: Some(Table::open(Backend::SockDiag)?),
+            }),
+            Namespaces::These { paths, pids } => {
+                let named = paths
+                    .iter()
+                    .cloned()
+                    .chain(pids.iter().map(|p| PathBuf::from(format!("/proc/{p}/ns/net"))));
+                for path in named {
+                    let shown = path.display().to_string();
+                    let err = |source| Error::Namespace { what: shown.clone(), source };
+                    let inode = std::fs::metadata(&path).map_err(err)?.ino();
+                    let table = open_at(&path).map_err(err)?;
+                    let pid = pid_in(&path).unwrap_or(0);
+                    targets.push(Target {
+                        inode,
+                        label: label(inode, pid),
+                        path: Some(path),
+                        table: Some(table),
+                    });
+                }
+            }
+            Namespaces::All => {}
+        }
+        Ok(Watcher { which, targets, ports, top, last: HashMap::new(), dumps: 0 })
+    }
+
+    /// Takes one look.
+    pub fn look(&mut self) -> Snapshot {
+        let started = Instant::now();
+        if let Namespaces::All = self.which {
+            self.find_all();
+        }
+        self.dumps += 1;
+        let mut views = Vec::new();
+        let mut stuck: Vec<(usize, u16, u64)> = Vec::new();
+        for (i, t) in self.targets.iter_mut().enumerate() {
+            let mut view =
+                NamespaceView { inode: t.inode, label: t.label.clone(), ..Default::default() };
+            match dump(t) {
+                Ok(records) => classify(&records, &self.ports, &mut view, |port, inode| {
+                    stuck.push((i, port, inode));
+                }),
+                Err(e) => {
+                    view.error = Some(e);
+                    t.table = None;
+                }
+            }
+            views.push(view);
+        }
+        let inodes: HashSet<u64> = stuck.iter().map(|s| s.2).filter(|i| *i != 0).collect();
+        let found = holders::find(&inodes);
+        let now = Instant::now();
+        for (i, view) in views.iter_mut().enumerate() {
+            for p in &mut view.ports {
+                let mine = stuck.iter().filter(|s| s.0 == i && s.1 == p.port).map(|s| s.2);
+                p.holders = top_holders(mine, &found, self.top);
+                let cw = p.server.get(&TcpState::CloseWait).copied().unwrap_or(0);
+                if let Some((then, before)) = self.last.get(&(view.inode, p.port)) {
+                    let mins = now.duration_since(*then).as_secs_f64() / 60.0;
+                    if mins > 0.0 {
+                        p.close_wait_per_min = Some((f64::from(cw) - f64::from(*before)) / mins);
+                    }
+                }
+                self.last.insert((view.inode, p.port), (now, cw));
+                p.finding = finding(p, cw);
+            }
+        }
+        Snapshot {
+            t_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            took_ms: started.elapsed().as_secs_f64() * 1000.0,
+            namespaces: views,
+        }
+    }
+
+    /// Every namespace some process is in, by inode; tables kept for those still there.
+    fn find_all(&mut self) {
+        let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(m) = std::fs::metadata(e.path().join("ns/net")) {
+                seen.entry(m.ino()).or_insert(pid);
+            }
+        }
+        self.targets.retain(|t| seen.contains_key(&t.inode));
+        for (inode, pid) in seen {
+            if self.targets.iter().all(|t| t.inode != inode) {
+                let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                self.targets.push(Target {
+                    inode,
+                    label: label(inode, pid),
+                    table: open_at(&path).ok(),
+                    path: Some(path),
+                });
+            }
+        }
+        self.targets.sort_by_key(|t| t.inode);
+    }
+}
+
+/// Every TCP socket of a namespace, with `tcp_info`. A table that failed is opened again once.
+fn dump(t: &mut Target) -> Result<Vec<cwlab_sampler::SocketRecord>, String> {
+    if t.table.is_none() {
+        t.table = Some(match &t.path {
+            Some(p) => open_at(p).map_err(|e| format!("the namespace is gone or closed: {e}"))?,
+            None => Table::open(Backend::SockDiag).map_err(|e| e.to_string())?,
+        });
+    }
+    let table = t.table.as_mut().expect("opened above");
+    let q = Query { info: true, ..Query::default() };
+    let mut v = Vec::new();
+    table.for_each(&q, |r| v.push(r.clone())).map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+/// Sorts records into service ports (server and client side) and `other`; calls `stuck` for
+/// each server CLOSE-WAIT socket.
+fn classify(
+    records: &[cwlab_sampler::SocketRecord],
+    only: &[u16],
+    view: &mut NamespaceView,
+    mut stuck: impl FnMut(u16, u64),
+) {
+    let listening: BTreeSet<u16> =
+        records.iter().filter(|r| r.state == TcpState::Listen).map(|r| r.local.port()).collect();
+    let service: BTreeSet<u16> =
+        if only.is_empty() { listening.clone() } else { only.iter().copied().collect() };
+    let mut ports: BTreeMap<u16, PortView> = service
+        .iter()
+        .map(|p| {
+            (*p, PortView { port: *p, listening: listening.contains(p), ..Default::default() })
+        })
+        .collect();
+    for r in records {
+        let (lp, rp) = (r.local.port(), r.remote.port());
+        if let Some(p) = ports.get_mut(&lp) {
+            *p.server.entry(r.state).or_insert(0) += 1;
+            if r.state == TcpState::CloseWait {
+                stuck(lp, r.inode);
+                if let Some(ms) = r.idle_ms {
+                    let s = f64::from(ms) / 1000.0;
+                    p.close_wait_oldest_s = Some(p.close_wait_oldest_s.map_or(s, |o| o.max(s)));
+                }
+            }
+        } else if let Some(p) = ports.get_mut(&rp) {
+            *p.client.entry(r.state).or_insert(0) += 1;
+        } else {
+            *view.other.entry(r.state).or_insert(0) += 1;
+        }
+    }
+    view.ports = ports.into_values().collect();
+}
+
+/// The processes holding the most of `inodes`, with their descriptor counts and limits.
+fn top_holders(
+    inodes: impl Iterator<Item = u64>,
+    found: &holders::Holders,
+    top: usize,
+) -> Vec<Holding> {
+    let mut per_pid: HashMap<u32, BTreeSet<u64>> = HashMap::new();
+    for inode in inodes {
+        for h in found.of(inode) {
+            per_pid.entry(h.pid).or_default().insert(inode);
+        }
+    }
+    let mut v: Vec<Holding> = per_pid
+        .into_iter()
+        .filter_map(|(pid, socks)| {
+            let p = found.processes.get(&pid)?;
+            Some(Holding {
+                pid,
+                name: p.comm.clone(),
+                sockets: socks.len() as u32,
+                open_fds: cwlab_sampler::fds::count(pid).unwrap_or(0),
+                max_fds: max_fds(pid),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
+    v.truncate(top);
+    v
+}
+
+/// What a port's numbers look like, when something is wrong.
+fn finding(p: &PortView, close_wait: u32) -> Option<String> {
+    if close_wait == 0 {
+        return None;
+    }
+    let growing = match p.close_wait_per_min {
+        Some(r) if r > 0.0 => format!("growing {r:.0}/min"),
+        _ => "steady".to_string(),
+    };
+    let age = p.close_wait_oldest_s.map_or(String::new(), |s| format!(", the oldest {s:.0} s"));
+    Some(match p.holders.first() {
+        Some(h) => format!(
+            "{close_wait} CLOSE-WAIT ({growing}{age}), held by pid {} `{}`: this side got the peer's FIN and never closed; the holder keeps the last reference",
+            h.pid, h.name
+        ),
+        None => format!(
+            "{close_wait} CLOSE-WAIT ({growing}{age}) held by no process: connections waiting in the listen queue, a busy server rather than a leak"
+        ),
+    })
+}
+
+/// The soft RLIMIT_NOFILE of a process (`Max open files` in /proc/PID/limits).
+fn max_fds(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn own_inode() -> u64 {
+    std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino())
+}
+
+fn open_at(path: &std::path::Path) -> std::io::Result<Table> {
+    netns::in_namespace_at(path, || Table::open(Backend::SockDiag).map_err(std::io::Error::other))
+}
+
+/// The pid of `/proc/PID/ns/net`, or of some process in the namespace a file names.
+fn pid_in(path: &std::path::Path) -> Option<u32> {
+    let s = path.to_str()?;
+    s.strip_prefix("/proc/")?.split('/').next()?.parse().ok()
+}
+
+/// "4026531840 (systemd)": the inode and the name of a process in it.
+fn label(inode: u64, pid: u32) -> String {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    match comm.trim() {
+        "" => inode.to_string(),
+        c => format!("{inode} ({c})"),
+    }
+}
