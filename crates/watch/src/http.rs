@@ -182,3 +182,27 @@ fn index() -> String {
 </ul></body></html>\n"
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Namespaces;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn scrapes_that_arrive_together_share_one_look() {
+        let w = Watcher::new(Namespaces::Own, vec![], 5).unwrap();
+        let e = Arc::new(Exporter::new(w));
+        let arrived = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let e = e.clone();
+            set.spawn(async move { e.look(arrived).await.1 });
+        }
+        let mut dumps = Vec::new();
+        while let Some(d) = set.join_next().await {
+            dumps.push(d.unwrap());
+        }
+        assert_eq!(dumps, vec![1; 10], "ten scrapes, one dump");
+        assert_eq!(e.look(Instant::now()).await.1, 2, "a later scrape makes a new one");
+    }
+}

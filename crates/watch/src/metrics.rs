@@ -180,13 +180,38 @@ pub fn openmetrics(s: &Snapshot, dumps: u64) -> String {
 }
 
 /// The snapshot in the Prometheus text format (0.0.4), for scrapers that do not ask for
-/// OpenMetrics: the same samples without the OpenMetrics-only lines.
+/// OpenMetrics and for node_exporter's textfile collector: the same samples, without the
+/// OpenMetrics-only lines, and with the families named as that format names them (a counter's
+/// family by its `_total` sample, an info metric as a gauge named `_info`).
 pub fn prometheus_text(s: &Snapshot, dumps: u64) -> String {
-    openmetrics(s, dumps)
-        .lines()
-        .filter(|l| *l != "# EOF" && !l.starts_with("# UNIT "))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    let om = openmetrics(s, dumps);
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<(&str, &str)> = None;
+    for l in om.lines() {
+        if l == "# EOF" || l.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# HELP ") {
+            help = rest.split_once(' ');
+            continue;
+        }
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                k => (name.to_string(), k),
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -227,6 +252,13 @@ mod tests {
         }
         let plain = prometheus_text(&s, 7);
         assert!(!plain.contains("# EOF"));
-        assert!(plain.contains("cwlab_dumps_total 7"));
+        assert!(
+            plain.contains("# TYPE cwlab_dumps_total counter\ncwlab_dumps_total 7\n"),
+            "{plain}"
+        );
+        assert!(
+            plain.contains("# TYPE cwlab_build_info gauge\ncwlab_build_info{version="),
+            "{plain}"
+        );
     }
 }
