@@ -315,3 +315,128 @@ fn raise_nofile() {
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
 }
+
+/// `promtool ARGS` from `dir`; `None` without promtool (CI installs it).
+fn promtool(args: &[&str], dir: &std::path::Path) -> Option<std::process::Output> {
+    match Command::new("promtool").args(args).current_dir(dir).output() {
+        Ok(o) => Some(o),
+        Err(_) => {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs promtool");
+            eprintln!("skipping: promtool is not installed");
+            None
+        }
+    }
+}
+
+#[test]
+fn issue_13_the_alerting_rules_are_valid_and_their_unit_tests_pass() {
+    let root = util::root();
+    if let Some(out) = promtool(&["check", "rules", "docs/alerts.yml"], &root) {
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 3 rules found"));
+    }
+    if let Some(out) =
+        promtool(&["test", "rules", "alerts_test.yml"], &root.join("tests/prometheus"))
+    {
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    }
+}
+
+/// `GET path` on a local HTTP server, the body parsed as JSON.
+fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let a = ask(addr, &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"));
+    serde_json::from_str(body(&a)).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn issue_13_a_real_prometheus_scrapes_the_exact_count_and_fires_the_alert() {
+    if !can_isolate("watch-prometheus") {
+        return;
+    }
+    let Ok(version) = Command::new("prometheus").arg("--version").output() else {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs prometheus");
+        return eprintln!("skipping: prometheus is not installed");
+    };
+    assert!(version.status.success());
+    let l = leak(25);
+    settled(&l);
+    let e = exporter(&l, &[]);
+    let dir = scratch("watch-prometheus");
+    // The rules of docs/alerts.yml, with CloseWaitStuck's 5 minutes and its minute of grace
+    // brought down to what a test can wait for.
+    let rules = std::fs::read_to_string(util::root().join("docs/alerts.yml")).unwrap().replace(
+        "cwlab_tcp_close_wait_oldest_seconds > 300\n        for: 1m",
+        "cwlab_tcp_close_wait_oldest_seconds > 0\n        for: 0s",
+    );
+    assert!(rules.contains("oldest_seconds > 0"), "the rule to speed up is there");
+    std::fs::write(dir.join("alerts.yml"), rules).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: [alerts.yml]\n\
+             scrape_configs:\n  - job_name: cwlab\n    static_configs:\n      - targets: ['{}']\n",
+            e.addr
+        ),
+    )
+    .unwrap();
+    let web = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={web}"))
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _prom = Kill(&mut prom);
+    let query =
+        "/api/v1/query?query=cwlab_tcp_sockets%7Bside%3D%22server%22%2Cstate%3D%22close_wait%22%7D";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let value = loop {
+        let v = if TcpStream::connect(&web).is_ok() {
+            get_json(&web, query)
+        } else {
+            serde_json::Value::Null
+        };
+        if let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first()) {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timeout while expecting the series in Prometheus, last {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200)); // Prometheus's own pace: scrapes every 1 s
+    };
+    assert_eq!(value["value"][1], "25", "{value}");
+    assert_eq!(value["metric"]["port"], l.port.to_string());
+    assert_eq!(value["metric"]["netns"], l.inode.to_string());
+    let alert = loop {
+        let v = get_json(&web, "/api/v1/alerts");
+        let firing = v["data"]["alerts"].as_array().and_then(|a| {
+            a.iter()
+                .find(|x| x["labels"]["alertname"] == "CloseWaitStuck" && x["state"] == "firing")
+                .cloned()
+        });
+        if let Some(a) = firing {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timeout while expecting CloseWaitStuck to fire, last {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(alert["labels"]["port"], l.port.to_string(), "{alert}");
+}
