@@ -12,6 +12,9 @@ use cwlab_sampler::{holders, netns, Backend, Query, Table};
 
 use crate::Error;
 
+/// How far back the growth of CLOSE-WAIT is measured.
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Which network namespaces to watch.
 #[derive(Debug, Clone)]
 pub enum Namespaces {
@@ -43,8 +46,8 @@ pub struct Watcher {
     targets: Vec<Target>,
     ports: Vec<u16>,
     top: usize,
-    /// Server CLOSE-WAIT per (namespace, port) at the last look.
-    last: HashMap<(u64, u16), (Instant, u32)>,
+    /// Server CLOSE-WAIT per (namespace, port) at each look of the last minute.
+    last: HashMap<(u64, u16), std::collections::VecDeque<(Instant, u32)>>,
     /// Dumps made so far (concurrent scrapes share one).
     pub dumps: u64,
 }
@@ -116,13 +119,18 @@ impl Watcher {
                 let mine = stuck.iter().filter(|s| s.0 == i && s.1 == p.port).map(|s| s.2);
                 p.holders = top_holders(mine, &found, self.top);
                 let cw = p.server.get(&TcpState::CloseWait).copied().unwrap_or(0);
-                if let Some((then, before)) = self.last.get(&(view.inode, p.port)) {
+                // The growth over the last minute (or as much of it as was watched).
+                let seen = self.last.entry((view.inode, p.port)).or_default();
+                while seen.front().is_some_and(|(t, _)| now.duration_since(*t) > WINDOW) {
+                    seen.pop_front();
+                }
+                if let Some((then, before)) = seen.front() {
                     let mins = now.duration_since(*then).as_secs_f64() / 60.0;
                     if mins > 0.0 {
                         p.close_wait_per_min = Some((f64::from(cw) - f64::from(*before)) / mins);
                     }
                 }
-                self.last.insert((view.inode, p.port), (now, cw));
+                seen.push_back((now, cw));
                 p.finding = finding(p, cw);
             }
         }
