@@ -66,6 +66,7 @@ doc:
 
 bench: build
 	$(RELEASE_ENV) $(CARGO) bench --target $(HOST) -p cwlab --bench sockets
+	$(RELEASE_ENV) $(CARGO) bench --target $(HOST) -p cwlab --bench watch
 
 # Every scenario 50 times in a row, 8 at once, then 50 in a row with both cores busy (about 7 min).
 soak: build
