@@ -1,9 +1,11 @@
 //! `make bench`, part two: `cwlab watch` as an exporter against node_exporter with only its
 //! tcpstat collector (Debian's `prometheus-node-exporter`), the cost of watching at 1 s, and who
 //! holds the sockets (`cwlab sockets --holders`) against `ss -p`, at 10,000 and 100,000
-//! CLOSE-WAIT sockets held by one process (with their FIN-WAIT-2 peers and 2,000 open decoys).
-//! 100,000 clients need more than one source address: they come from 127.0.0.2–127.0.0.5.
-//! Runs in a private network namespace (root). Figures: docs/PERFORMANCE.md.
+//! CLOSE-WAIT sockets (with their FIN-WAIT-2 peers and 2,000 open decoys). A process may hold at
+//! most RLIMIT_NOFILE descriptors, 20,000 at most on this machine, so the sockets are held by
+//! holder processes of 10,000 each, one listening port each, their clients each from an address
+//! of their own (127.0.0.2 and up). Runs in a private network namespace (root). Figures:
+//! docs/PERFORMANCE.md.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,43 +16,92 @@ use cwlab_sampler::{netns, Backend, Query, States, Table, TcpState};
 
 const RUNS: usize = 11;
 
+/// CLOSE-WAIT sockets per holder process.
+const PER_HOLDER: usize = 10_000;
+
 fn main() {
-    if let Ok(spec) = std::env::var("CWLAB_BENCH_WATCH") {
-        let (port, n) = spec.split_once(':').expect("PORT:N");
-        return timer(port.parse().unwrap(), n.parse().unwrap());
+    if let Ok(j) = std::env::var("CWLAB_BENCH_HOLDER") {
+        return holder(j.parse().unwrap());
     }
     if let Err(e) = netns::enter_private() {
         eprintln!("bench: needs root for a private network namespace: {e}");
         std::process::exit(2);
     }
-    raise_nofile(260_000);
     let sizes: Vec<usize> = std::env::var("CWLAB_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
         .unwrap_or_else(|| vec![10_000, 100_000]);
     for n in sizes {
-        let (port, keep) = population(n);
-        // The timing runs in a lean child (descriptors 0-2), as from a shell: this process holds
-        // the population, and every process it spawned would copy its descriptor table.
-        let status = Command::new(std::env::current_exe().unwrap())
-            .env("CWLAB_BENCH_WATCH", format!("{port}:{n}"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "the timer child failed");
-        drop(keep);
+        let mut holders: Vec<Child> = (0..n.div_ceil(PER_HOLDER))
+            .map(|j| {
+                Command::new(std::env::current_exe().unwrap())
+                    .env("CWLAB_BENCH_HOLDER", j.to_string())
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let ports: Vec<u16> = holders
+            .iter_mut()
+            .map(|h| {
+                let mut line = String::new();
+                let mut b = [0u8; 1];
+                let out = h.stdout.as_mut().unwrap();
+                while out.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+                    line.push(b[0] as char);
+                }
+                line.trim().parse().expect("a holder's port")
+            })
+            .collect();
+        settle(&[TcpState::FinWait1]);
+        let decoys = decoys();
+        timer(&ports, n);
+        drop(decoys);
+        for mut h in holders {
+            h.stdin.take();
+            let _ = h.wait();
+        }
         settle(&[TcpState::CloseWait, TcpState::LastAck, TcpState::FinWait1]);
     }
 }
 
-fn timer(port: u16, n: usize) {
+/// A holder: PER_HOLDER CLOSE-WAIT sockets on a port of its own, its clients from 127.0.0.(2+j)
+/// and closed; prints the port, then holds them until stdin closes.
+fn holder(j: usize) {
+    raise_nofile(PER_HOLDER as u64 + 100);
+    let main = TcpListener::bind("127.0.0.1:0").unwrap();
+    let to = main.local_addr().unwrap();
+    let src: SocketAddr = format!("127.0.0.{}:0", 2 + j).parse().unwrap();
+    let mut keep = Vec::with_capacity(PER_HOLDER);
+    for _ in 0..PER_HOLDER {
+        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        c.bind(&src.into()).unwrap();
+        c.connect(&to.into()).unwrap();
+        keep.push(main.accept().unwrap().0);
+    }
+    println!("{}", to.port());
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
+}
+
+/// 1,000 open pairs on a port of their own, held here.
+fn decoys() -> Vec<TcpStream> {
+    let decoy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut keep = Vec::new();
+    for _ in 0..1_000 {
+        keep.push(TcpStream::connect(decoy.local_addr().unwrap()).unwrap());
+        keep.push(decoy.accept().unwrap().0);
+    }
+    keep
+}
+
+fn timer(ports: &[u16], n: usize) {
     let cwlab = env!("CARGO_BIN_EXE_cwlab");
-    let mut ours = spawn(Command::new(cwlab).args([
-        "watch",
-        "--listen",
-        "127.0.0.1:0",
-        "--port",
-        &port.to_string(),
-    ]));
+    let mut args: Vec<String> = vec!["watch".into(), "--listen".into(), "127.0.0.1:0".into()];
+    for p in ports {
+        args.extend(["--port".to_string(), p.to_string()]);
+    }
+    let mut ours = spawn(Command::new(cwlab).args(&args));
     let ours_addr = first_line(&mut ours)
         .strip_prefix("cwlab watch: serving http://")
         .and_then(|r| r.strip_suffix("/metrics").map(str::to_string))
@@ -70,8 +121,15 @@ fn timer(port: u16, n: usize) {
         }
     };
     let ours_body = scrape(&ours_addr);
-    let cw = format!("port=\"{port}\",side=\"server\",state=\"close_wait\"}} {n}");
-    assert!(ours_body.contains(&cw), "cwlab's scrape counts {n}");
+    let counted: usize = ours_body
+        .lines()
+        .filter(|l| {
+            l.starts_with("cwlab_tcp_sockets{")
+                && l.contains("side=\"server\",state=\"close_wait\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert_eq!(counted, n, "cwlab's scrape counts every CLOSE-WAIT");
     let mut t_ours = Vec::new();
     let mut t_node = Vec::new();
     if node.is_some() {
@@ -89,21 +147,26 @@ fn timer(port: u16, n: usize) {
             t_node.push(timed(|| scrape(&ne_addr)));
         }
     }
-    let p = port.to_string();
-    let holders_ours = median((0..RUNS).map(|_| {
-        timed(|| run(&[cwlab, "sockets", "--port", &p, "--state", "close-wait", "--holders"]))
-    }));
-    let filter = format!("ss -Htanp state close-wait '( sport = :{port} )' > /dev/null");
-    let holders_ss = median((0..RUNS).map(|_| timed(|| run(&["sh", "-c", &filter]))));
-    let count_ours = median((0..RUNS).map(|_| {
-        timed(|| run(&[cwlab, "sockets", "--port", &p, "--state", "close-wait", "--count"]))
-    }));
-    let count_filter = format!("ss -Htan state close-wait '( sport = :{port} )' | wc -l");
-    let count_ss = median((0..RUNS).map(|_| timed(|| run(&["sh", "-c", &count_filter]))));
-    let cpu = watching_cost(cwlab, port);
+    // Every CLOSE-WAIT of the namespace is a held one: no port filter on either side.
+    let holders_ours = median(
+        (0..RUNS).map(|_| timed(|| run(&[cwlab, "sockets", "--state", "close-wait", "--holders"]))),
+    );
+    let holders_ss = median(
+        (0..RUNS).map(|_| timed(|| run(&["sh", "-c", "ss -Htanp state close-wait > /dev/null"]))),
+    );
+    let count_ours = median(
+        (0..RUNS).map(|_| timed(|| run(&[cwlab, "sockets", "--state", "close-wait", "--count"]))),
+    );
+    let count_ss = median(
+        (0..RUNS).map(|_| timed(|| run(&["sh", "-c", "ss -Htan state close-wait | wc -l"]))),
+    );
+    let cpu = watching_cost(cwlab, ports);
     let (ours_ms, node_ms) = (ms(median(t_ours.into_iter())), t_node.is_empty().then_some(0.0));
     let node_ms = node_ms.map_or_else(|| ms(median(t_node.into_iter())), |_| f64::NAN);
-    println!("cwlab watch at {n} CLOSE-WAIT on one port (+{n} FIN-WAIT-2, 2,000 decoys); medians of {RUNS}");
+    println!(
+        "cwlab watch at {n} CLOSE-WAIT held by {} processes on as many ports (+{n} FIN-WAIT-2, 2,000 decoys); medians of {RUNS}",
+        ports.len()
+    );
     println!("  one scrape of cwlab watch --listen (ports, ages, holders)   {ours_ms:>9.2} ms   (target < 100 ms)");
     println!("  one scrape of node_exporter, tcpstat only                   {node_ms:>9.2} ms");
     println!(
@@ -123,7 +186,7 @@ fn timer(port: u16, n: usize) {
         "  ratio cwlab / ss -p                                         {:>9.2}    (target <= 0.25)",
         ms(holders_ours) / ms(holders_ss)
     );
-    println!("  cwlab sockets ... --count / ss ... | wc -l                  {:>9.2}    ({:.2} / {:.2} ms; target <= 0.30)", ms(count_ours) / ms(count_ss), ms(count_ours), ms(count_ss));
+    println!("  cwlab sockets --state close-wait --count / ss ... | wc -l   {:>9.2}    ({:.2} / {:.2} ms; target <= 0.30)", ms(count_ours) / ms(count_ss), ms(count_ours), ms(count_ss));
     let _ = ours.kill();
     let _ = ours.wait();
     if let Some(c) = node.as_mut() {
@@ -133,9 +196,10 @@ fn timer(port: u16, n: usize) {
 }
 
 /// CPU time (user + system) of `cwlab watch --interval 1s` over 10 s, as a share of one core.
-fn watching_cost(cwlab: &str, port: u16) -> f64 {
+fn watching_cost(cwlab: &str, ports: &[u16]) -> f64 {
     let mut c = Command::new(cwlab)
-        .args(["watch", "--port", &port.to_string(), "--interval", "1s"])
+        .args(["watch", "--interval", "1s"])
+        .args(ports.iter().flat_map(|p| ["--port".to_string(), p.to_string()]))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -215,34 +279,9 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn raise_nofile(n: u64) {
-    use nix::sys::resource::{setrlimit, Resource};
-    setrlimit(Resource::RLIMIT_NOFILE, n, n).expect("raise RLIMIT_NOFILE (as root)");
-}
-
-/// `n` CLOSE-WAIT sockets held here on one port, from clients on 127.0.0.2 and up (one address
-/// per 25,000), whose sockets are closed (FIN-WAIT-2); 2,000 open pairs on another port.
-fn population(n: usize) -> (u16, Vec<TcpStream>) {
-    let main = TcpListener::bind("127.0.0.1:0").unwrap();
-    let decoy = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = main.local_addr().unwrap().port();
-    let mut keep = Vec::with_capacity(n + 4_000);
-    for i in 0..n {
-        let src: SocketAddr = format!("127.0.0.{}:0", 2 + i / 25_000).parse().unwrap();
-        let c = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        c.bind(&src.into()).unwrap();
-        c.connect(&main.local_addr().unwrap().into()).unwrap();
-        let (s, _) = main.accept().unwrap();
-        keep.push(s);
-        drop(c);
-    }
-    for _ in 0..2_000 {
-        keep.push(TcpStream::connect(decoy.local_addr().unwrap()).unwrap());
-        keep.push(decoy.accept().unwrap().0);
-    }
-    settle(&[TcpState::FinWait1]);
-    std::mem::forget(main);
-    std::mem::forget(decoy);
-    (port, keep)
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, n.min(hard), hard).expect("raise RLIMIT_NOFILE");
 }
 
 /// Waits, to a deadline, until no socket is in these states.
