@@ -4,9 +4,9 @@
 //! # References
 //! proc(5) (`/proc/PID/fd`, `/proc/PID/stat`, `/proc/PID/cmdline`).
 
-use std::os::fd::OwnedFd;
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::os::fd::OwnedFd;
 
 /// One descriptor of one process that refers to a socket.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -166,7 +166,8 @@ fn readlinks(listed: &[(u32, OwnedFd, Vec<i32>)], inodes: &HashSet<u64>) -> Vec<
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some((pid, dir, fds)) = chunks.get(i) else { return out };
             for &fd in *fds {
-                let Ok(target) = rustix::fs::readlinkat(*dir, fd.to_string(), std::mem::take(&mut buf))
+                let Ok(target) =
+                    rustix::fs::readlinkat(*dir, fd.to_string(), std::mem::take(&mut buf))
                 else {
                     continue;
                 };
@@ -245,4 +246,37 @@ mod tests {
         assert_eq!(h.of(inode), &[Holding { pid: me, fd }]);
         assert_eq!(h.processes[&me].pid, me);
     }
+}
+
+/// The sockets a process holds, as (fd, socket inode), reading the link of only those descriptor
+/// numbers `known` does not answer for: a watcher that saw a descriptor before passes what it
+/// knows (`Some(inode)`, used as it is) and reads the rest. `None` when the process's `fd` folder
+/// cannot be read.
+pub fn sockets_of(pid: u32, known: impl Fn(i32) -> Option<u64>) -> Option<Vec<(i32, u64)>> {
+    let (dir, fds) = fd_numbers(pid)?;
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(64);
+    for fd in fds {
+        if let Some(inode) = known(fd) {
+            out.push((fd, inode));
+            continue;
+        }
+        let Ok(target) = rustix::fs::readlinkat(&dir, fd.to_string(), std::mem::take(&mut buf))
+        else {
+            continue;
+        };
+        if let Some(inode) = target.to_str().ok().and_then(socket_inode) {
+            out.push((fd, inode));
+        }
+        buf = target.into_bytes();
+        buf.clear();
+    }
+    Some(out)
+}
+
+/// When a process started (`starttime` in /proc/PID/stat, clock ticks since boot): with its pid,
+/// it names one process, whatever pid reuse does.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }

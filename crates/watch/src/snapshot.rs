@@ -2,9 +2,10 @@
 //! service ports, and one walk of /proc for the holders of server CLOSE-WAIT sockets.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cwlab_model::watch::{Holding, NamespaceView, PortView, Snapshot};
 use cwlab_model::TcpState;
@@ -38,6 +39,9 @@ struct Target {
     /// How to open it again: a namespace file, or none for the watcher's own.
     path: Option<PathBuf>,
     table: Option<Table>,
+    /// Whether a look with `tcp_info` has been made since the table was opened: after it, every
+    /// CLOSE-WAIT socket's age is known or is younger than a look.
+    aged: bool,
 }
 
 /// Looks at socket tables and remembers enough for rates.
@@ -48,6 +52,12 @@ pub struct Watcher {
     top: usize,
     /// Server CLOSE-WAIT per (namespace, port) at each look of the last minute.
     last: HashMap<(u64, u16), std::collections::VecDeque<(Instant, u32)>>,
+    /// When each server CLOSE-WAIT socket (namespace, local, remote) entered CLOSE-WAIT, as far
+    /// as the watcher knows: from `tcp_info` on the first look that saw it in a namespace, then
+    /// kept, so that later looks need no `tcp_info` (it quadruples what a dump carries).
+    born: HashMap<(u64, SocketAddr, SocketAddr), Instant>,
+    /// Who held what at the last looks.
+    cache: HolderCache,
     /// Dumps made so far (concurrent scrapes share one).
     pub dumps: u64,
 }
@@ -63,6 +73,7 @@ impl Watcher {
                 label: label(own_inode(), std::process::id()),
                 path: None,
                 table: Some(Table::open(Backend::SockDiag)?),
+                aged: false,
             }),
             Namespaces::These { paths, pids } => {
                 let named = paths
@@ -80,12 +91,22 @@ impl Watcher {
                         label: label(inode, pid),
                         path: Some(path),
                         table: Some(table),
+                        aged: false,
                     });
                 }
             }
             Namespaces::All => {}
         }
-        Ok(Watcher { which, targets, ports, top, last: HashMap::new(), dumps: 0 })
+        Ok(Watcher {
+            which,
+            targets,
+            ports,
+            top,
+            last: HashMap::new(),
+            born: HashMap::new(),
+            cache: HolderCache::default(),
+            dumps: 0,
+        })
     }
 
     /// Takes one look.
@@ -97,23 +118,42 @@ impl Watcher {
         self.dumps += 1;
         let mut views = Vec::new();
         let mut stuck: Vec<(usize, u16, u64)> = Vec::new();
+        let now = Instant::now();
+        let mut alive = HashSet::new();
         for (i, t) in self.targets.iter_mut().enumerate() {
             let mut view =
                 NamespaceView { inode: t.inode, label: t.label.clone(), ..Default::default() };
-            match dump(t) {
-                Ok(records) => classify(&records, &self.ports, &mut view, |port, inode| {
-                    stuck.push((i, port, inode));
-                }),
+            // tcp_info only where some CLOSE-WAIT socket's age is not known yet.
+            let info = !t.aged;
+            match dump(t, info) {
+                Ok(records) => {
+                    let born = &mut self.born;
+                    let ns = t.inode;
+                    classify(&records, &self.ports, &mut view, |port, r| {
+                        stuck.push((i, port, r.inode));
+                        let key = (ns, r.local, r.remote);
+                        alive.insert(key);
+                        let since = *born.entry(key).or_insert_with(|| match r.idle_ms {
+                            Some(ms) => {
+                                now.checked_sub(Duration::from_millis(u64::from(ms))).unwrap_or(now)
+                            }
+                            None => now,
+                        });
+                        now.duration_since(since).as_secs_f64()
+                    });
+                    t.aged = true;
+                }
                 Err(e) => {
                     view.error = Some(e);
                     t.table = None;
+                    t.aged = false;
                 }
             }
             views.push(view);
         }
+        self.born.retain(|k, _| alive.contains(k));
         let inodes: HashSet<u64> = stuck.iter().map(|s| s.2).filter(|i| *i != 0).collect();
-        let found = holders::find(&inodes);
-        let now = Instant::now();
+        let found = self.cache.holders(&inodes);
         for (i, view) in views.iter_mut().enumerate() {
             for p in &mut view.ports {
                 let mine = stuck.iter().filter(|s| s.0 == i && s.1 == p.port).map(|s| s.2);
@@ -163,6 +203,7 @@ impl Watcher {
                     label: label(inode, pid),
                     table: open_at(&path).ok(),
                     path: Some(path),
+                    aged: false,
                 });
             }
         }
@@ -170,8 +211,9 @@ impl Watcher {
     }
 }
 
-/// Every TCP socket of a namespace, with `tcp_info`. A table that failed is opened again once.
-fn dump(t: &mut Target) -> Result<Vec<cwlab_sampler::SocketRecord>, String> {
+/// Every TCP socket of a namespace (with `tcp_info` when `info`). A table that failed is opened
+/// again once.
+fn dump(t: &mut Target, info: bool) -> Result<Vec<cwlab_sampler::SocketRecord>, String> {
     if t.table.is_none() {
         t.table = Some(match &t.path {
             Some(p) => open_at(p).map_err(|e| format!("the namespace is gone or closed: {e}"))?,
@@ -179,19 +221,19 @@ fn dump(t: &mut Target) -> Result<Vec<cwlab_sampler::SocketRecord>, String> {
         });
     }
     let table = t.table.as_mut().expect("opened above");
-    let q = Query { info: true, ..Query::default() };
+    let q = Query { info, ..Query::default() };
     let mut v = Vec::new();
     table.for_each(&q, |r| v.push(r.clone())).map_err(|e| e.to_string())?;
     Ok(v)
 }
 
 /// Sorts records into service ports (server and client side) and `other`; calls `stuck` for
-/// each server CLOSE-WAIT socket.
+/// each server CLOSE-WAIT socket, which answers how long it has been in CLOSE-WAIT, in seconds.
 fn classify(
     records: &[cwlab_sampler::SocketRecord],
     only: &[u16],
     view: &mut NamespaceView,
-    mut stuck: impl FnMut(u16, u64),
+    mut stuck: impl FnMut(u16, &cwlab_sampler::SocketRecord) -> f64,
 ) {
     let listening: BTreeSet<u16> =
         records.iter().filter(|r| r.state == TcpState::Listen).map(|r| r.local.port()).collect();
@@ -208,11 +250,8 @@ fn classify(
         if let Some(p) = ports.get_mut(&lp) {
             *p.server.entry(r.state).or_insert(0) += 1;
             if r.state == TcpState::CloseWait {
-                stuck(lp, r.inode);
-                if let Some(ms) = r.idle_ms {
-                    let s = f64::from(ms) / 1000.0;
-                    p.close_wait_oldest_s = Some(p.close_wait_oldest_s.map_or(s, |o| o.max(s)));
-                }
+                let s = stuck(lp, r);
+                p.close_wait_oldest_s = Some(p.close_wait_oldest_s.map_or(s, |o| o.max(s)));
             }
         } else if let Some(p) = ports.get_mut(&rp) {
             *p.client.entry(r.state).or_insert(0) += 1;
@@ -301,5 +340,89 @@ fn label(inode: u64, pid: u32) -> String {
     match comm.trim() {
         "" => inode.to_string(),
         c => format!("{inode} ({c})"),
+    }
+}
+
+/// How often the holders are found by a whole walk of /proc, whatever the cache says.
+const REWALK: Duration = Duration::from_secs(30);
+
+/// Who held the server CLOSE-WAIT sockets at the last looks, so that a look reads only what
+/// changed: the descriptors of the known holders that it has not seen before. A socket no known
+/// holder accounts for (a new holder) brings a whole walk, and so does every [`REWALK`]; a
+/// descriptor closed and reused for another socket between two walks is seen at the next.
+#[derive(Default)]
+struct HolderCache {
+    /// pid → (its start time, its descriptors that hold server CLOSE-WAIT sockets).
+    procs: HashMap<u32, (u64, HashMap<i32, u64>)>,
+    info: HashMap<u32, holders::Process>,
+    /// Sockets the last walk found no process holding.
+    unheld: HashSet<u64>,
+    walked: Option<Instant>,
+}
+
+impl HolderCache {
+    fn holders(&mut self, inodes: &HashSet<u64>) -> holders::Holders {
+        if self.walked.is_some_and(|t| t.elapsed() < REWALK) {
+            if let Some(h) = self.from_known(inodes) {
+                return h;
+            }
+        }
+        self.walk(inodes)
+    }
+
+    fn walk(&mut self, inodes: &HashSet<u64>) -> holders::Holders {
+        let found = holders::find(inodes);
+        self.procs.clear();
+        for (inode, hs) in &found.by_inode {
+            for h in hs {
+                let e = self
+                    .procs
+                    .entry(h.pid)
+                    .or_insert_with(|| (holders::start_time(h.pid).unwrap_or(0), HashMap::new()));
+                e.1.insert(h.fd, *inode);
+            }
+        }
+        self.info = found.processes.clone();
+        self.unheld = inodes.iter().filter(|i| !found.by_inode.contains_key(i)).copied().collect();
+        self.walked = Some(Instant::now());
+        found
+    }
+
+    /// The holders from the known holders alone; `None` when some socket is not accounted for.
+    fn from_known(&mut self, inodes: &HashSet<u64>) -> Option<holders::Holders> {
+        let mut h = holders::Holders::default();
+        let mut gone = Vec::new();
+        for (pid, (start, fds)) in &mut self.procs {
+            if holders::start_time(*pid) != Some(*start) {
+                gone.push(*pid);
+                continue;
+            }
+            let known = |fd: i32| fds.get(&fd).copied().filter(|i| inodes.contains(i));
+            let Some(now) = holders::sockets_of(*pid, known) else {
+                gone.push(*pid);
+                continue;
+            };
+            fds.clear();
+            for (fd, inode) in now.into_iter().filter(|(_, i)| inodes.contains(i)) {
+                fds.insert(fd, inode);
+                h.by_inode.entry(inode).or_default().push(holders::Holding { pid: *pid, fd });
+            }
+            if let Some(p) = self.info.get(pid) {
+                h.processes.insert(*pid, p.clone());
+            }
+        }
+        for pid in gone {
+            self.procs.remove(&pid);
+            self.info.remove(&pid);
+        }
+        let accounted =
+            inodes.iter().all(|i| h.by_inode.contains_key(i) || self.unheld.contains(i));
+        if !accounted {
+            return None;
+        }
+        for v in h.by_inode.values_mut() {
+            v.sort();
+        }
+        Some(h)
     }
 }
