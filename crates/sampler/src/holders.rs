@@ -219,35 +219,6 @@ fn parse_stat(stat: &str) -> Option<(String, u32)> {
     Some((comm, ppid))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_socket_links() {
-        assert_eq!(socket_inode("socket:[12345]"), Some(12345));
-        assert_eq!(socket_inode("pipe:[12345]"), None);
-        assert_eq!(socket_inode("/dev/null"), None);
-    }
-
-    #[test]
-    fn stat_with_odd_names() {
-        assert_eq!(parse_stat("42 (a (b) c) S 7 42 42 0"), Some(("a (b) c".into(), 7)));
-    }
-
-    #[test]
-    fn finds_our_own_socket() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
-        let link = fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
-        let inode = socket_inode(link.to_str().unwrap()).unwrap();
-        let h = find(&HashSet::from([inode]));
-        let me = std::process::id();
-        assert_eq!(h.of(inode), &[Holding { pid: me, fd }]);
-        assert_eq!(h.processes[&me].pid, me);
-    }
-}
-
 /// The sockets a process holds, as (fd, socket inode), reading the link of only those descriptor
 /// numbers `known` does not answer for: a watcher that saw a descriptor before passes what it
 /// knows (`Some(inode)`, used as it is) and reads the rest. `None` when the process's `fd` folder
@@ -279,4 +250,33 @@ pub fn sockets_of(pid: u32, known: impl Fn(i32) -> Option<u64>) -> Option<Vec<(i
 pub fn start_time(pid: u32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_socket_links() {
+        assert_eq!(socket_inode("socket:[12345]"), Some(12345));
+        assert_eq!(socket_inode("pipe:[12345]"), None);
+        assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn stat_with_odd_names() {
+        assert_eq!(parse_stat("42 (a (b) c) S 7 42 42 0"), Some(("a (b) c".into(), 7)));
+    }
+
+    #[test]
+    fn finds_our_own_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
+        let link = fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        let inode = socket_inode(link.to_str().unwrap()).unwrap();
+        let h = find(&HashSet::from([inode]));
+        let me = std::process::id();
+        assert_eq!(h.of(inode), &[Holding { pid: me, fd }]);
+        assert_eq!(h.processes[&me].pid, me);
+    }
 }
