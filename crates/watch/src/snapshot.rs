@@ -363,7 +363,7 @@ struct HolderCache {
 impl HolderCache {
     fn holders(&mut self, inodes: &HashSet<u64>) -> holders::Holders {
         if self.walked.is_some_and(|t| t.elapsed() < REWALK) {
-            if let Some(h) = self.from_known(inodes) {
+            if let Some(h) = self.of_known(inodes) {
                 return h;
             }
         }
@@ -389,7 +389,7 @@ impl HolderCache {
     }
 
     /// The holders from the known holders alone; `None` when some socket is not accounted for.
-    fn from_known(&mut self, inodes: &HashSet<u64>) -> Option<holders::Holders> {
+    fn of_known(&mut self, inodes: &HashSet<u64>) -> Option<holders::Holders> {
         let mut h = holders::Holders::default();
         let mut gone = Vec::new();
         for (pid, (start, fds)) in &mut self.procs {
