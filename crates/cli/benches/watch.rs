@@ -175,11 +175,11 @@ fn timer(ports: &[u16], n: usize) {
     );
     println!("  watching at 1 s, CPU over 10 s                              {cpu:>8.1} %    of a core (target < 5 %)");
     println!(
-        "  cwlab sockets --port P --state close-wait --holders         {:>9.2} ms",
+        "  cwlab sockets --state close-wait --holders                  {:>9.2} ms",
         ms(holders_ours)
     );
     println!(
-        "  ss -Htanp state close-wait '( sport = :P )'                 {:>9.2} ms",
+        "  ss -Htanp state close-wait                                  {:>9.2} ms",
         ms(holders_ss)
     );
     println!(

@@ -159,13 +159,17 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Writes the answer in one piece: a head and a body written apart would wait, by Nagle's
+/// algorithm, for the client's delayed ACK of the head (40 ms here).
 async fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
+    let mut answer = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body.as_bytes()).await?;
+    )
+    .into_bytes();
+    answer.extend_from_slice(body.as_bytes());
+    let _ = s.set_nodelay(true);
+    s.write_all(&answer).await?;
     s.shutdown().await
 }
 

@@ -13,6 +13,41 @@ use cwlab_sampler::{holders, netns, Backend, Query, Table};
 
 use crate::Error;
 
+/// A fast hash for keys the kernel made (inodes, addresses): the maps below hold one entry per
+/// CLOSE-WAIT socket, and SipHash was a tenth of a look at 10,000 (perf).
+#[derive(Default, Clone, Copy)]
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fx>>;
+
 /// How far back the growth of CLOSE-WAIT is measured.
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -55,7 +90,7 @@ pub struct Watcher {
     /// When each server CLOSE-WAIT socket (namespace, local, remote) entered CLOSE-WAIT, as far
     /// as the watcher knows: from `tcp_info` on the first look that saw it in a namespace, then
     /// kept, so that later looks need no `tcp_info` (it quadruples what a dump carries).
-    born: HashMap<(u64, SocketAddr, SocketAddr), Instant>,
+    born: FastMap<(u64, SocketAddr, SocketAddr), (Instant, u64)>,
     /// Who held what at the last looks.
     cache: HolderCache,
     /// Dumps made so far (concurrent scrapes share one).
@@ -103,7 +138,7 @@ impl Watcher {
             ports,
             top,
             last: HashMap::new(),
-            born: HashMap::new(),
+            born: FastMap::default(),
             cache: HolderCache::default(),
             dumps: 0,
         })
@@ -119,7 +154,7 @@ impl Watcher {
         let mut views = Vec::new();
         let mut stuck: Vec<(usize, u16, u64)> = Vec::new();
         let now = Instant::now();
-        let mut alive = HashSet::new();
+        let generation = self.dumps;
         for (i, t) in self.targets.iter_mut().enumerate() {
             let mut view =
                 NamespaceView { inode: t.inode, label: t.label.clone(), ..Default::default() };
@@ -131,15 +166,17 @@ impl Watcher {
                     let ns = t.inode;
                     classify(&records, &self.ports, &mut view, |port, r| {
                         stuck.push((i, port, r.inode));
-                        let key = (ns, r.local, r.remote);
-                        alive.insert(key);
-                        let since = *born.entry(key).or_insert_with(|| match r.idle_ms {
-                            Some(ms) => {
-                                now.checked_sub(Duration::from_millis(u64::from(ms))).unwrap_or(now)
-                            }
-                            None => now,
+                        let e = born.entry((ns, r.local, r.remote)).or_insert_with(|| {
+                            let since = match r.idle_ms {
+                                Some(ms) => now
+                                    .checked_sub(Duration::from_millis(u64::from(ms)))
+                                    .unwrap_or(now),
+                                None => now,
+                            };
+                            (since, generation)
                         });
-                        now.duration_since(since).as_secs_f64()
+                        e.1 = generation;
+                        now.duration_since(e.0).as_secs_f64()
                     });
                     t.aged = true;
                 }
@@ -151,7 +188,7 @@ impl Watcher {
             }
             views.push(view);
         }
-        self.born.retain(|k, _| alive.contains(k));
+        self.born.retain(|_, v| v.1 == generation);
         let inodes: HashSet<u64> = stuck.iter().map(|s| s.2).filter(|i| *i != 0).collect();
         let found = self.cache.holders(&inodes);
         for (i, view) in views.iter_mut().enumerate() {
@@ -352,8 +389,9 @@ const REWALK: Duration = Duration::from_secs(30);
 /// descriptor closed and reused for another socket between two walks is seen at the next.
 #[derive(Default)]
 struct HolderCache {
-    /// pid → (its start time, its descriptors that hold server CLOSE-WAIT sockets).
-    procs: HashMap<u32, (u64, HashMap<i32, u64>)>,
+    /// pid → (its start time, its descriptor count, its descriptors that hold server CLOSE-WAIT
+    /// sockets).
+    procs: HashMap<u32, (u64, u32, FastMap<i32, u64>)>,
     info: HashMap<u32, holders::Process>,
     /// Sockets the last walk found no process holding.
     unheld: HashSet<u64>,
@@ -375,11 +413,11 @@ impl HolderCache {
         self.procs.clear();
         for (inode, hs) in &found.by_inode {
             for h in hs {
-                let e = self
-                    .procs
-                    .entry(h.pid)
-                    .or_insert_with(|| (holders::start_time(h.pid).unwrap_or(0), HashMap::new()));
-                e.1.insert(h.fd, *inode);
+                let e = self.procs.entry(h.pid).or_insert_with(|| {
+                    let count = cwlab_sampler::fds::count(h.pid).unwrap_or(0);
+                    (holders::start_time(h.pid).unwrap_or(0), count, FastMap::default())
+                });
+                e.2.insert(h.fd, *inode);
             }
         }
         self.info = found.processes.clone();
@@ -392,19 +430,26 @@ impl HolderCache {
     fn of_known(&mut self, inodes: &HashSet<u64>) -> Option<holders::Holders> {
         let mut h = holders::Holders::default();
         let mut gone = Vec::new();
-        for (pid, (start, fds)) in &mut self.procs {
+        for (pid, (start, count, fds)) in &mut self.procs {
             if holders::start_time(*pid) != Some(*start) {
                 gone.push(*pid);
                 continue;
             }
-            let known = |fd: i32| fds.get(&fd).copied().filter(|i| inodes.contains(i));
-            let Some(now) = holders::sockets_of(*pid, known) else {
-                gone.push(*pid);
-                continue;
-            };
-            fds.clear();
-            for (fd, inode) in now.into_iter().filter(|(_, i)| inodes.contains(i)) {
-                fds.insert(fd, inode);
+            // The same number of descriptors and every one known still stuck: nothing to read
+            // (a descriptor closed and another opened in its place is seen at the next walk).
+            let now_count = cwlab_sampler::fds::count(*pid).unwrap_or(u32::MAX);
+            let unchanged = now_count == *count && fds.values().all(|i| inodes.contains(i));
+            if !unchanged {
+                let known = |fd: i32| fds.get(&fd).copied().filter(|i| inodes.contains(i));
+                let Some(now) = holders::sockets_of(*pid, known) else {
+                    gone.push(*pid);
+                    continue;
+                };
+                fds.clear();
+                fds.extend(now.into_iter().filter(|(_, i)| inodes.contains(i)));
+                *count = now_count;
+            }
+            for (&fd, &inode) in fds.iter() {
                 h.by_inode.entry(inode).or_default().push(holders::Holding { pid: *pid, fd });
             }
             if let Some(p) = self.info.get(pid) {
