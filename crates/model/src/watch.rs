@@ -17,9 +17,11 @@
 //!
 //! `server` counts the sockets whose local port is the service port, `client` those whose remote
 //! port is; `other` every socket on neither side of a service port (one bucket, so that label
-//! values stay bounded). `close_wait_oldest_s` comes from the kernel (`tcp_info`'s time since the
-//! last ACK received: a CLOSE-WAIT socket hears nothing after the peer's FIN);
-//! `close_wait_per_min` needs two looks, so `--once` has none.
+//! values stay bounded). `close_wait_oldest_s` comes from the kernel on a namespace's first look
+//! (`tcp_info`'s time since the last ACK received: a CLOSE-WAIT socket hears nothing after the
+//! peer's FIN) and is kept from then on; a socket that entered CLOSE-WAIT later is as old as the
+//! first look that saw it (at most one interval short). `close_wait_per_min` is the growth over
+//! the last minute watched; it needs two looks, so `--once` has none.
 
 use serde::{Deserialize, Serialize};
 
