@@ -141,18 +141,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         faces.push(Box::new(cwlab_report::Junit::new(p.clone())));
     }
     let mut faces = Reporters(faces);
-    let report = match cwlab_runner::run(&scenario, &opts, &mut faces) {
-        Ok(r) => r,
-        Err(cwlab_runner::RunError::Interrupted(sig)) => {
-            return Err(Failure {
-                code: 128 + sig,
-                error: format!("interrupted by {}", cwlab_runner::signals::name(sig)).into(),
-            })
-        }
-        Err(e) => return Err(Failure::bad_input(e)),
-    };
-    crate::run::write_report(&path, &report)?;
-    faces.finish(&report).map_err(Failure::bad_input)?;
+    let report = crate::run::run_one(&scenario, &opts, &mut faces, &path)?;
     faces.close().map_err(Failure::bad_input)?;
     if report.interrupted {
         if let Some(sig) = cwlab_runner::signals::received() {

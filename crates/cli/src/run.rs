@@ -98,18 +98,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     let mut worst = exit::PASS;
     for (i, (scenario, path)) in scenarios.iter().zip(&paths).enumerate() {
         let opts = Options { pcap: pcap_path(a, path, scenarios.len()), ..opts.clone() };
-        let report = match cwlab_runner::run(scenario, &opts, &mut faces) {
-            Ok(r) => r,
-            Err(cwlab_runner::RunError::Interrupted(sig)) => {
-                return Err(Failure {
-                    code: 128 + sig,
-                    error: format!("interrupted by {}", cwlab_runner::signals::name(sig)).into(),
-                })
-            }
-            Err(e) => return Err(Failure::bad_input(e)),
-        };
-        write_report(path, &report)?;
-        faces.finish(&report).map_err(Failure::bad_input)?;
+        let report = run_one(scenario, &opts, &mut faces, path)?;
         worst = worst.max(report.exit_code());
         if let Some(sig) = cwlab_runner::signals::received() {
             // A signal stopped this run (its report says so), or arrived after it ended: then
@@ -142,6 +131,29 @@ fn reporters(a: &Args, paths: &[PathBuf]) -> Reporters {
         faces.push(Box::new(cwlab_report::Junit::new(p.clone())));
     }
     Reporters(faces)
+}
+
+/// Runs one scenario, writes its report and tells the faces. A signal before the server listened
+/// is an exit of 128 + the signal.
+pub fn run_one(
+    scenario: &Scenario,
+    opts: &Options,
+    faces: &mut Reporters,
+    path: &Path,
+) -> Result<Report, Failure> {
+    let report = match cwlab_runner::run(scenario, opts, faces) {
+        Ok(r) => r,
+        Err(cwlab_runner::RunError::Interrupted(sig)) => {
+            return Err(Failure {
+                code: 128 + sig,
+                error: format!("interrupted by {}", cwlab_runner::signals::name(sig)).into(),
+            })
+        }
+        Err(e) => return Err(Failure::bad_input(e)),
+    };
+    write_report(path, &report)?;
+    faces.finish(&report).map_err(Failure::bad_input)?;
+    Ok(report)
 }
 
 pub fn write_report(path: &Path, report: &Report) -> Result<(), Failure> {
