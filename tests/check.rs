@@ -275,3 +275,30 @@ fn issue_12_a_server_is_a_behaviour_or_a_command_not_both_nor_neither() {
         );
     }
 }
+
+#[test]
+fn issue_12_a_command_runs_with_its_env_its_folder_and_port() {
+    if !can_isolate("check-env") {
+        return;
+    }
+    let dir = scratch("check-env");
+    let text = std::fs::read_to_string(root().join("examples/ci/closes-well.toml"))
+        .unwrap()
+        .replace(
+            "command = [\"python3\", \"examples/python/parent_closes.py\", \"{port}\"]",
+            "command = [\"sh\", \"-c\", \"test \\\"$MARK\\\" = yes && test \\\"$PORT\\\" = \\\"$0\\\" && exec python3 parent_closes.py \\\"$PORT\\\"\", \"{port}\"]\nenv = { MARK = \"yes\" }\ncwd = \"examples/python\"",
+        );
+    let file = dir.join("env.toml");
+    std::fs::write(&file, &text).unwrap();
+    let _one_at_a_time = serial();
+    let out = Command::new(env!("CARGO_BIN_EXE_cwlab"))
+        .args(["run", "--isolation", "netns", "--report"])
+        .arg(dir.join("r.json"))
+        .arg(&file)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{text}", show(&out));
+    let r = read_report(&dir.join("r.json"));
+    assert_eq!(r.client_outcome.completed, 50);
+}

@@ -440,3 +440,71 @@ fn issue_13_a_real_prometheus_scrapes_the_exact_count_and_fires_the_alert() {
     };
     assert_eq!(alert["labels"]["port"], l.port.to_string(), "{alert}");
 }
+
+#[test]
+fn issue_13_all_namespaces_finds_a_thread_s_own_and_counts_it_exactly() {
+    if !can_isolate("watch-all-netns") {
+        return;
+    }
+    let l = leak(21);
+    settled(&l);
+    let out = watch(&["--all-netns", "--once", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let s: Snapshot = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s.namespaces.len() >= 2, "the host's and the leak's at least");
+    let ns = s.namespaces.iter().find(|n| n.inode == l.inode).expect("the leak's namespace");
+    assert!(ns.label.starts_with(&l.inode.to_string()), "{}", ns.label);
+    let p = ns.ports.iter().find(|p| p.port == l.port).unwrap();
+    assert_eq!(p.server.get(&TcpState::CloseWait), Some(&21));
+}
+
+#[test]
+fn issue_13_sockets_and_processes_coming_and_going_never_break_or_double_count_a_look() {
+    if !can_isolate("watch-churn") {
+        return;
+    }
+    let l = leak(30);
+    settled(&l);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Connections that open and close in the leak's namespace, and processes that start and end.
+    let churn = {
+        let (stop, ns) = (stop.clone(), l.netns.clone());
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(ns).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let extra = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = TcpStream::connect(extra.local_addr().unwrap()).unwrap();
+                let (s, _) = extra.accept().unwrap();
+                drop((c, s));
+                if n % 20 == 0 {
+                    let _ = Command::new("true").status();
+                }
+                n += 1;
+            }
+        })
+    };
+    let mut w = Command::new(env!("CARGO_BIN_EXE_cwlab"))
+        .args(["watch", "--netns", l.netns.to_str().unwrap(), "--port", &l.port.to_string()])
+        .args(["--json", "--interval", "20ms"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(w.stdout.take().unwrap()));
+    for _ in 0..40 {
+        let line = lines.next().expect("a look per interval").unwrap();
+        let s: Snapshot = serde_json::from_str(&line).unwrap();
+        let ns = &s.namespaces[0];
+        assert_eq!(ns.error, None);
+        let p = &ns.ports[0];
+        // The leak's sockets, exactly, each held once, whatever else came and went.
+        assert_eq!(p.server.get(&TcpState::CloseWait), Some(&30), "{p:?}");
+        assert_eq!(p.holders.iter().map(|h| h.sockets).sum::<u32>(), 30, "{p:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    // SAFETY: kill(2) takes no memory; the watcher is our child, not yet reaped.
+    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+    assert_eq!(w.wait().unwrap().code(), Some(0), "SIGTERM ends a watch cleanly");
+}

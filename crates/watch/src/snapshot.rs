@@ -220,21 +220,24 @@ impl Watcher {
         }
     }
 
-    /// Every namespace some process is in, by inode; tables kept for those still there.
+    /// Every namespace some thread is in, by inode; tables kept for those still there.
     fn find_all(&mut self) {
-        let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+        let mut seen: BTreeMap<u64, (u32, PathBuf)> = BTreeMap::new();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Ok(m) = std::fs::metadata(e.path().join("ns/net")) {
-                seen.entry(m.ino()).or_insert(pid);
+            // A thread may have a namespace of its own (unshare moves only the caller).
+            for t in std::fs::read_dir(e.path().join("task")).into_iter().flatten().flatten() {
+                let path = t.path().join("ns/net");
+                if let Ok(m) = std::fs::metadata(&path) {
+                    seen.entry(m.ino()).or_insert((pid, path));
+                }
             }
         }
         self.targets.retain(|t| seen.contains_key(&t.inode));
-        for (inode, pid) in seen {
+        for (inode, (pid, path)) in seen {
             if self.targets.iter().all(|t| t.inode != inode) {
-                let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
                 self.targets.push(Target {
                     inode,
                     label: label(inode, pid),
