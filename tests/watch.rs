@@ -478,7 +478,7 @@ fn issue_13_sockets_and_processes_coming_and_going_never_break_or_double_count_a
                 let c = TcpStream::connect(extra.local_addr().unwrap()).unwrap();
                 let (s, _) = extra.accept().unwrap();
                 drop((c, s));
-                if n % 20 == 0 {
+                if n.is_multiple_of(20) {
                     let _ = Command::new("true").status();
                 }
                 n += 1;
