@@ -267,8 +267,16 @@ fn dump(t: &mut Target, info: bool) -> Result<Vec<cwlab_sampler::SocketRecord>, 
     Ok(v)
 }
 
+/// Counts per state, indexed by the kernel's state number (1–11).
+type StateCounts = [u32; 12];
+
+fn counts_map(c: &StateCounts) -> cwlab_model::report::Counts {
+    TcpState::ALL.iter().filter(|s| c[**s as usize] > 0).map(|s| (*s, c[*s as usize])).collect()
+}
+
 /// Sorts records into service ports (server and client side) and `other`; calls `stuck` for
 /// each server CLOSE-WAIT socket, which answers how long it has been in CLOSE-WAIT, in seconds.
+/// Counted in arrays indexed by port and state: this runs once per socket of the namespace.
 fn classify(
     records: &[cwlab_sampler::SocketRecord],
     only: &[u16],
@@ -277,29 +285,52 @@ fn classify(
 ) {
     let listening: BTreeSet<u16> =
         records.iter().filter(|r| r.state == TcpState::Listen).map(|r| r.local.port()).collect();
-    let service: BTreeSet<u16> =
-        if only.is_empty() { listening.clone() } else { only.iter().copied().collect() };
-    let mut ports: BTreeMap<u16, PortView> = service
-        .iter()
-        .map(|p| {
-            (*p, PortView { port: *p, listening: listening.contains(p), ..Default::default() })
-        })
-        .collect();
-    for r in records {
-        let (lp, rp) = (r.local.port(), r.remote.port());
-        if let Some(p) = ports.get_mut(&lp) {
-            *p.server.entry(r.state).or_insert(0) += 1;
-            if r.state == TcpState::CloseWait {
-                let s = stuck(lp, r);
-                p.close_wait_oldest_s = Some(p.close_wait_oldest_s.map_or(s, |o| o.max(s)));
-            }
-        } else if let Some(p) = ports.get_mut(&rp) {
-            *p.client.entry(r.state).or_insert(0) += 1;
-        } else {
-            *view.other.entry(r.state).or_insert(0) += 1;
+    let service: Vec<u16> =
+        if only.is_empty() { listening.iter().copied().collect() } else { only.to_vec() };
+    let mut index = vec![u16::MAX; 65_536];
+    let mut ports: Vec<(StateCounts, StateCounts, Option<f64>)> = Vec::new();
+    for p in &service {
+        if index[usize::from(*p)] == u16::MAX {
+            index[usize::from(*p)] = ports.len() as u16;
+            ports.push(([0; 12], [0; 12], None));
         }
     }
-    view.ports = ports.into_values().collect();
+    let mut other: StateCounts = [0; 12];
+    for r in records {
+        let (lp, rp) = (r.local.port(), r.remote.port());
+        let st = r.state as usize;
+        match (index[usize::from(lp)], index[usize::from(rp)]) {
+            (i, _) if i != u16::MAX => {
+                let p = &mut ports[usize::from(i)];
+                p.0[st] += 1;
+                if r.state == TcpState::CloseWait {
+                    let s = stuck(lp, r);
+                    p.2 = Some(p.2.map_or(s, |o: f64| o.max(s)));
+                }
+            }
+            (_, i) if i != u16::MAX => ports[usize::from(i)].1[st] += 1,
+            _ => other[st] += 1,
+        }
+    }
+    let mut views: Vec<PortView> = service
+        .iter()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|p| {
+            let (server, client, oldest) = &ports[usize::from(index[usize::from(*p)])];
+            PortView {
+                port: *p,
+                listening: listening.contains(p),
+                server: counts_map(server),
+                client: counts_map(client),
+                close_wait_oldest_s: *oldest,
+                ..Default::default()
+            }
+        })
+        .collect();
+    views.sort_by_key(|p| p.port);
+    view.ports = views;
+    view.other = counts_map(&other);
 }
 
 /// The processes holding the most of `inodes`, with their descriptor counts and limits.
@@ -308,11 +339,15 @@ fn top_holders(
     found: &holders::Holders,
     top: usize,
 ) -> Vec<Holding> {
-    let mut per_pid: HashMap<u32, BTreeSet<u64>> = HashMap::new();
+    let mut per_pid: FastMap<u32, Vec<u64>> = FastMap::default();
     for inode in inodes {
         for h in found.of(inode) {
-            per_pid.entry(h.pid).or_default().insert(inode);
+            per_pid.entry(h.pid).or_default().push(inode);
         }
+    }
+    for v in per_pid.values_mut() {
+        v.sort_unstable();
+        v.dedup();
     }
     let mut v: Vec<Holding> = per_pid
         .into_iter()
