@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Deserialize;
-use util::{can_isolate, read_report, root, scratch, serial, show};
+use util::{can_isolate, marked, read_report, root, scratch, serial, show};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,20 +54,6 @@ fn compiled(word: &str, dir: &Path) -> Option<String> {
             None
         }
     }
-}
-
-/// Every process whose environment carries this check's mark (`CWLAB_RUN=PID-…`).
-fn marked(runner: u32) -> Vec<u32> {
-    let mark = format!("CWLAB_RUN={runner}-");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let env = std::fs::read(e.path().join("environ")).ok()?;
-            env.split(|b| *b == 0).any(|v| v.starts_with(mark.as_bytes())).then_some(pid)
-        })
-        .collect()
 }
 
 fn check(name: &str) {

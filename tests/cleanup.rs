@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cwlab_model::report::{Phase, Verdict};
-use util::{can_isolate, check_truth_of, read_report, root, scratch, show};
+use util::{can_isolate, check_truth_of, marked, read_report, root, scratch, show};
 
 const RUNS: usize = 30;
 
@@ -28,22 +28,6 @@ fn quick_scenario(dir: &Path, topology: &str) -> PathBuf {
     let file = dir.join("quick.toml");
     std::fs::write(&file, text).unwrap();
     file
-}
-
-/// Every process carrying this runner's mark.
-fn marked(runner: u32) -> Vec<u32> {
-    let mark = format!("CWLAB_RUN={runner}-");
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
-        if env.split(|b| *b == 0).any(|v| v.starts_with(mark.as_bytes())) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 fn wait_for_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {

@@ -40,6 +40,21 @@ pub fn cwlab(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cwlab")).args(args).current_dir(root()).output().unwrap()
 }
 
+/// Every process whose environment carries the mark of the `cwlab` whose pid is `runner`
+/// (`CWLAB_RUN=PID-…`): what a run or a check started, found by the mark and not by name.
+pub fn marked(runner: u32) -> Vec<u32> {
+    let mark = format!("CWLAB_RUN={runner}-");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|b| *b == 0).any(|v| v.starts_with(mark.as_bytes())).then_some(pid)
+        })
+        .collect()
+}
+
 /// The output's streams, for assertion messages.
 pub fn show(o: &Output) -> String {
     format!(

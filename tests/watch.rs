@@ -124,23 +124,35 @@ fn issue_13_a_missing_namespace_exits_2_and_says_which() {
     );
 }
 
-/// `promtool check metrics` on `text`; `None` without promtool (CI installs it).
+/// `promtool check metrics` on `text`.
 fn promtool_check(text: &str) -> Option<std::process::Output> {
-    let mut child = match Command::new("promtool")
-        .args(["check", "metrics"])
+    promtool(&["check", "metrics"], &util::root(), Some(text))
+}
+
+/// `promtool ARGS` from `dir`, `stdin` on its standard input; `None` without promtool (CI
+/// installs it).
+fn promtool(
+    args: &[&str],
+    dir: &std::path::Path,
+    stdin: Option<&str>,
+) -> Option<std::process::Output> {
+    let spawned = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(_) => {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs promtool");
-            eprintln!("skipping promtool: not installed");
-            return None;
-        }
+        .spawn();
+    let Ok(mut child) = spawned else {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs promtool");
+        eprintln!("skipping: promtool is not installed");
+        return None;
     };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
     Some(child.wait_with_output().unwrap())
 }
 
@@ -316,27 +328,15 @@ fn raise_nofile() {
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
 }
 
-/// `promtool ARGS` from `dir`; `None` without promtool (CI installs it).
-fn promtool(args: &[&str], dir: &std::path::Path) -> Option<std::process::Output> {
-    match Command::new("promtool").args(args).current_dir(dir).output() {
-        Ok(o) => Some(o),
-        Err(_) => {
-            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs promtool");
-            eprintln!("skipping: promtool is not installed");
-            None
-        }
-    }
-}
-
 #[test]
 fn issue_13_the_alerting_rules_are_valid_and_their_unit_tests_pass() {
     let root = util::root();
-    if let Some(out) = promtool(&["check", "rules", "docs/alerts.yml"], &root) {
+    if let Some(out) = promtool(&["check", "rules", "docs/alerts.yml"], &root, None) {
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
         assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 3 rules found"));
     }
     if let Some(out) =
-        promtool(&["test", "rules", "alerts_test.yml"], &root.join("tests/prometheus"))
+        promtool(&["test", "rules", "alerts_test.yml"], &root.join("tests/prometheus"), None)
     {
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     }
