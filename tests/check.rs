@@ -130,6 +130,7 @@ fn check(name: &str) {
     assert_eq!(r.client_outcome.completed, row.completed.unwrap_or(100), "{name}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&r.diagnosis.findings[0].explanation), "{name}: {stdout}");
+    util::pictures_agree(name, &r);
 }
 
 fn command_with_port(command: &[String], port: u16) -> Vec<String> {

@@ -370,7 +370,6 @@ fn issue_6_the_kernel_and_the_wire_tell_the_leak_from_the_fix() {
     assert_eq!(t.path(Side::Server, &[Established, CloseWait]), 100);
     assert_eq!(t.count(Side::Server, CloseWait, LastAck), 0);
     assert_eq!(t.count(Side::Client, Established, FinWait1), 100);
-    assert_eq!(t.first.len(), 3);
     let fw1 = t.durations.iter().find(|d| d.side == Side::Client && d.state == FinWait1).unwrap();
     assert_eq!(fw1.connections, 100);
     assert!(fw1.min_ms <= fw1.median_ms && fw1.median_ms <= fw1.max_ms);

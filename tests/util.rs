@@ -158,6 +158,7 @@ pub fn check_truth_of(name: &str, out: &Output, r: &Report) {
     if let Some(accepted) = want.accepted {
         assert_eq!(r.server.accepted, accepted, "{name}: accepted");
     }
+    pictures_agree(name, r);
 }
 
 /// One scenario at a time: each test's run has both cores (the timing windows of the scenarios
@@ -165,4 +166,34 @@ pub fn check_truth_of(name: &str, out: &Output, r: &Report) {
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The pictures of a run tell its story from the report: a ladder for every way the connections
+/// went, with steps from both witnesses; the state machine's arrows carry exactly the report's
+/// transition counts, its states the counts at the end.
+pub fn pictures_agree(name: &str, r: &Report) {
+    use cwlab_model::ladder::Ladder;
+    use cwlab_model::machine::{Machine, STATES};
+    use cwlab_model::report::Side;
+    if !(r.transitions.available && r.packets.available) {
+        return;
+    }
+    let ladders = Ladder::of(r, None).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let ways: u64 = ladders.iter().map(|l| l.like_it).sum();
+    assert_eq!(ways, r.packets.connections, "{name}: every connection went one of the ways drawn");
+    for l in &ladders {
+        assert!(l.rows.iter().any(|row| row.arrow.is_some()), "{name}: segments in the ladder");
+    }
+    let m = Machine::of(r);
+    for c in
+        r.transitions.counts.iter().filter(|c| STATES.contains(&c.from) && STATES.contains(&c.to))
+    {
+        let e = m.edge(c.from, c.to).unwrap_or_else(|| panic!("{name}: {c:?} is drawn"));
+        let n = if c.side == Side::Server { e.server } else { e.client };
+        assert_eq!(n, c.connections, "{name}: {} {} -> {}", c.side, c.from, c.to);
+    }
+    for n in &m.nodes {
+        assert_eq!(n.server, r.final_counts.get(Side::Server, n.state), "{name}: {}", n.state);
+        assert_eq!(n.client, r.final_counts.get(Side::Client, n.state), "{name}: {}", n.state);
+    }
 }

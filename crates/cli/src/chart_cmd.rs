@@ -1,8 +1,9 @@
-//! `cwlab chart REPORT.json... -o FILE.svg`: the timelines of finished runs, side by side.
+//! `cwlab chart REPORT.json... [-o FILE.svg] [--ladder] [--ladder-svg FILE] [--diagram FILE]
+//! [--html FILE]`: the pictures of finished runs, from their reports.
 
 use std::path::PathBuf;
 
-use cwlab_model::events::Reporter;
+use cwlab_model::events::{Reporter, Reporters};
 use cwlab_model::{exit, Report};
 
 use crate::app::Failure;
@@ -12,9 +13,14 @@ pub struct Args {
     /// Reports written by `cwlab run`.
     #[arg(required = true)]
     reports: Vec<PathBuf>,
-    /// The SVG file to write.
+    /// The timeline chart to write (SVG), every run side by side on one scale.
     #[arg(short = 'o', long = "output")]
-    output: PathBuf,
+    output: Option<PathBuf>,
+    /// The reports are `cwlab check`'s: judged by their diagnosis in the HTML page.
+    #[arg(long)]
+    check: bool,
+    #[command(flatten)]
+    figures: crate::figures::Figures,
 }
 
 pub fn main(a: &Args) -> Result<i32, Failure> {
@@ -33,12 +39,19 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         })?;
         reports.push(r);
     }
-    let mut svg = cwlab_report::Svg::new(a.output.clone());
-    for r in &reports {
-        svg.finish(r).map_err(Failure::bad_input)?;
+    let mut faces = a.figures.reporters(a.check);
+    if let Some(p) = &a.output {
+        faces.push(Box::new(cwlab_report::Svg::new(p.clone())));
     }
-    svg.close().map_err(|e| {
-        Failure::bad_input(format!("{}: cannot write the chart: {e}", a.output.display()))
-    })?;
+    if faces.is_empty() {
+        return Err(Failure::bad_input(
+            "nothing to draw: name -o FILE.svg, --ladder, --ladder-svg, --diagram or --html",
+        ));
+    }
+    let mut faces = Reporters(faces);
+    for r in &reports {
+        faces.finish(r).map_err(Failure::bad_input)?;
+    }
+    faces.close().map_err(|e| Failure::bad_input(format!("cannot write the pictures: {e}")))?;
     Ok(exit::PASS)
 }

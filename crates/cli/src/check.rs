@@ -70,6 +70,8 @@ pub struct Args {
     /// Write the run's packets as a pcap file: to FILE, or beside the report.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     pcap: Option<Option<PathBuf>>,
+    #[command(flatten)]
+    figures: crate::figures::Figures,
     /// The server: a program and its arguments; `{port}` stands for the port.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -110,7 +112,10 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     });
     let path = a.report.clone().unwrap_or_else(|| PathBuf::from("reports/check.json"));
     let mut made = MadeFolders::default();
-    for p in std::iter::once(&path).chain(&a.junit).chain(&a.svg) {
+    if a.figures.ladder && a.json {
+        return Err(Failure::bad_input("--ladder prints on stdout: it cannot go with --json"));
+    }
+    for p in std::iter::once(&path).chain(&a.junit).chain(&a.svg).chain(a.figures.files()) {
         made.0.extend(check_writable(p)?);
     }
     cwlab_runner::signals::install().map_err(Failure::bad_input)?;
@@ -127,12 +132,13 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         grace: a.grace,
         ready_timeout: Some(a.ready_timeout),
         pace: None,
+        conn: a.figures.conn,
     };
     let mut faces: Vec<Box<dyn Reporter>> = vec![Box::new(cwlab_report::Progress::new())];
     faces.push(if a.json {
         Box::new(cwlab_report::Json)
     } else {
-        Box::new(cwlab_report::Summary::new(vec![path.clone()]))
+        Box::new(crate::run::summary(cwlab_report::Summary::new(vec![path.clone()]), &a.figures))
     });
     if let Some(p) = &a.svg {
         faces.push(Box::new(cwlab_report::Svg::new(p.clone())));
@@ -140,6 +146,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     if let Some(p) = &a.junit {
         faces.push(Box::new(cwlab_report::Junit::new(p.clone())));
     }
+    faces.extend(a.figures.reporters(true));
     let mut faces = Reporters(faces);
     let report = crate::run::run_one(&scenario, &opts, &mut faces, &path)?;
     faces.close().map_err(Failure::bad_input)?;

@@ -4,6 +4,7 @@ mod app;
 mod chart_cmd;
 mod check;
 mod demo;
+mod figures;
 mod list;
 mod run;
 mod serve;

@@ -48,6 +48,8 @@ pub struct Args {
     /// expectation, failures with the observed value.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    #[command(flatten)]
+    figures: crate::figures::Figures,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,7 +81,12 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     let paths: Vec<PathBuf> = scenarios.iter().map(|s| report_path(a, s)).collect();
     // Folders made for the reports go again if the command ends without a report in them.
     let mut made = MadeFolders::default();
-    for p in paths.iter().chain(&a.junit).chain(&a.svg) {
+    if a.figures.ladder && (a.json || a.events) {
+        return Err(Failure::bad_input(
+            "--ladder prints on stdout: it cannot go with --json or --events",
+        ));
+    }
+    for p in paths.iter().chain(&a.junit).chain(&a.svg).chain(a.figures.files()) {
         made.0.extend(check_writable(p)?);
     }
     cwlab_runner::signals::install().map_err(Failure::bad_input)?;
@@ -93,6 +100,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         grace: cwlab_runner::GRACE,
         ready_timeout: None,
         pace: a.step.then(cwlab_report::step::enter_keys),
+        conn: a.figures.conn,
     };
     let mut faces = reporters(a, &paths);
     let mut worst = exit::PASS;
@@ -122,7 +130,7 @@ fn reporters(a: &Args, paths: &[PathBuf]) -> Reporters {
     } else if a.json {
         Box::new(cwlab_report::Json)
     } else {
-        Box::new(cwlab_report::Summary::new(paths.to_vec()))
+        Box::new(summary(cwlab_report::Summary::new(paths.to_vec()), &a.figures))
     });
     if let Some(p) = &a.svg {
         faces.push(Box::new(cwlab_report::Svg::new(p.clone())));
@@ -130,7 +138,17 @@ fn reporters(a: &Args, paths: &[PathBuf]) -> Reporters {
     if let Some(p) = &a.junit {
         faces.push(Box::new(cwlab_report::Junit::new(p.clone())));
     }
+    faces.extend(a.figures.reporters(false));
     Reporters(faces)
+}
+
+/// The summary, without its ladder when `--ladder` prints them all.
+pub fn summary(s: cwlab_report::Summary, f: &crate::figures::Figures) -> cwlab_report::Summary {
+    if f.ladder {
+        s.without_ladder()
+    } else {
+        s
+    }
 }
 
 /// Runs one scenario, writes its report and tells the faces. A signal before the server listened

@@ -14,6 +14,7 @@
 //! {"type":"started","data":{"scenario":"leak","headline":"…","port":40123,"isolation":"netns"}}
 //! {"type":"phase","data":{"phase":"connect","t_ms":0}}
 //! {"type":"sample","data":{"t_ms":50,"phase":"connect","server":{…},"client":{…},"acceptor_fds":54}}
+//! {"type":"witnessed","data":{"counts":[…],"connection":{"client_port":42334,…}}}
 //! {"type":"waiting","data":{"next":"close"}}      // with --step: send a line on stdin to go on
 //! {"type":"report","data":{…the whole report…}}   // last
 //! ```
@@ -22,6 +23,7 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
+use crate::evidence::{ConnectionTrace, TransitionCount};
 use crate::report::{Isolation, Phase, Report, Sample};
 
 /// One line of `--events`.
@@ -36,6 +38,9 @@ pub enum RunEvent {
     Sample(Sample),
     /// The run waits for a line on stdin before the next phase (`--step`).
     Waiting(Waiting),
+    /// What the kernel's transitions and the wire showed so far (sent with a sample, when
+    /// something new was seen).
+    Witnessed(Witnessed),
     /// The run ended; this is its report.
     Report(Box<Report>),
 }
@@ -62,6 +67,16 @@ pub struct PhaseStart {
     pub phase: Phase,
     /// When, in ms since LISTEN.
     pub t_ms: u64,
+}
+
+/// What the witnesses saw so far: the live state machine's arrows and the live ladder.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Witnessed {
+    /// Transitions so far, per side.
+    pub counts: Vec<TransitionCount>,
+    /// The run's first connection, every step so far.
+    pub connection: Option<ConnectionTrace>,
 }
 
 /// The run waits before a phase.

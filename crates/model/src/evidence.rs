@@ -43,8 +43,6 @@ pub struct Transitions {
     pub paths: Vec<PathCount>,
     /// For each side and state left, how long connections spent in it.
     pub durations: Vec<StateDuration>,
-    /// The first few connections, step by step.
-    pub first: Vec<ConnectionSteps>,
 }
 
 /// How many connections made one transition on one side.
@@ -91,18 +89,6 @@ pub struct StateDuration {
     pub max_ms: f64,
 }
 
-/// One connection, step by step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectionSteps {
-    /// The client's port.
-    pub client_port: u16,
-    /// The server side's states with the ms each began.
-    pub server: Vec<(TcpState, f64)>,
-    /// The client side's.
-    pub client: Vec<(TcpState, f64)>,
-}
-
 impl Transitions {
     /// How many connections on `side` made `from -> to`.
     pub fn count(&self, side: Side, from: TcpState, to: TcpState) -> u64 {
@@ -130,7 +116,7 @@ impl Transitions {
 }
 
 /// Computes paths, counts and durations from the transitions, in time order.
-pub fn analyse(mut events: Vec<Transition>, lost: u64, first: usize) -> Transitions {
+pub fn analyse(mut events: Vec<Transition>, lost: u64) -> Transitions {
     events.sort_by_key(|e| e.t_us);
     let mut by_conn: BTreeMap<(Side, u16), Vec<&Transition>> = BTreeMap::new();
     for e in &events {
@@ -155,31 +141,6 @@ pub fn analyse(mut events: Vec<Transition>, lost: u64, first: usize) -> Transiti
         }
     }
     let ms = |us: i64| us as f64 / 1000.0;
-    let mut firsts: BTreeMap<u16, ConnectionSteps> = BTreeMap::new();
-    let ports: std::collections::BTreeSet<u16> = by_conn.keys().map(|(_, p)| *p).collect();
-    let mut ordered: Vec<(i64, u16)> = ports
-        .iter()
-        .map(|p| {
-            let t = events.iter().find(|e| e.client_port == *p).map_or(0, |e| e.t_us);
-            (t, *p)
-        })
-        .collect();
-    ordered.sort();
-    for (_, port) in ordered.into_iter().take(first) {
-        let steps = |side| -> Vec<(TcpState, f64)> {
-            by_conn.get(&(side, port)).map_or(Vec::new(), |v| {
-                v.iter().map(|e| (e.to, (ms(e.t_us) * 1000.0).round() / 1000.0)).collect()
-            })
-        };
-        firsts.insert(
-            port,
-            ConnectionSteps {
-                client_port: port,
-                server: steps(Side::Server),
-                client: steps(Side::Client),
-            },
-        );
-    }
     Transitions {
         available: true,
         note: None,
@@ -207,8 +168,183 @@ pub fn analyse(mut events: Vec<Transition>, lost: u64, first: usize) -> Transiti
                 }
             })
             .collect(),
-        first: firsts.into_values().collect(),
     }
+}
+
+/// One segment on the wire, as the capture read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// Microseconds since the run's LISTEN (the kernel's receive time).
+    pub t_us: i64,
+    /// The side that sent it.
+    pub from: Side,
+    /// The client's port: it names the connection.
+    pub client_port: u16,
+    /// TCP flags (see [`FLAGS`]).
+    pub flags: u8,
+    /// Payload bytes.
+    pub len: u32,
+}
+
+/// One thing that happened to one connection: a segment one side sent, or a state one side's
+/// socket entered. Both witnesses' times are the kernel's, on one clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Step {
+    /// A segment, from the capture.
+    Segment {
+        /// Microseconds since LISTEN.
+        t_us: i64,
+        /// The sender.
+        side: Side,
+        /// Its flags, as [`flag_names`] spells them (`SYN,ACK`).
+        flags: String,
+        /// Payload bytes.
+        len: u32,
+    },
+    /// A transition, from the kernel's tracepoint.
+    State {
+        /// Microseconds since LISTEN.
+        t_us: i64,
+        /// Whose socket.
+        side: Side,
+        /// The state left.
+        from: TcpState,
+        /// The state entered.
+        to: TcpState,
+    },
+}
+
+impl Step {
+    /// When it happened, µs since LISTEN.
+    pub fn t_us(&self) -> i64 {
+        match self {
+            Step::Segment { t_us, .. } | Step::State { t_us, .. } => *t_us,
+        }
+    }
+
+    /// The side that sent the segment or changed state.
+    pub fn side(&self) -> Side {
+        match self {
+            Step::Segment { side, .. } | Step::State { side, .. } => *side,
+        }
+    }
+}
+
+/// One connection, every segment and transition of it in time order: what its ladder is drawn
+/// from. A report keeps one connection for each distinct way connections went (the
+/// representatives, most common first), then the earliest others, up to [`KEEP_CONNECTIONS`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionTrace {
+    /// The client's port.
+    pub client_port: u16,
+    /// How many connections of the run went the same way (this one included); 0 for a
+    /// connection kept only because it came early.
+    pub like_it: u64,
+    /// Everything that happened to it, in time order.
+    pub steps: Vec<Step>,
+}
+
+/// Connections a report keeps step by step.
+pub const KEEP_CONNECTIONS: usize = 16;
+
+/// The flags of a segment, as the ladder writes them: `SYN`, `SYN,ACK`, `FIN,ACK`, `PSH,ACK`,
+/// `RST`.
+pub fn flag_names(bits: u8) -> String {
+    const ORDER: [(&str, u8); 5] =
+        [("SYN", 0x02), ("FIN", 0x01), ("RST", 0x04), ("PSH", 0x08), ("ACK", 0x10)];
+    let names: Vec<&str> = ORDER.iter().filter(|(_, b)| bits & b != 0).map(|(n, _)| *n).collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// The connections a report keeps step by step, from every transition and segment of the run:
+/// the first of each distinct way (the states each side went through and the flags each sent),
+/// the most common way first; then `wanted` (a client port asked for); then the earliest others,
+/// up to [`KEEP_CONNECTIONS`] in all.
+pub fn traces(
+    events: &[Transition],
+    segments: &[Segment],
+    wanted: Option<u16>,
+) -> Vec<ConnectionTrace> {
+    let mut steps: BTreeMap<u16, Vec<Step>> = BTreeMap::new();
+    for e in events {
+        steps.entry(e.client_port).or_default().push(Step::State {
+            t_us: e.t_us,
+            side: e.side,
+            from: e.from,
+            to: e.to,
+        });
+    }
+    for s in segments {
+        steps.entry(s.client_port).or_default().push(Step::Segment {
+            t_us: s.t_us,
+            side: s.from,
+            flags: flag_names(s.flags),
+            len: s.len,
+        });
+    }
+    for v in steps.values_mut() {
+        v.sort_by_key(Step::t_us);
+    }
+    // The way a connection went: each side's states, and the flags each side sent.
+    type Way = (Vec<(Side, TcpState)>, u8, u8);
+    let way = |v: &[Step]| -> Way {
+        let mut states = Vec::new();
+        let (mut server, mut client) = (0u8, 0u8);
+        for s in v {
+            match s {
+                Step::State { side, to, .. } => states.push((*side, *to)),
+                Step::Segment { side: Side::Server, flags, .. } => server |= flag_bits(flags),
+                Step::Segment { side: Side::Client, flags, .. } => client |= flag_bits(flags),
+            }
+        }
+        states.sort_by_key(|(side, _)| *side);
+        (states, server, client)
+    };
+    let started = |v: &[Step]| v.first().map_or(i64::MAX, Step::t_us);
+    let mut ways: BTreeMap<Way, (u64, i64, u16)> = BTreeMap::new();
+    for (port, v) in &steps {
+        let e = ways.entry(way(v)).or_insert((0, i64::MAX, *port));
+        e.0 += 1;
+        if started(v) < e.1 {
+            (e.1, e.2) = (started(v), *port);
+        }
+    }
+    let mut reps: Vec<(u64, i64, u16)> =
+        ways.values().map(|(n, t, port)| (*n, *t, *port)).collect();
+    reps.sort_by_key(|(n, t, _)| (std::cmp::Reverse(*n), *t));
+    let mut keep: Vec<(u16, u64)> =
+        reps.iter().take(KEEP_CONNECTIONS).map(|(n, _, port)| (*port, *n)).collect();
+    if let Some(p) = wanted.filter(|p| steps.contains_key(p) && !keep.iter().any(|(k, _)| k == p)) {
+        keep.push((p, 0));
+    }
+    let mut rest: Vec<(i64, u16)> = steps
+        .iter()
+        .filter(|(p, _)| !keep.iter().any(|(k, _)| k == *p))
+        .map(|(p, v)| (started(v), *p))
+        .collect();
+    rest.sort_unstable();
+    let room = KEEP_CONNECTIONS.saturating_sub(keep.len());
+    keep.extend(rest.into_iter().take(room).map(|(_, p)| (p, 0)));
+    keep.into_iter()
+        .map(|(client_port, like_it)| ConnectionTrace {
+            client_port,
+            like_it,
+            steps: steps.remove(&client_port).unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn flag_bits(names: &str) -> u8 {
+    names
+        .split(',')
+        .filter_map(|n| FLAGS.iter().find(|(f, _)| *f == n).map(|(_, b)| *b))
+        .fold(0, |a, b| a | b)
 }
 
 /// What the capture saw, per side: segments by flag, and connections by what each side sent.
@@ -271,7 +407,7 @@ mod tests {
             t(3000, Side::Server, 2, Established, CloseWait),
             t(5, Side::Client, 1, SynSent, Established),
         ];
-        let tr = analyse(ev, 0, 1);
+        let tr = analyse(ev, 0);
         assert_eq!(tr.events, 8);
         assert_eq!(tr.count(Side::Server, CloseWait, LastAck), 1);
         assert_eq!(tr.count(Side::Server, Established, CloseWait), 2);
@@ -283,8 +419,5 @@ mod tests {
         let est =
             tr.durations.iter().find(|d| d.state == Established && d.side == Side::Server).unwrap();
         assert_eq!((est.connections, est.min_ms, est.max_ms), (2, 0.99, 2.98));
-        assert_eq!(tr.first.len(), 1);
-        assert_eq!(tr.first[0].client_port, 1);
-        assert_eq!(tr.first[0].server.len(), 5);
     }
 }

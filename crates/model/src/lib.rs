@@ -8,6 +8,8 @@ pub mod events;
 pub mod evidence;
 pub mod exit;
 pub mod expect;
+pub mod ladder;
+pub mod machine;
 pub mod protocol;
 pub mod report;
 pub mod scenario;

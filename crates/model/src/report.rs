@@ -4,7 +4,7 @@
 //!
 //! ```json
 //! {
-//!   "schema_version": 2,
+//!   "schema_version": 3,
 //!   "scenario": {
 //!     "name": "leak",
 //!     "file": "scenarios/leak.toml",
@@ -78,13 +78,6 @@
 //!         "median_ms": 54.248,
 //!         "max_ms": 57.338
 //!       }
-//!     ],
-//!     "first": [
-//!       {
-//!         "client_port": 42334,
-//!         "server": [["SYN-RECV", 59.253], ["ESTAB", 59.261], ["CLOSE-WAIT", 111.417]],
-//!         "client": [["ESTAB", 59.236], ["FIN-WAIT-1", 111.413], ["FIN-WAIT-2", 157.088], ["CLOSE", 157.089]]
-//!       }
 //!     ]
 //!   },
 //!   "packets": {
@@ -98,6 +91,19 @@
 //!     "client_sent": {"ACK": 100, "FIN": 100, "PSH": 100, "SYN": 100},
 //!     "dropped": 0
 //!   },
+//!   "connections": [
+//!     {
+//!       "client_port": 42334,
+//!       "like_it": 100,
+//!       "steps": [
+//!         {"kind": "segment", "t_us": 58658, "side": "client", "flags": "SYN", "len": 0},
+//!         {"kind": "state", "t_us": 80316, "side": "client", "from": "ESTAB", "to": "FIN-WAIT-1"},
+//!         {"kind": "segment", "t_us": 80324, "side": "client", "flags": "FIN,ACK", "len": 0},
+//!         {"kind": "state", "t_us": 80326, "side": "server", "from": "ESTAB", "to": "CLOSE-WAIT"},
+//!         {"kind": "segment", "t_us": 121149, "side": "server", "flags": "ACK", "len": 0}
+//!       ]
+//!     }
+//!   ],
 //!   "expectations": [
 //!     {
 //!       "text": "server CLOSE-WAIT == clients for 1s",
@@ -153,6 +159,10 @@
 //! (schema 2) is [`Diagnosis`]: `findings[].kind` is one of `fork-leak`, `exec-inherited`,
 //! `worker-inherited`, `handler-holds`, `held-elsewhere`, `hidden-leak`, `accept-failing`,
 //! `backlog`, `hung-clients`, `clean`; `held` groups the stuck sockets by side, state and role.
+//! `connections` (schema 3) are [`ConnectionTrace`]s: one connection of each way the run's
+//! connections went (`like_it` of them went that way), then the earliest, each step a `segment`
+//! (its sender, flags, payload bytes) or a `state` (the side, the state left and entered), in µs
+//! since LISTEN.
 //!
 //! Times are milliseconds since the server reported LISTEN. Counts maps name only the states with
 //! at least one socket: a state that is absent has a count of 0. `server` counts the sockets whose
@@ -166,12 +176,12 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::diagnosis::Diagnosis;
-use crate::evidence::{Packets, Transitions};
+use crate::evidence::{ConnectionTrace, Packets, Transitions};
 use crate::scenario::Topology;
 use crate::state::TcpState;
 
 /// The version of this format; bumped on any change that a reader could notice.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Socket counts per state; states with no socket are absent.
 pub type Counts = BTreeMap<TcpState, u32>;
@@ -220,6 +230,10 @@ pub struct Report {
     pub transitions: Transitions,
     /// Every segment, from a packet capture.
     pub packets: Packets,
+    /// A few connections step by step, both witnesses merged (schema 3): one of each distinct
+    /// way connections went, then the earliest; what the ladder is drawn from.
+    #[serde(default)]
+    pub connections: Vec<ConnectionTrace>,
     /// Each expectation with what was observed.
     pub expectations: Vec<ExpectationResult>,
     /// What the run shows: the findings and who holds the stuck sockets (absent before schema 2).
@@ -267,6 +281,7 @@ impl Report {
             fds_by_role: BTreeMap::new(),
             transitions: Transitions { note: not_yet.clone(), ..Transitions::default() },
             packets: Packets { note: not_yet, ..Packets::default() },
+            connections: Vec::new(),
             expectations: Vec::new(),
             diagnosis: Diagnosis::default(),
             verdict: Verdict::Error,

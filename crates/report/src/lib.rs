@@ -10,14 +10,23 @@
 //! | [`EventLines`] | JSON Lines events, the report last (`--events`) |
 //! | [`Progress`] | the progress line and the presenter's cues on stderr |
 //! | [`Svg`] | the timeline chart (`--svg`) |
+//! | [`figures::LadderText`] | each way the connections went, as a ladder on stdout (`--ladder`) |
+//! | [`figures::LadderSvg`] | the same ladders as SVG (`--ladder-svg`) |
+//! | [`figures::DiagramSvg`] | the state machine with the run's counts (`--diagram`) |
+//! | [`html::Html`] | one self-contained HTML page (`--html`) |
 //! | [`Junit`] | JUnit XML for CI (`--junit`) |
 //! | [`live::Panel`] | one scenario's panel in the live view (`cwlab demo`) |
 #![warn(missing_docs)]
 
 pub mod chart;
+pub mod diagram;
+pub mod figures;
+pub mod html;
 mod json;
 mod junit;
+pub mod ladder;
 pub mod live;
+pub mod palette;
 mod progress;
 pub mod step;
 pub mod summary;

@@ -11,7 +11,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
-use cwlab_model::events::{cue, Reporter, RunEvent};
+use cwlab_model::events::{cue, Reporter, RunEvent, Witnessed};
 use cwlab_model::report::{Phase, Report, Sample, Side};
 use cwlab_model::{exit, Scenario, TcpState};
 use ratatui::crossterm::event::{self, Event as Key, KeyCode, KeyEventKind};
@@ -36,6 +36,8 @@ pub struct Panel {
     ended: bool,
     /// Plain lines about what happened, for a pipe or a log.
     said: Vec<String>,
+    /// What the kernel's transitions and the wire showed so far.
+    witnessed: Option<Witnessed>,
 }
 
 /// Runs `scenarios` side by side and shows them; returns the exit code (the worst verdict, or
@@ -56,6 +58,7 @@ pub fn show(scenarios: Vec<Scenario>, step: bool) -> Result<i32, Failure> {
             stdin: None,
             ended: false,
             said: Vec::new(),
+            witnessed: None,
         })
         .collect();
     start_all(&mut panels, step, &tx)?;
@@ -105,6 +108,7 @@ fn start_all(
         p.report = None;
         p.waiting = None;
         p.ended = false;
+        p.witnessed = None;
     }
     Ok(())
 }
@@ -132,6 +136,7 @@ impl Reporter for Panel {
                 self.samples.push(s.clone());
                 self.last = Some(s.clone());
             }
+            RunEvent::Witnessed(w) => self.witnessed = Some(w.clone()),
             RunEvent::Waiting(w) => {
                 self.waiting = Some(w.next);
                 self.said.push(format!("[{name}] next, {}: {}", w.next, cue(w.next)));

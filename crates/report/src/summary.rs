@@ -21,12 +21,19 @@ pub struct Summary {
     /// Where each report was written, in the order the runs finish.
     paths: VecDeque<PathBuf>,
     printed: usize,
+    ladder: bool,
 }
 
 impl Summary {
     /// A summary for runs whose reports go to `paths`, in order.
     pub fn new(paths: Vec<PathBuf>) -> Summary {
-        Summary { paths: paths.into(), printed: 0 }
+        Summary { paths: paths.into(), printed: 0, ladder: true }
+    }
+
+    /// Without the ladder of the representative connection (`--ladder` prints the ladders).
+    pub fn without_ladder(mut self) -> Summary {
+        self.ladder = false;
+        self
     }
 }
 
@@ -36,13 +43,20 @@ impl Reporter for Summary {
         let sep = if self.printed > 0 { "\n" } else { "" };
         self.printed += 1;
         let mut out = io::stdout().lock();
-        write!(out, "{sep}{}", render(r, &path))?;
+        let colour = crate::palette::terminal_colour();
+        write!(out, "{sep}{}", render_with(r, &path, self.ladder.then_some(colour)))?;
         out.flush()
     }
 }
 
-/// The whole summary of one report.
+/// The whole summary of one report, plain.
 pub fn render(r: &Report, report_path: &Path) -> String {
+    render_with(r, report_path, Some(false))
+}
+
+/// The whole summary of one report, with the representative connection's ladder when `ladder`
+/// is given (`Some(true)` paints its states).
+pub fn render_with(r: &Report, report_path: &Path, ladder: Option<bool>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "━━ {} ━━ {}", r.scenario.name, r.scenario.file);
     for line in wrap(&r.scenario.story, 76) {
@@ -89,6 +103,13 @@ pub fn render(r: &Report, report_path: &Path) -> String {
         }
     }
     witnesses(&mut s, r);
+    let one =
+        ladder.and_then(|colour| Some((colour, cwlab_model::ladder::Ladder::representative(r)?)));
+    if let Some((colour, l)) = one {
+        let _ =
+            writeln!(s, "\n  the ladder of one connection (cwlab run --ladder: one of each way)");
+        s.push_str(&crate::ladder::text(&l, colour));
+    }
     expectations(&mut s, r, report_path);
     s
 }
@@ -204,13 +225,6 @@ fn witnesses(s: &mut String, r: &Report) {
                 s,
                 "    (FIN-WAIT → CLOSE: the socket was handed to a timewait socket, which the table shows as TIME-WAIT or FIN-WAIT-2)"
             );
-        }
-        for c in &t.first {
-            let steps = |v: &[(TcpState, f64)]| -> String {
-                v.iter().map(|(st, ms)| format!("{st} {ms:.1}")).collect::<Vec<_>>().join(" → ")
-            };
-            let _ = writeln!(s, "    :{:<5} server {}", c.client_port, steps(&c.server));
-            let _ = writeln!(s, "    {:6} client {}", "", steps(&c.client));
         }
         if t.lost > 0 {
             let _ = writeln!(s, "    ({} transitions lost: the counts are lower bounds)", t.lost);

@@ -23,7 +23,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::isolation::{self, IsolationMode};
 use crate::sampling::{PhaseCell, Probe, Sampler};
 use crate::server::{Launch, Program, Server};
-use crate::witness::Witness;
+use crate::witness::{Live, Witness};
 use crate::{clients, hosts, io, signals, stuck, RunError};
 
 /// How to run.
@@ -47,6 +47,8 @@ pub struct Options {
     /// the next go-ahead (the deadline then grows to an hour). The caller decides where go-aheads
     /// come from (Enter on a terminal, a line on stdin).
     pub pace: Option<Pace>,
+    /// A connection (the client's port) to keep step by step besides the representatives.
+    pub conn: Option<u16>,
 }
 
 /// Go-aheads for a paced run, shared by every run of one invocation.
@@ -120,6 +122,7 @@ struct Record<'r> {
     phase: PhaseCell,
     reporter: &'r mut dyn Reporter,
     stop: Option<(Stop, Phase)>,
+    live: Option<Live>,
 }
 
 impl Record<'_> {
@@ -139,6 +142,9 @@ impl Record<'_> {
         self.reporter.event(&event);
         let RunEvent::Sample(s) = event else { unreachable!("made above") };
         self.report.samples.push(s);
+        if let Some(w) = self.live.as_ref().and_then(Live::take) {
+            self.reporter.event(&RunEvent::Witnessed(w));
+        }
     }
 
     fn stopped(&mut self, why: Stop) {
@@ -243,6 +249,7 @@ pub fn run(
     let timeout =
         if opts.pace.is_some() { timeout.max(Duration::from_secs(3600)) } else { timeout };
     let deadline = started + timeout;
+    let _stamping = crate::witness::keep_stamping();
     descriptors(scenario)?;
     let (isolation, note) = isolation::enter(opts.isolation)?;
     let two_hosts = scenario.topology == Topology::TwoHosts;
@@ -282,6 +289,7 @@ pub fn run(
         phase: PhaseCell::default(),
         reporter,
         stop: None,
+        live: None,
     };
     let pid_namespace = isolation == Isolation::Netns;
     let program = match &scenario.program {
@@ -342,7 +350,8 @@ pub fn run(
     };
     let instance = format!("cwlab-{}", opts.run_id);
     let iface = if two_hosts { hosts::CLIENT_IFACE } else { "lo" };
-    let witness = Witness::start(&opts.exe, &opts.run_id, &instance, iface, port, pcap);
+    let witness = Witness::start(&opts.exe, &opts.run_id, &instance, iface, port, t0_us, pcap);
+    rec.live = Some(witness.live());
     let mut probe = Probe::open(port, server.acceptor, server_ns)?;
     let faults_before = stuck::reaped_faults(server.acceptor);
     let (first, _) = probe.sample(0, Phase::Listen)?;
@@ -402,8 +411,10 @@ pub fn run(
     let (last, records) = probe.sample(rec.now_ms(), Phase::End)?;
     rec.report.acceptor.fds_end = last.acceptor_fds;
     rec.push(last);
-    let forks;
-    (rec.report.transitions, rec.report.packets, forks) = witness.finish(port, t0_us, 3);
+    let seen = witness.finish(opts.conn);
+    let forks = seen.forks;
+    (rec.report.transitions, rec.report.packets) = (seen.transitions, seen.packets);
+    rec.report.connections = seen.connections;
     let tree = match scenario.program {
         ServerProgram::Lab(_) => stuck::Tree::Lab { acceptor: server.acceptor },
         ServerProgram::Command(_) => {

@@ -4,11 +4,15 @@
 //! the report says why.
 
 use std::io::BufWriter;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use cwlab_model::evidence::{self, Packets, Transition, Transitions, FLAGS};
+use cwlab_model::events::Witnessed;
+use cwlab_model::evidence::{
+    self, ConnectionTrace, Packets, Segment, Step, Transition, TransitionCount, Transitions, FLAGS,
+};
 use cwlab_model::report::Side;
 use cwlab_sampler::capture::{Capture, Tally};
 use cwlab_sampler::tracefs::{RawTransition, Tracer};
@@ -63,6 +67,17 @@ impl Drop for Janitor {
     }
 }
 
+/// Keeps the kernel stamping packets as they arrive for as long as it lives. The kernel turns
+/// stamping on for everyone when the first socket asks, but from a work queue, a moment later:
+/// asked for at the start of a run, it is on before the capture's first packet (otherwise the
+/// first packets would be stamped when read).
+pub fn keep_stamping() -> Option<OwnedFd> {
+    use nix::sys::socket::{setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType};
+    let fd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).ok()?;
+    setsockopt(&fd, sockopt::ReceiveTimestampns, &true).ok()?;
+    Some(fd)
+}
+
 /// The witnesses at work.
 pub struct Witness {
     _janitor: Option<Janitor>,
@@ -71,10 +86,77 @@ pub struct Witness {
     trace_note: Option<String>,
     capture_note: Option<String>,
     pcap: Option<(AtomicFile, String)>,
+    live: Live,
+}
+
+/// What the witnesses have seen so far, for a live view: updated by the witness thread as it
+/// reads, taken by the run with each sample.
+#[derive(Clone, Default)]
+pub struct Live(Arc<Mutex<LiveState>>);
+
+#[derive(Default)]
+struct LiveState {
+    counts: std::collections::BTreeMap<(Side, cwlab_model::TcpState, cwlab_model::TcpState), u64>,
+    first: Option<ConnectionTrace>,
+    changed: bool,
+}
+
+impl Live {
+    /// What changed since the last call, if anything did.
+    pub fn take(&self) -> Option<Witnessed> {
+        let mut s = self.0.lock().ok()?;
+        if !std::mem::take(&mut s.changed) {
+            return None;
+        }
+        Some(Witnessed {
+            counts: s
+                .counts
+                .iter()
+                .map(|(&(side, from, to), &connections)| TransitionCount {
+                    side,
+                    from,
+                    to,
+                    connections,
+                })
+                .collect(),
+            connection: s.first.clone(),
+        })
+    }
+
+    fn add(&self, transitions: &[Transition], segments: &[Segment]) {
+        if transitions.is_empty() && segments.is_empty() {
+            return;
+        }
+        let Ok(mut s) = self.0.lock() else { return };
+        s.changed = true;
+        for t in transitions {
+            *s.counts.entry((t.side, t.from, t.to)).or_insert(0) += 1;
+        }
+        let port = s.first.as_ref().map(|c| c.client_port).or_else(|| {
+            let t = transitions.iter().map(|t| (t.t_us, t.client_port));
+            t.chain(segments.iter().map(|s| (s.t_us, s.client_port))).min().map(|(_, p)| p)
+        });
+        let Some(port) = port else { return };
+        let first = s.first.get_or_insert(ConnectionTrace {
+            client_port: port,
+            like_it: 0,
+            steps: Vec::new(),
+        });
+        let more = evidence::traces(
+            &transitions.iter().filter(|t| t.client_port == port).cloned().collect::<Vec<_>>(),
+            &segments.iter().filter(|s| s.client_port == port).copied().collect::<Vec<_>>(),
+            Some(port),
+        );
+        for c in more {
+            first.steps.extend(c.steps);
+        }
+        first.steps.sort_by_key(Step::t_us);
+    }
 }
 
 struct Gathered {
-    raw: Vec<RawTransition>,
+    events: Vec<Transition>,
+    segments: Vec<Segment>,
     forks: Option<Vec<cwlab_sampler::tracefs::Fork>>,
     lost: u64,
     tally: Option<Tally>,
@@ -91,6 +173,7 @@ impl Witness {
         instance: &str,
         iface: &str,
         port: u16,
+        t0_us: i64,
         pcap: Option<(AtomicFile, String)>,
     ) -> Witness {
         let janitor = cwlab_sampler::tracefs::instance_dir(instance)
@@ -113,28 +196,45 @@ impl Witness {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let handle = std::thread::spawn(move || watch(tracer, capture, &flag));
-        Witness { _janitor: janitor, stop, handle: Some(handle), trace_note, capture_note, pcap }
+        let live = Live::default();
+        let seen = live.clone();
+        let at = Attribution { port, t0_us };
+        let handle = std::thread::spawn(move || watch(tracer, capture, &flag, &seen, at));
+        Witness {
+            _janitor: janitor,
+            stop,
+            handle: Some(handle),
+            trace_note,
+            capture_note,
+            pcap,
+            live,
+        }
     }
 
-    /// Stops both and makes their report sections; `t0_us` is the run's LISTEN on the monotonic
-    /// clock, `first` how many connections to keep step by step. Also returns the forks the
-    /// kernel traced, where it could.
-    pub fn finish(
-        mut self,
-        port: u16,
-        t0_us: i64,
-        first: usize,
-    ) -> (Transitions, Packets, Option<Vec<cwlab_sampler::tracefs::Fork>>) {
+    /// What the witnesses have seen so far.
+    pub fn live(&self) -> Live {
+        self.live.clone()
+    }
+
+    /// Stops both and makes their report sections, with the connections kept step by step (one
+    /// of each way connections went, `wanted` if it was one of them, the earliest). Also returns
+    /// the forks the kernel traced, where it could.
+    pub fn finish(mut self, wanted: Option<u16>) -> Finished {
         self.stop.store(true, Ordering::SeqCst);
         let mut g = self.handle.take().and_then(|h| h.join().ok());
         let forks = g.as_mut().and_then(|g| g.forks.take());
         self._janitor.take();
+        let events: Vec<Transition> = match (&self.trace_note, &g) {
+            (None, Some(g)) => g.events.clone(),
+            _ => Vec::new(),
+        };
+        let segments: &[Segment] = match (&self.capture_note, &g) {
+            (None, Some(g)) => &g.segments,
+            _ => &[],
+        };
+        let connections = evidence::traces(&events, segments, wanted);
         let transitions = match (&self.trace_note, &g) {
-            (None, Some(g)) => {
-                let events = g.raw.iter().filter_map(|r| attribute(r, port, t0_us)).collect();
-                evidence::analyse(events, g.lost, first)
-            }
+            (None, Some(g)) => evidence::analyse(events, g.lost),
             (note, _) => Transitions {
                 available: false,
                 note: note.clone().or_else(|| Some("the witness thread failed".into())),
@@ -163,8 +263,27 @@ impl Witness {
                 ..Packets::default()
             },
         };
-        (transitions, packets, forks)
+        Finished { transitions, packets, connections, forks }
     }
+}
+
+/// What the witnesses gave.
+pub struct Finished {
+    /// The kernel's transitions.
+    pub transitions: Transitions,
+    /// The segments, counted.
+    pub packets: Packets,
+    /// A few connections step by step.
+    pub connections: Vec<ConnectionTrace>,
+    /// The forks the kernel traced, where it could.
+    pub forks: Option<Vec<cwlab_sampler::tracefs::Fork>>,
+}
+
+/// Which transitions and segments are the run's, and its clock's zero.
+#[derive(Clone, Copy)]
+struct Attribution {
+    port: u16,
+    t0_us: i64,
 }
 
 impl Drop for Witness {
@@ -180,9 +299,14 @@ fn watch(
     mut tracer: Option<Tracer>,
     mut capture: Option<Capture<Pcap>>,
     stop: &AtomicBool,
+    live: &Live,
+    at: Attribution,
 ) -> Gathered {
     let mut raw = Vec::new();
     let mut error = None;
+    let mut events: Vec<Transition> = Vec::new();
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut read = 0;
     while !stop.load(Ordering::SeqCst) {
         let mut fds = Vec::new();
         if let Some(fd) = tracer.as_ref().and_then(Tracer::fd) {
@@ -201,23 +325,47 @@ fn watch(
                 error.get_or_insert(format!("the capture stopped early: {e}"));
             }
         }
+        let (e0, s0) = (events.len(), segments.len());
+        events.extend(raw.drain(..).filter_map(|r| attribute(&r, at)));
+        if let Some(c) = capture.as_ref() {
+            let all = &c.tally().segments;
+            segments.extend(all[read..].iter().map(|s| segment(s, at)));
+            read = all.len();
+        }
+        live.add(&events[e0..], &segments[s0..]);
     }
     let lost = tracer.as_ref().map_or(0, Tracer::lost);
     let forks = tracer.and_then(|t| t.stop(&mut raw));
+    events.extend(raw.drain(..).filter_map(|r| attribute(&r, at)));
     let (tally, pcap) = match capture.map(Capture::finish) {
-        Some(Ok((t, w))) => (Some(t), w),
+        Some(Ok((t, w))) => {
+            segments.extend(t.segments[read..].iter().map(|s| segment(s, at)));
+            (Some(t), w)
+        }
         Some(Err(e)) => {
             error.get_or_insert(format!("the capture failed: {e}"));
             (None, None)
         }
         None => (None, None),
     };
-    Gathered { raw, forks, lost, tally, pcap, error }
+    Gathered { events, segments, forks, lost, tally, pcap, error }
+}
+
+/// A segment on the run's clock.
+fn segment(s: &cwlab_sampler::capture::Segment, at: Attribution) -> Segment {
+    Segment {
+        t_us: s.t_us - at.t0_us,
+        from: if s.from_server { Side::Server } else { Side::Client },
+        client_port: s.client_port,
+        flags: s.flags,
+        len: s.len,
+    }
 }
 
 /// Names the side and the connection of a transition; drops the listener's own and a client's
 /// first (it has no port yet).
-fn attribute(r: &RawTransition, port: u16, t0_us: i64) -> Option<Transition> {
+fn attribute(r: &RawTransition, at: Attribution) -> Option<Transition> {
+    let Attribution { port, t0_us } = at;
     let (side, client_port) = if r.sport == port {
         (Side::Server, r.dport)
     } else if r.dport == port {

@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bytes of each packet kept in the pcap file: the Ethernet, IP and TCP headers.
 pub const SNAPLEN: usize = 128;
@@ -24,8 +23,29 @@ pub struct Tally {
     pub client_segments: BTreeMap<String, u64>,
     /// For each connection (the client's port), the flags the server and the client sent.
     pub connections: HashMap<u16, (u8, u8)>,
+    /// Every segment in the order read, with the kernel's time of it, up to [`KEEP_SEGMENTS`]:
+    /// what a connection's ladder is drawn from.
+    pub segments: Vec<Segment>,
     /// Packets the kernel dropped before we read them.
     pub dropped: u64,
+}
+
+/// Segments kept one by one (about 1.5 MB); past it only the counts go on.
+pub const KEEP_SEGMENTS: usize = 100_000;
+
+/// One segment of the run's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    /// When the kernel received it, CLOCK_MONOTONIC microseconds.
+    pub t_us: i64,
+    /// The client's port: it names the connection.
+    pub client_port: u16,
+    /// True when the server sent it.
+    pub from_server: bool,
+    /// TCP flags.
+    pub flags: u8,
+    /// Payload bytes.
+    pub len: u32,
 }
 
 pub use cwlab_model::evidence::FLAGS;
@@ -37,7 +57,10 @@ impl Tally {
             as u64
     }
 
-    fn count(&mut self, server: bool, client_port: u16, flags: u8) {
+    fn count(&mut self, server: bool, client_port: u16, flags: u8, t_us: i64, len: u32) {
+        if self.segments.len() < KEEP_SEGMENTS {
+            self.segments.push(Segment { t_us, client_port, from_server: server, flags, len });
+        }
         let m = if server { &mut self.server_segments } else { &mut self.client_segments };
         *m.entry("all".into()).or_insert(0) += 1;
         for (name, bit) in FLAGS {
@@ -62,6 +85,8 @@ pub struct Capture<W: Write> {
     out: Option<W>,
     tally: Tally,
     buf: Vec<u8>,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, µs: the kernel stamps packets on the first.
+    realtime_ahead_us: i64,
 }
 
 impl<W: Write> Capture<W> {
@@ -95,13 +120,29 @@ impl<W: Write> Capture<W> {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
+        // Each packet stamped by the kernel as it arrives, read with it (SO_TIMESTAMPNS).
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimestampns, &true)?;
         // A bigger queue only lowers the chance of drops: a refusal is no failure.
         let _ =
             nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
         if let Some(w) = out.as_mut() {
             write_header(w)?;
         }
-        Ok(Capture { fd, port, out, tally: Tally::default(), buf: vec![0; 65536] })
+        let realtime_ahead_us = micros(nix::time::ClockId::CLOCK_REALTIME)
+            - micros(nix::time::ClockId::CLOCK_MONOTONIC);
+        Ok(Capture {
+            fd,
+            port,
+            out,
+            tally: Tally::default(),
+            buf: vec![0; 65536],
+            realtime_ahead_us,
+        })
+    }
+
+    /// What has been counted so far.
+    pub fn tally(&self) -> &Tally {
+        &self.tally
     }
 
     /// The socket to poll for readability.
@@ -111,49 +152,57 @@ impl<W: Write> Capture<W> {
 
     /// Reads every packet ready, without blocking.
     pub fn read_ready(&mut self) -> io::Result<()> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, LinkAddr, MsgFlags};
+        let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
         loop {
-            // SAFETY: sockaddr_ll is plain data.
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: recvfrom(2) writes at most `buf.len()` bytes into the buffer and at most `len`
-            // into `from`, both live and exclusively borrowed here. It stays raw: the packet type
-            // and device type of the sender's sockaddr_ll are what the skip below reads, and nix's
-            // LinkAddr does not expose the device type.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                    (&mut from as *mut libc::sockaddr_ll).cast(),
-                    &mut len,
-                )
+            let mut iov = [io::IoSliceMut::new(&mut self.buf)];
+            let got = recvmsg::<LinkAddr>(
+                self.fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_TRUNC,
+            );
+            let msg = match got {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(()),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(e),
-                };
-            }
             // On a loopback device every segment passes twice, out and back in: the outgoing
             // copy is skipped. On a veth end each passes once, outgoing (the clients') or
             // incoming (the server's), and both are kept.
-            if from.sll_pkttype == libc::PACKET_OUTGOING && from.sll_hatype == libc::ARPHRD_LOOPBACK
-            {
+            let outgoing_loopback = msg.address.is_some_and(|a| {
+                a.pkttype() == libc::PACKET_OUTGOING && a.hatype() == libc::ARPHRD_LOOPBACK
+            });
+            // The kernel's receive time (SO_TIMESTAMPNS), CLOCK_REALTIME.
+            let stamp = msg
+                .cmsgs()
+                .ok()
+                .and_then(|mut c| {
+                    c.find_map(|m| match m {
+                        ControlMessageOwned::ScmTimestampns(t) => {
+                            Some(t.tv_sec() * 1_000_000 + t.tv_nsec() / 1000)
+                        }
+                        _ => None,
+                    })
+                })
+                .unwrap_or_else(|| micros(nix::time::ClockId::CLOCK_REALTIME));
+            let n = msg.bytes;
+            if outgoing_loopback {
                 continue;
             }
             let wire = n as usize;
             let kept = wire.min(self.buf.len());
-            let Some((sport, dport, flags)) = tcp_segment(&self.buf[..kept]) else { continue };
-            let server = sport == self.port;
-            if !server && dport != self.port {
+            let Some(seg) = tcp_segment(&self.buf[..kept]) else { continue };
+            let server = seg.sport == self.port;
+            if !server && seg.dport != self.port {
                 continue;
             }
-            self.tally.count(server, if server { dport } else { sport }, flags);
+            let mono = stamp - self.realtime_ahead_us;
+            let client_port = if server { seg.dport } else { seg.sport };
+            self.tally.count(server, client_port, seg.flags, mono, seg.len);
             if let Some(w) = self.out.as_mut() {
-                write_record(w, &self.buf[..kept.min(SNAPLEN)], wire)?;
+                write_record(w, &self.buf[..kept.min(SNAPLEN)], wire, stamp)?;
             }
         }
     }
@@ -191,28 +240,49 @@ fn dropped(fd: &OwnedFd) -> u64 {
     }
 }
 
-/// Source port, destination port and flags of a TCP segment in an Ethernet frame.
-pub fn tcp_segment(frame: &[u8]) -> Option<(u16, u16, u8)> {
+fn micros(clock: nix::time::ClockId) -> i64 {
+    nix::time::clock_gettime(clock).map_or(0, |t| t.tv_sec() * 1_000_000 + t.tv_nsec() / 1000)
+}
+
+/// What the lab reads of a TCP segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpHeader {
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// Flags (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+    pub flags: u8,
+    /// Payload bytes: the IP packet's length less both headers (0 when truncated away).
+    pub len: u32,
+}
+
+/// Ports, flags and payload length of a TCP segment in an Ethernet frame.
+pub fn tcp_segment(frame: &[u8]) -> Option<TcpHeader> {
     let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
     let ip = frame.get(14..)?;
-    let tcp = match ethertype {
+    let (tcp, ip_payload) = match ethertype {
         0x0800 => {
             if *ip.get(9)? != 6 {
                 return None;
             }
-            ip.get(usize::from(ip[0] & 0x0f) * 4..)?
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            (ip.get(ihl..)?, total.saturating_sub(ihl))
         }
         0x86dd => {
             if *ip.get(6)? != 6 {
                 return None;
             }
-            ip.get(40..)?
+            (ip.get(40..)?, usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?])))
         }
         _ => return None,
     };
     let sport = u16::from_be_bytes([*tcp.first()?, *tcp.get(1)?]);
     let dport = u16::from_be_bytes([*tcp.get(2)?, *tcp.get(3)?]);
-    Some((sport, dport, *tcp.get(13)?))
+    let header = usize::from(*tcp.get(12)? >> 4) * 4;
+    let len = ip_payload.saturating_sub(header) as u32;
+    Some(TcpHeader { sport, dport, flags: *tcp.get(13)?, len })
 }
 
 fn write_header(w: &mut impl Write) -> io::Result<()> {
@@ -225,10 +295,9 @@ fn write_header(w: &mut impl Write) -> io::Result<()> {
     w.write_all(&LINKTYPE_ETHERNET.to_le_bytes())
 }
 
-fn write_record(w: &mut impl Write, data: &[u8], wire: usize) -> io::Result<()> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    w.write_all(&(now.as_secs() as u32).to_le_bytes())?;
-    w.write_all(&now.subsec_micros().to_le_bytes())?;
+fn write_record(w: &mut impl Write, data: &[u8], wire: usize, t_us: i64) -> io::Result<()> {
+    w.write_all(&((t_us / 1_000_000) as u32).to_le_bytes())?;
+    w.write_all(&((t_us % 1_000_000) as u32).to_le_bytes())?;
     w.write_all(&(data.len() as u32).to_le_bytes())?;
     w.write_all(&(wire as u32).to_le_bytes())?;
     w.write_all(data)
@@ -243,18 +312,24 @@ mod tests {
         let mut v4 = vec![0u8; 14 + 20 + 20];
         v4[12..14].copy_from_slice(&[0x08, 0x00]);
         v4[14] = 0x45;
+        v4[16..18].copy_from_slice(&(20u16 + 20 + 5).to_be_bytes());
         v4[14 + 9] = 6;
+        v4[34 + 12] = 5 << 4;
         v4[34..36].copy_from_slice(&8080u16.to_be_bytes());
         v4[36..38].copy_from_slice(&50000u16.to_be_bytes());
         v4[34 + 13] = 0x11;
-        assert_eq!(tcp_segment(&v4), Some((8080, 50000, 0x11)));
+        let h = tcp_segment(&v4).unwrap();
+        assert_eq!((h.sport, h.dport, h.flags, h.len), (8080, 50000, 0x11, 5));
         let mut v6 = vec![0u8; 14 + 40 + 20];
         v6[12..14].copy_from_slice(&[0x86, 0xdd]);
         v6[14 + 6] = 6;
         v6[54..56].copy_from_slice(&1u16.to_be_bytes());
         v6[56..58].copy_from_slice(&2u16.to_be_bytes());
+        v6[54 + 12] = 5 << 4;
+        v6[18..20].copy_from_slice(&20u16.to_be_bytes());
         v6[54 + 13] = 0x04;
-        assert_eq!(tcp_segment(&v6), Some((1, 2, 0x04)));
+        let h = tcp_segment(&v6).unwrap();
+        assert_eq!((h.sport, h.dport, h.flags, h.len), (1, 2, 0x04, 0));
         assert_eq!(tcp_segment(&v6[..20]), None);
     }
 }
