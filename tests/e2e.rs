@@ -412,11 +412,13 @@ fn issue_7_charts_of_the_leak_and_the_fix_differ_where_they_should() {
     let dir = scratch("chart");
     let svg = dir.join("leak-vs-fixed.svg");
     let (leak, fixed) = (root().join("scenarios/leak.toml"), root().join("scenarios/fixed.toml"));
+    let parent = root().join("scenarios/parent-closes.toml");
     let _one_at_a_time = serial();
     let out = cwlab(&[
         "run",
         leak.to_str().unwrap(),
         fixed.to_str().unwrap(),
+        parent.to_str().unwrap(),
         "--report",
         dir.to_str().unwrap(),
         "--svg",
@@ -449,19 +451,54 @@ fn issue_7_charts_of_the_leak_and_the_fix_differ_where_they_should() {
         .expect("a CLOSE-WAIT series");
     assert_eq!(leak_cw.1, "100", "the leak's CLOSE-WAIT reaches 100");
     let fw2 = series("leak").into_iter().find(|s| s.0 == "client FIN-WAIT-2").unwrap();
-    assert_eq!(leak_cw.2.split(',').nth(1), fw2.2.split(',').nth(1), "both flat at 100 at the end");
-    // The fix: no CLOSE-WAIT series, or (a sample that caught one in passing) one that ends at 0.
+    assert_eq!(fw2.1, "100");
+    // Server and clients have rows of their own: the client's FIN-WAIT-2 at 100 does not lie on
+    // the server's CLOSE-WAIT at 100 (issue 14).
+    assert_ne!(leak_cw.2.split(',').nth(1), fw2.2.split(',').nth(1), "no series hides another");
+    // The fix: no CLOSE-WAIT series, or (a sample that caught one in passing) one that ends at 0,
+    // on the bottom of the server's row.
     if let Some(cw) = series("fixed").into_iter().find(|s| s.0 == "server CLOSE-WAIT") {
         assert_ne!(cw.1, "100");
-        assert_eq!(cw.2.split(',').nth(1), Some("350.0"), "back on the x axis at the end");
+        assert_eq!(cw.2.split(',').nth(1), Some("260.0"), "back on the x axis at the end");
     }
     assert!(series("fixed").iter().any(|s| s.0 == "client TIME-WAIT" && s.1 == "100"));
+    // Issue 14: fixed and parent-closes look alike in sockets; the descriptor row tells them
+    // apart (the acceptor's copies in fixed, none in parent-closes).
+    let fds = |name: &str| {
+        let n = panel(name)
+            .descendants()
+            .find(|n| n.attribute("data-series") == Some("acceptor fds"))
+            .expect("a descriptor series");
+        let num = |a: &str| n.attribute(a).unwrap().parse::<u32>().unwrap();
+        (num("data-first"), num("data-max"))
+    };
+    let (first, max) = fds("fixed");
+    assert_eq!(max - first, 100, "fixed: the acceptor keeps its 100 copies");
+    let (first, max) = fds("parent-closes");
+    assert!(max - first <= 1, "parent-closes: one in flight at most, none kept: {first}..{max}");
     let labels: Vec<&str> = doc
         .descendants()
         .filter(|n| n.attribute("class") == Some("axis-label"))
         .filter_map(|n| n.text())
         .collect();
-    assert!(labels.contains(&"sockets") && labels.contains(&"seconds since the server listened"));
+    assert!(
+        labels.iter().all(|l| l.starts_with("seconds since the server listened")),
+        "{labels:?}"
+    );
+    // Each phase labelled once per panel, in a band of its own.
+    let phases: Vec<&str> = panel("leak")
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("phase-label"))
+        .filter_map(|n| n.text())
+        .collect();
+    assert_eq!(phases, ["listen", "connect", "close", "hold"]);
+    let legend: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("legend-item"))
+        .filter_map(|n| n.text())
+        .collect();
+    assert!(!legend.contains(&"LAST-ACK") && !legend.contains(&"CLOSING"), "{legend:?}");
+    assert!(legend.contains(&"CLOSE-WAIT") && legend.contains(&"descriptors"), "{legend:?}");
     let out = cwlab(&["chart", svg.to_str().unwrap(), "-o", dir.join("x.svg").to_str().unwrap()]);
     assert_exit!(out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a cwlab report"));

@@ -183,6 +183,19 @@ impl Ladder {
         }
     }
 
+    /// The ladder of a connection still in progress (the live view): its rows so far, no end
+    /// said yet.
+    pub fn so_far(c: &ConnectionTrace) -> Ladder {
+        Ladder {
+            client_port: c.client_port,
+            like_it: 0,
+            connections: 0,
+            rows: rows(&c.steps),
+            end: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
     /// The last state written on `side`'s column.
     pub fn last_state(&self, side: Side) -> Option<TcpState> {
         self.rows.iter().rev().find_map(|row| row.state(side))
@@ -232,7 +245,7 @@ fn rows(steps: &[Step]) -> Vec<Row> {
                 let s = idx(*side);
                 // The first state a side is seen leaving is where it began (SYN-SENT,
                 // SYN-RECV): written on the first segment it sent or received.
-                if !began[s] && !matches!(from, TcpState::Close | TcpState::Listen) {
+                if !began[s] && matches!(from, TcpState::SynSent | TcpState::SynRecv) {
                     let first = rows.iter_mut().find(|r| r.arrow.is_some());
                     match first {
                         Some(row) if row.state(*side).is_none() => *row.slot(*side) = Some(*from),

@@ -56,7 +56,7 @@ const AXIS_H: f64 = 64.0;
 const LEGEND_H: f64 = 30.0;
 /// The least share of the time axis a phase gets, so that a connect of 50 ms next to a hold of
 /// seconds is still wide enough to see and to label.
-const MIN_PHASE_SHARE: f64 = 0.14;
+pub const MIN_PHASE_SHARE: f64 = 0.14;
 
 use crate::palette::{colour, DESCRIPTORS};
 
@@ -101,7 +101,7 @@ pub fn render(reports: &[Report]) -> String {
     let scale = Scale { sockets: nice(y_max), fds: nice(fd_max) };
     let states: BTreeSet<TcpState> = reports.iter().flat_map(series).map(|(_, st)| st).collect();
     let width = PANEL_W * reports.len().max(1) as f64;
-    let legend_rows = (states.len() + 1).div_ceil(4).max(1) as f64;
+    let legend_rows = (states.len() + 1).div_ceil(3).max(1) as f64;
     let height = rows_bottom() + AXIS_H + LEGEND_H * legend_rows + 10.0;
     let mut s = String::new();
     let _ = writeln!(
@@ -334,8 +334,8 @@ fn legend(s: &mut String, states: &BTreeSet<TcpState>, y0: f64) {
         .chain(std::iter::once(("descriptors".to_string(), DESCRIPTORS)))
         .collect();
     for (i, (name, c)) in items.iter().enumerate() {
-        let (col, row) = (i % 4, i / 4);
-        let x = LEFT + col as f64 * 150.0;
+        let (col, row) = (i % 3, i / 3);
+        let x = LEFT + col as f64 * 170.0;
         let y = y0 + row as f64 * LEGEND_H;
         let _ = writeln!(
             s,

@@ -185,8 +185,18 @@ fn clip(x: f64, y: f64, dx: f64, dy: f64) -> (f64, f64) {
 /// with its transitions; states and arrows where nothing happened on either side are left out,
 /// unless `all`. At most 60 columns.
 pub fn text(m: &Machine, colour: bool, all: bool) -> String {
+    text_cols(m, colour, all, 34, 8)
+}
+
+/// The machine as plain text in at most `width` columns (the live view's pane).
+pub fn text_in(m: &Machine, all: bool, width: usize) -> String {
+    let name = width.saturating_sub(2 + 2 * 7).clamp(14, 34);
+    text_cols(m, false, all, name, 6)
+}
+
+fn text_cols(m: &Machine, colour: bool, all: bool, w: usize, c: usize) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "  {:<34} {:>8} {:>8}", "state / → transition", "server", "client");
+    let _ = writeln!(s, "  {:<w$} {:>c$} {:>c$}", "state / → transition", "server", "client");
     for n in &m.nodes {
         let out: Vec<&Edge> = m.edges.iter().filter(|e| e.from == n.state).collect();
         let busy = n.server + n.client > 0 || out.iter().any(|e| e.server + e.client > 0);
@@ -194,10 +204,10 @@ pub fn text(m: &Machine, colour: bool, all: bool) -> String {
             continue;
         }
         let mark = |stuck: bool, v: u32| if stuck { format!("{v} ✗") } else { v.to_string() };
-        let name = paint(&format!("{:<34}", n.state.name()), n.state, colour);
+        let name = paint(&format!("{:<w$}", n.state.name()), n.state, colour);
         let _ = writeln!(
             s,
-            "  {name} {:>8} {:>8}",
+            "  {name} {:>c$} {:>c$}",
             mark(n.stuck_server, n.server),
             mark(n.stuck_client, n.client)
         );
@@ -207,8 +217,8 @@ pub fn text(m: &Machine, colour: bool, all: bool) -> String {
             }
             let label = format!("  → {}", e.to.name());
             let why = if e.label.is_empty() { String::new() } else { format!(" ({})", e.label) };
-            let cell = format!("{label}{why}");
-            let _ = writeln!(s, "  {cell:<34} {:>8} {:>8}", e.server, e.client);
+            let cell: String = format!("{label}{why}").chars().take(w).collect();
+            let _ = writeln!(s, "  {cell:<w$} {:>c$} {:>c$}", e.server, e.client);
         }
     }
     if !m.transitions {

@@ -40,13 +40,10 @@ pub struct Panel {
     witnessed: Option<Witnessed>,
 }
 
-/// Runs `scenarios` side by side and shows them; returns the exit code (the worst verdict, or
-/// 130 when the view was quit before the runs ended).
-pub fn show(scenarios: Vec<Scenario>, step: bool) -> Result<i32, Failure> {
-    let (tx, rx) = channel();
-    let mut panels: Vec<Panel> = scenarios
-        .into_iter()
-        .map(|scenario| Panel {
+impl Panel {
+    /// A panel for a scenario not yet started.
+    pub fn new(scenario: Scenario) -> Panel {
+        Panel {
             scenario,
             phase: Phase::Listen,
             last: None,
@@ -59,8 +56,15 @@ pub fn show(scenarios: Vec<Scenario>, step: bool) -> Result<i32, Failure> {
             ended: false,
             said: Vec::new(),
             witnessed: None,
-        })
-        .collect();
+        }
+    }
+}
+
+/// Runs `scenarios` side by side and shows them; returns the exit code (the worst verdict, or
+/// 130 when the view was quit before the runs ended).
+pub fn show(scenarios: Vec<Scenario>, step: bool) -> Result<i32, Failure> {
+    let (tx, rx) = channel();
+    let mut panels: Vec<Panel> = scenarios.into_iter().map(Panel::new).collect();
     start_all(&mut panels, step, &tx)?;
     if std::io::stdout().is_terminal() {
         live(&mut panels, step, &tx, &rx)
@@ -270,6 +274,7 @@ fn live(
     let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut paused = false;
     let mut quit = false;
+    let mut pane = Pane::Expectations;
     let mut held: Vec<(usize, Option<RunEvent>)> = Vec::new();
     let result = (|| -> std::io::Result<()> {
         while !quit {
@@ -284,7 +289,7 @@ fn live(
                     }
                 }
             }
-            term.draw(|f| draw(f, panels, paused, step, colour))?;
+            term.draw(|f| draw(f, panels, paused, step, colour, pane))?;
             if event::poll(Duration::from_millis(50))? {
                 if let Key::Key(k) = event::read()? {
                     if k.kind != KeyEventKind::Press {
@@ -293,6 +298,7 @@ fn live(
                     match k.code {
                         KeyCode::Char('q') | KeyCode::Esc => quit = true,
                         KeyCode::Char(' ') => paused = !paused,
+                        KeyCode::Char('l') => pane = pane.next(),
                         KeyCode::Char('r') => {
                             stop_all(panels);
                             while rx.try_recv().is_ok() {}
@@ -314,7 +320,41 @@ fn live(
     Ok(if finished { worst(panels) } else { exit::INTERRUPTED_SIGINT })
 }
 
-fn draw(f: &mut ratatui::Frame<'_>, panels: &[Panel], paused: bool, step: bool, colour: bool) {
+/// What the lower part of each column shows where the terminal is too small for all three:
+/// the expectations, the ladder of the first connection, or the state machine (`l` goes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pane {
+    Expectations,
+    Ladder,
+    Machine,
+}
+
+impl Pane {
+    fn name(self) -> &'static str {
+        match self {
+            Pane::Expectations => "expectations",
+            Pane::Ladder => "ladder",
+            Pane::Machine => "state machine",
+        }
+    }
+
+    fn next(self) -> Pane {
+        match self {
+            Pane::Expectations => Pane::Ladder,
+            Pane::Ladder => Pane::Machine,
+            Pane::Machine => Pane::Expectations,
+        }
+    }
+}
+
+fn draw(
+    f: &mut ratatui::Frame<'_>,
+    panels: &[Panel],
+    paused: bool,
+    step: bool,
+    colour: bool,
+    pane: Pane,
+) {
     let paint = |c: Color| if colour { Style::default().fg(c) } else { Style::default() };
     let [body, footer] =
         Layout::vertical([Constraint::Min(10), Constraint::Length(3)]).areas(f.area());
@@ -342,7 +382,7 @@ fn draw(f: &mut ratatui::Frame<'_>, panels: &[Panel], paused: bool, step: bool, 
             }
             let bar_w = width.saturating_sub(26);
             let bar = "█".repeat(((a.max(b) as usize * bar_w) / clients as usize).min(bar_w));
-            let c = if *st == TcpState::CloseWait { Color::Red } else { Color::Cyan };
+            let c = Color::Indexed(crate::palette::ansi(*st));
             lines.push(Line::from(vec![
                 Span::raw(format!("{:<11}{a:>7}{b:>7} ", st.name())),
                 Span::styled(bar, paint(c)),
@@ -359,6 +399,7 @@ fn draw(f: &mut ratatui::Frame<'_>, panels: &[Panel], paused: bool, step: bool, 
                 lines.push(Line::from(Span::styled(h, paint(Color::Yellow))));
             }
         }
+        let counts_end = lines.len();
         lines.push(Line::from(""));
         for (i, e) in p.scenario.expectations.iter().enumerate() {
             let (mark, c) = match p.report.as_ref().and_then(|r| r.expectations.get(i)) {
@@ -375,7 +416,46 @@ fn draw(f: &mut ratatui::Frame<'_>, panels: &[Panel], paused: bool, step: bool, 
             ]));
         }
         let block = Block::bordered().title(title);
-        f.render_widget(Paragraph::new(lines).block(block), *area);
+        // Below the counts: the expectations, the ladder and the state machine, all of them
+        // when the terminal is tall enough, else the one `l` chose (80×24 shows one at a time).
+        let expectations = lines.split_off(counts_end);
+        let width = area.width.saturating_sub(2) as usize;
+        let ladder = ladder_lines(p, width, colour);
+        let machine = machine_lines(p, width, colour);
+        let need = |v: &Vec<Line<'_>>| v.len() as u16 + 2;
+        let all =
+            need(&lines) + need(&expectations) + need(&ladder).min(14) + need(&machine).min(12);
+        let shown: Vec<(String, Vec<Line<'_>>)> = if area.height >= all {
+            vec![
+                (String::new(), expectations),
+                (" ladder ".into(), ladder),
+                (" state machine ".into(), machine),
+            ]
+        } else {
+            let name = format!(" {} (l: next) ", pane.name());
+            vec![(
+                name,
+                match pane {
+                    Pane::Expectations => expectations,
+                    Pane::Ladder => ladder,
+                    Pane::Machine => machine,
+                },
+            )]
+        };
+        let mut heights = vec![Constraint::Length(need(&lines))];
+        let n = shown.len();
+        for (i, (_, v)) in shown.iter().enumerate() {
+            heights.push(if i + 1 == n { Constraint::Min(0) } else { Constraint::Length(need(v)) });
+        }
+        let rows = Layout::vertical(heights).split(*area);
+        f.render_widget(Paragraph::new(lines).block(block), rows[0]);
+        for ((name, body), a) in shown.into_iter().zip(rows.iter().skip(1)) {
+            // A ladder longer than its pane keeps its latest rows in view.
+            let skip = body.len().saturating_sub(a.height.saturating_sub(2) as usize);
+            let body: Vec<Line<'_>> =
+                if name.contains("ladder") { body.into_iter().skip(skip).collect() } else { body };
+            f.render_widget(Paragraph::new(body).block(Block::bordered().title(name)), *a);
+        }
     }
     let waiting = panels.iter().find_map(|p| p.waiting);
     let hint = match (waiting, paused) {
@@ -385,9 +465,9 @@ fn draw(f: &mut ratatui::Frame<'_>, panels: &[Panel], paused: bool, step: bool, 
         _ => String::new(),
     };
     let keys = if step {
-        "q quit · space pause · r rerun · Enter next step"
+        "q quit · space pause · r rerun · l expectations/ladder/machine · Enter next step"
     } else {
-        "q quit · space pause · r rerun"
+        "q quit · space pause · r rerun · l expectations/ladder/machine"
     };
     f.render_widget(
         Paragraph::new(vec![
@@ -397,6 +477,114 @@ fn draw(f: &mut ratatui::Frame<'_>, panels: &[Panel], paused: bool, step: bool, 
         .wrap(Wrap { trim: true }),
         footer,
     );
+}
+
+/// The ladder of the run's first connection, filling in as the witnesses see it; the report's
+/// representative once the run has ended. Fitted to `width` columns: the time goes first when
+/// there is no room for it.
+fn ladder_lines(p: &Panel, width: usize, colour: bool) -> Vec<Line<'static>> {
+    use cwlab_model::ladder::Ladder;
+    let ladder = match (&p.report, p.witnessed.as_ref().and_then(|w| w.connection.as_ref())) {
+        (Some(r), _) => Ladder::representative(r),
+        (None, Some(c)) => Some(Ladder::so_far(c)),
+        (None, None) => None,
+    };
+    let Some(l) = ladder else {
+        return vec![Line::from("(no connection yet, or no witness)")];
+    };
+    let state_w = 10;
+    let timed = width >= 2 * state_w + 30;
+    let arrow_w = width.saturating_sub(2 * state_w + 2 + if timed { 9 } else { 0 }).max(8);
+    let style = |st: TcpState| {
+        if colour {
+            Style::default().fg(Color::Indexed(crate::palette::ansi(st)))
+        } else {
+            Style::default()
+        }
+    };
+    let mut out = vec![Line::from(format!(":{}", l.client_port))];
+    for row in &l.rows {
+        let mut spans = Vec::new();
+        if timed {
+            spans.push(Span::raw(format!("{:>8.1} ", row.t_ms)));
+        }
+        let cell = |st: Option<TcpState>| match st {
+            Some(st) => Span::styled(format!("{:<state_w$}", st.name()), style(st)),
+            None => Span::raw(" ".repeat(state_w)),
+        };
+        spans.push(cell(row.client));
+        let arrow = match &row.arrow {
+            Some(a) => {
+                let label: String = a.label.chars().take(arrow_w.saturating_sub(4)).collect();
+                let fill = "─".repeat(arrow_w.saturating_sub(label.chars().count() + 3));
+                match a.from {
+                    Side::Client => format!("─{label}{fill}►"),
+                    Side::Server => format!("◄{fill}{label}─"),
+                }
+            }
+            None => " ".repeat(arrow_w - 1),
+        };
+        let fin = row.arrow.as_ref().is_some_and(|a| a.fin);
+        let arrow_style =
+            if fin { Style::default().add_modifier(Modifier::BOLD) } else { Style::default() };
+        spans.push(Span::raw(" "));
+        spans.push(Span::styled(arrow, arrow_style));
+        spans.push(Span::raw(" "));
+        spans.push(cell(row.server));
+        out.push(Line::from(spans));
+    }
+    for e in &l.end {
+        for w in crate::text::wrap(e, width.saturating_sub(2).max(10)) {
+            out.push(Line::from(Span::styled(
+                w,
+                if colour { Style::default().fg(Color::Red) } else { Style::default() },
+            )));
+        }
+    }
+    // The latest rows matter most: keep the end in view.
+    out
+}
+
+/// The state machine so far: the last sample's counts and the transitions seen.
+fn machine_lines(p: &Panel, width: usize, colour: bool) -> Vec<Line<'static>> {
+    use cwlab_model::machine::Machine;
+    let m = match &p.report {
+        Some(r) => Machine::of(r),
+        None => {
+            let counts = p.witnessed.as_ref().map(|w| w.counts.clone()).unwrap_or_default();
+            let last = p.last.clone();
+            Machine::build(
+                |side, st| last.as_ref().map_or(0, |s| s.get(side, st)),
+                |side, from, to| {
+                    counts
+                        .iter()
+                        .filter(|c| c.side == side && c.from == from && c.to == to)
+                        .map(|c| c.connections)
+                        .sum()
+                },
+                counts.iter().map(|c| (c.from, c.to)),
+                p.witnessed.is_some(),
+                0,
+            )
+        }
+    };
+    crate::diagram::text_in(&m, false, width)
+        .lines()
+        .map(|line| {
+            let st = m.nodes.iter().map(|n| n.state).find(|st| {
+                line.trim_start().starts_with(st.name())
+                    && line.starts_with("  ")
+                    && !line.starts_with("   ")
+            });
+            match st {
+                Some(st) if colour => Line::from(Span::styled(
+                    line.to_string(),
+                    Style::default().fg(Color::Indexed(crate::palette::ansi(st))),
+                )),
+                _ => Line::from(line.to_string()),
+            }
+        })
+        .collect()
 }
 
 /// Whether a `within`/`for` expectation on socket counts is already met by the samples so far:
@@ -421,4 +609,74 @@ fn held_by(r: &Report) -> Vec<String> {
         .iter()
         .map(|h| format!("{} {} {} held by {}", h.sockets, h.side, h.state, h.role))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cwlab_model::evidence::{ConnectionTrace, Step};
+    use ratatui::backend::TestBackend;
+
+    fn panel() -> Panel {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let scenario = Scenario::load(&root.join("scenarios/leak.toml")).unwrap();
+        let text = include_str!("../../../tests/fixtures/report-template.json");
+        let mut r: Report = serde_json::from_str(text).unwrap();
+        let seg =
+            |t_us, side, flags: &str| Step::Segment { t_us, side, flags: flags.into(), len: 0 };
+        r.connections = vec![ConnectionTrace {
+            client_port: 42334,
+            like_it: 100,
+            steps: vec![
+                seg(100, Side::Client, "SYN"),
+                seg(110, Side::Server, "SYN,ACK"),
+                seg(50_005, Side::Client, "FIN,ACK"),
+                Step::State {
+                    t_us: 50_010,
+                    side: Side::Server,
+                    from: TcpState::Established,
+                    to: TcpState::CloseWait,
+                },
+            ],
+        }];
+        r.transitions.available = true;
+        r.transitions.counts = vec![cwlab_model::evidence::TransitionCount {
+            side: Side::Server,
+            from: TcpState::Established,
+            to: TcpState::CloseWait,
+            connections: 100,
+        }];
+        r.packets.available = true;
+        let mut p = Panel::new(scenario);
+        p.report = Some(r);
+        p
+    }
+
+    fn screen(panels: &[Panel], w: u16, h: u16, pane: Pane) -> String {
+        let mut term = ratatui::Terminal::new(TestBackend::new(w, h)).unwrap();
+        term.draw(|f| draw(f, panels, false, false, false, pane)).unwrap();
+        let buf = term.backend().buffer().clone();
+        (0..h)
+            .map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn at_80_by_24_expectations_ladder_and_machine_take_turns() {
+        let panels = [panel(), panel()];
+        let s = screen(&panels, 80, 24, Pane::Expectations);
+        assert!(s.contains("expectations (l: next)") && s.contains("CLOSE-WAIT"), "{s}");
+        let s = screen(&panels, 80, 24, Pane::Ladder);
+        assert!(s.contains("ladder (l: next)") && s.contains("─FIN,ACK"), "{s}");
+        let s = screen(&panels, 80, 24, Pane::Machine);
+        assert!(s.contains("state machine (l: next)") && s.contains("→ CLOSE-WAIT"), "{s}");
+    }
+
+    #[test]
+    fn a_tall_terminal_shows_all_three() {
+        let s = screen(&[panel(), panel()], 160, 70, Pane::Expectations);
+        assert!(s.contains(" ladder ") && s.contains(" state machine "), "{s}");
+        assert!(s.contains("─SYN") && s.contains("→ CLOSE-WAIT"), "{s}");
+    }
 }
