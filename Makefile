@@ -20,7 +20,7 @@ help:
 	@echo "make scenarios           every scenario; fails if any fails"
 	@echo "make test                unit and end-to-end tests (root: private network namespaces)"
 	@echo "make demo                leak and fixed side by side, live (q quits, space pauses, r reruns)"
-	@echo "make charts              docs/charts/: leak vs fixed vs parent-closes as one SVG"
+	@echo "make charts              docs/charts/: timelines, ladders, state machines, an HTML page"
 	@echo "make soak                every scenario 50x, 8 at once, 50x with both cores busy"
 	@echo "make fmt | lint | doc | bench | list"
 
@@ -40,11 +40,18 @@ list: build
 demo: build
 	$(CWLAB) demo
 
-# The charts of docs/workshop.md: leak, fixed and parent-closes on one scale.
+# The pictures of docs/workshop.md and the README: leak, fixed and parent-closes on one scale,
+# the ladder and the state machine of each, and one HTML page with all three.
+CHART_SCENARIOS := leak fixed parent-closes
 charts: build
 	@mkdir -p docs/charts
-	$(CWLAB) run scenarios/leak.toml scenarios/fixed.toml scenarios/parent-closes.toml \
-		--report target/charts --svg docs/charts/leak-fixed-parent-closes.svg
+	$(CWLAB) run $(addprefix scenarios/,$(addsuffix .toml,$(CHART_SCENARIOS))) \
+		--report target/charts --svg docs/charts/leak-fixed-parent-closes.svg \
+		--html docs/charts/leak-fixed-parent-closes.html > /dev/null
+	for s in $(CHART_SCENARIOS); do \
+		$(CWLAB) chart target/charts/$$s.json --ladder-svg docs/charts/ladder-$$s.svg \
+			--diagram docs/charts/machine-$$s.svg || exit; \
+	done
 
 # The last line sums every test binary's results, so the verdict is one line, whichever crate ran last.
 test:

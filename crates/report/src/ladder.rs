@@ -150,7 +150,7 @@ fn svg_body(s: &mut String, l: &Ladder, y0: f64) -> f64 {
     }
     let _ = writeln!(
         s,
-        r##"<defs><marker id="head{0}" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto"><path d="M0,0 L10,4 L0,8 z" fill="#222"/></marker></defs>"##,
+        r##"<defs><marker id="head{0}" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto" markerUnits="userSpaceOnUse"><path d="M0,0 L10,4 L0,8 z" fill="#222"/></marker></defs>"##,
         l.client_port
     );
     let mut prev: Option<(f64, f64)> = None;
@@ -207,7 +207,7 @@ fn svg_body(s: &mut String, l: &Ladder, y0: f64) -> f64 {
     }
     let mut y = bottom + 10.0;
     for e in &l.end {
-        for w in crate::text::wrap(e, 80) {
+        for w in crate::text::wrap(e, 88) {
             let _ = writeln!(
                 s,
                 r##"<text class="end" x="20" y="{y}" font-size="15" font-weight="bold" fill="#d62728">{}</text>"##,
