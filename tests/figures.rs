@@ -249,3 +249,51 @@ fn issue_14_the_html_pages_of_a_run_and_a_check_in_a_real_browser() {
     assert_exit!(out, 1);
     looks_right(&browser, &check_page, "fail", "fork-leak", &dir.join("check"));
 }
+
+#[test]
+fn issue_14_the_live_view_hears_the_witnesses_as_the_run_goes() {
+    use cwlab_model::events::RunEvent;
+    if !can_isolate("witnessed") {
+        return;
+    }
+    let leak = root().join("scenarios/leak.toml");
+    let dir = scratch("witnessed");
+    let _one_at_a_time = serial();
+    let out = cwlab(&[
+        "run",
+        leak.to_str().unwrap(),
+        "--events",
+        "--report",
+        dir.join("r.json").to_str().unwrap(),
+    ]);
+    assert_exit!(out, 0);
+    let events: Vec<RunEvent> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let seen: Vec<&cwlab_model::events::Witnessed> = events
+        .iter()
+        .filter_map(|e| if let RunEvent::Witnessed(w) = e { Some(w) } else { None })
+        .collect();
+    let Some(RunEvent::Report(r)) = events.last() else { panic!("the report comes last") };
+    assert!(seen.len() >= 2, "the ladder and the machine fill in over several samples");
+    // The counts only grow, and never pass the report's.
+    let count = |w: &cwlab_model::events::Witnessed| -> u64 {
+        w.counts
+            .iter()
+            .filter(|c| c.side == Side::Server && c.to == cwlab_model::TcpState::CloseWait)
+            .map(|c| c.connections)
+            .sum()
+    };
+    assert!(seen.windows(2).all(|w| count(w[0]) <= count(w[1])));
+    let last = seen.last().unwrap();
+    assert_eq!(count(last), 100, "every CLOSE-WAIT heard before the report");
+    // The connection drawn live is the run's first, and its steps are the report's own.
+    let live = last.connection.as_ref().expect("a connection drawn live");
+    let kept = r.connections.iter().find(|c| c.client_port == live.client_port);
+    if let Some(kept) = kept {
+        assert!(live.steps.len() <= kept.steps.len());
+        assert!(live.steps.iter().all(|s| kept.steps.contains(s)), "{live:?}\n{kept:?}");
+    }
+    assert!(Ladder::so_far(live).rows.iter().any(|row| row.arrow.is_some()));
+}
