@@ -38,7 +38,8 @@ pub fn text(l: &Ladder, colour: bool) -> String {
     for row in &l.rows {
         if let Some(p) = prev {
             if row.t_ms - p > GAP_MS {
-                let _ = writeln!(s, "  {:>9}  {:<STATE$} {:^ARROW$}", "", "", gap(row.t_ms - p));
+                let line = format!("  {:>9}  {:<STATE$} {:^ARROW$}", "", "", gap(row.t_ms - p));
+                let _ = writeln!(s, "{}", line.trim_end());
             }
         }
         prev = Some(row.t_ms);
