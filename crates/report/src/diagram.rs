@@ -12,22 +12,22 @@ use cwlab_model::TcpState;
 use crate::ladder::esc;
 use crate::palette::{self, paint};
 
-const PANEL_W: f64 = 480.0;
-const PANEL_H: f64 = 430.0;
-const BOX_W: f64 = 124.0;
-const BOX_H: f64 = 46.0;
+const PANEL_W: f64 = 540.0;
+const PANEL_H: f64 = 470.0;
+const BOX_W: f64 = 112.0;
+const BOX_H: f64 = 44.0;
 
 /// Where each state's box sits in a panel.
 fn at(s: TcpState) -> (f64, f64) {
     match s {
-        TcpState::Established => (240.0, 70.0),
-        TcpState::FinWait1 => (95.0, 160.0),
-        TcpState::CloseWait => (385.0, 160.0),
-        TcpState::FinWait2 => (95.0, 260.0),
-        TcpState::Closing => (240.0, 260.0),
-        TcpState::LastAck => (385.0, 260.0),
-        TcpState::TimeWait => (95.0, 370.0),
-        _ => (385.0, 370.0),
+        TcpState::Established => (270.0, 60.0),
+        TcpState::FinWait1 => (80.0, 150.0),
+        TcpState::CloseWait => (460.0, 150.0),
+        TcpState::FinWait2 => (80.0, 255.0),
+        TcpState::Closing => (280.0, 255.0),
+        TcpState::LastAck => (460.0, 255.0),
+        TcpState::TimeWait => (280.0, 360.0),
+        _ => (460.0, 360.0),
     }
 }
 
@@ -43,7 +43,7 @@ pub fn svg(m: &Machine, title: &str) -> String {
     let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         s,
-        r##"<defs><marker id="tip" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto"><path d="M0,0 L10,4 L0,8 z" fill="#333"/></marker><marker id="tip-idle" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto"><path d="M0,0 L10,4 L0,8 z" fill="#bbb"/></marker></defs>"##
+        r##"<defs><marker id="tip" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto" markerUnits="userSpaceOnUse"><path d="M0,0 L10,4 L0,8 z" fill="#333"/></marker><marker id="tip-idle" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto" markerUnits="userSpaceOnUse"><path d="M0,0 L10,4 L0,8 z" fill="#bbb"/></marker></defs>"##
     );
     let _ = writeln!(
         s,
@@ -135,9 +135,9 @@ fn edge(s: &mut String, e: &Edge, side: Side, x0: f64, y0: f64) {
     let (ax, ay) = at(e.from);
     let (bx, by) = at(e.to);
     let (ax, ay, bx, by) = (x0 + ax, y0 + ay, x0 + bx, y0 + by);
-    // Straight where the boxes see each other; bent around what lies between otherwise.
+    // Straight where the boxes see each other; the kernel's own arrows bent below the rest.
     let bend = match (e.from, e.to) {
-        (TcpState::FinWait1, TcpState::TimeWait) => Some(-70.0),
+        (TcpState::FinWait2, TcpState::Close) => Some(175.0),
         _ if !e.textbook => Some(60.0),
         _ => None,
     };
@@ -158,18 +158,20 @@ fn edge(s: &mut String, e: &Edge, side: Side, x0: f64, y0: f64) {
         e.from.name(),
         e.to.name()
     );
-    // The label at the curve's middle, on a white ground so lines under it do not cross it.
+    // The label at the curve's middle, on a white ground so lines under it do not cross it:
+    // the count, and under it what moves a socket along the arrow.
     let (lx, ly) = (0.25 * sx + 0.5 * cx + 0.25 * ex, 0.25 * sy + 0.5 * cy + 0.25 * ey);
-    let text = if e.label.is_empty() { n.to_string() } else { format!("{n} · {}", e.label) };
-    let tw = text.chars().count() as f64 * 6.6 + 8.0;
-    let colour = if n > 0 { "#000" } else { "#999" };
+    let widest = n.to_string().len().max(e.label.chars().count());
+    let tw = widest as f64 * 6.0 + 8.0;
+    let (colour, weight) = if n > 0 { ("#000", "bold") } else { ("#999", "normal") };
     let _ = writeln!(
         s,
-        r#"<rect x="{:.1}" y="{:.1}" width="{tw:.1}" height="17" fill="white" fill-opacity="0.9"/><text x="{lx:.1}" y="{:.1}" font-size="12" text-anchor="middle" fill="{colour}">{}</text></g>"#,
+        r##"<rect x="{:.1}" y="{:.1}" width="{tw:.1}" height="28" fill="white" fill-opacity="0.9"/><text x="{lx:.1}" y="{:.1}" font-size="13" font-weight="{weight}" text-anchor="middle" fill="{colour}">{n}</text><text x="{lx:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#888">{}</text></g>"##,
         lx - tw / 2.0,
-        ly - 12.0,
-        ly + 1.0,
-        esc(&text)
+        ly - 14.0,
+        ly - 2.0,
+        ly + 11.0,
+        esc(&e.label)
     );
 }
 
