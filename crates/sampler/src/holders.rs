@@ -1,5 +1,7 @@
-//! Who holds a socket: the processes whose descriptors refer to its inode, found by one walk of
-//! `/proc/*/fd` per question (as `ss -p` does), never one walk per socket.
+//! Who holds a socket: the processes whose descriptors refer to its inode, found in one pass per
+//! question, never one per socket: the kernel's task-file iterator where it can be used
+//! ([`crate::bpf`]: every descriptor of every process in one read), else a walk of `/proc/*/fd`
+//! as `ss -p` does. Both give the same holders (a test holds them equal).
 //!
 //! # References
 //! proc(5) (`/proc/PID/fd`, `/proc/PID/stat`, `/proc/PID/cmdline`).
@@ -74,9 +76,69 @@ pub fn survey(inodes: &HashSet<u64>) -> (Holders, HashMap<u32, Brief>) {
 }
 
 fn walk(inodes: &HashSet<u64>, briefs: bool) -> (Holders, HashMap<u32, Brief>) {
-    let mut h = Holders::default();
-    let mut all = HashMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else { return (h, all) };
+    match from_kernel(inodes) {
+        Some((found, counts)) => assemble(found, &counts, briefs),
+        None => walk_proc(inodes, briefs),
+    }
+}
+
+/// The (pid, fd, inode) of each descriptor found, and each process's descriptor count.
+type Found = (Vec<(u32, i32, u64)>, Vec<(u32, u32)>);
+
+/// Every (pid, fd, inode) of `inodes`, and every process's descriptor count, from the kernel's
+/// task-file iterator ([`crate::bpf`]) in one pass; `None` where it cannot be used.
+fn from_kernel(inodes: &HashSet<u64>) -> Option<Found> {
+    Some(pick(&crate::bpf::open().ok()?.all().ok()?, inodes))
+}
+
+/// The descriptors of `inodes` among `all`, and each process's descriptor count.
+fn pick(
+    all: &[crate::bpf::Descriptor],
+    inodes: &HashSet<u64>,
+) -> Found {
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    let mut found = Vec::new();
+    for d in all {
+        *counts.entry(d.pid).or_insert(0) += 1;
+        if d.inode != 0 && inodes.contains(&d.inode) {
+            found.push((d.pid, d.fd, d.inode));
+        }
+    }
+    (found, counts.into_iter().collect())
+}
+
+/// Every descriptor of every process, being read from the kernel on a thread of its own while
+/// the caller dumps the sockets it will ask about: [`Early::find`] then answers from it (from a
+/// walk of `/proc` where the kernel's iterator cannot be used). The two reads overlap, as a dump
+/// then a walk would follow each other: a socket closed in between is held by nobody.
+pub struct Early(Option<std::thread::JoinHandle<Option<Vec<crate::bpf::Descriptor>>>>);
+
+/// Starts reading every descriptor (see [`Early`]).
+pub fn early() -> Early {
+    Early(Some(std::thread::spawn(|| crate::bpf::open().ok()?.all().ok())))
+}
+
+impl Early {
+    /// Who holds each of `inodes`, as [`find`] answers.
+    pub fn find(mut self, inodes: &HashSet<u64>) -> Holders {
+        let read = self.0.take().and_then(|h| h.join().ok()).flatten();
+        if inodes.is_empty() {
+            return Holders::default();
+        }
+        match read {
+            Some(all) => {
+                let (found, counts) = pick(&all, inodes);
+                assemble(found, &counts, false).0
+            }
+            None => walk_proc(inodes, false).0,
+        }
+    }
+}
+
+/// The same by a walk of `/proc`: each process's `fd` folder listed, then a readlink of each
+/// descriptor.
+fn walk_proc(inodes: &HashSet<u64>, briefs: bool) -> (Holders, HashMap<u32, Brief>) {
+    let Ok(procs) = fs::read_dir("/proc") else { return Default::default() };
     // First every process's descriptor numbers (one getdents walk each), then the readlinks,
     // which are most of the cost (about 6 µs each here), shared among threads by chunks: one
     // process holding 10,000 sockets is split like many small ones.
@@ -90,13 +152,26 @@ fn walk(inodes: &HashSet<u64>, briefs: bool) -> (Holders, HashMap<u32, Brief>) {
         }
     }
     let found = readlinks(&listed, inodes);
+    let counts: Vec<(u32, u32)> =
+        listed.iter().map(|(pid, _, fds)| (*pid, fds.len() as u32)).collect();
+    assemble(found, &counts, briefs)
+}
+
+/// The holders from the descriptors found, with what `/proc` says of each process that holds
+/// one (and, with `briefs`, of every process).
+fn assemble(
+    found: Vec<(u32, i32, u64)>,
+    counts: &[(u32, u32)],
+    briefs: bool,
+) -> (Holders, HashMap<u32, Brief>) {
+    let mut h = Holders::default();
+    let mut all = HashMap::new();
     let mut held_by: HashSet<u32> = HashSet::new();
     for (pid, fd, inode) in found {
         h.by_inode.entry(inode).or_default().push(Holding { pid, fd });
         held_by.insert(pid);
     }
-    for (pid, _, fds) in &listed {
-        let (pid, count) = (*pid, fds.len() as u32);
+    for &(pid, count) in counts {
         if held_by.contains(&pid) {
             match process(pid) {
                 Some(p) => {
@@ -278,5 +353,31 @@ mod tests {
         let me = std::process::id();
         assert_eq!(h.of(inode), &[Holding { pid: me, fd }]);
         assert_eq!(h.processes[&me].pid, me);
+    }
+
+    #[test]
+    fn the_kernel_and_proc_name_the_same_holders() {
+        // Three sockets this process holds, among every descriptor of every process.
+        let ls: Vec<std::net::TcpListener> =
+            (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let inodes: HashSet<u64> = ls
+            .iter()
+            .map(|l| {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(l);
+                let link = fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+                socket_inode(link.to_str().unwrap()).unwrap()
+            })
+            .collect();
+        let Some((found, counts)) = from_kernel(&inodes) else {
+            return eprintln!("no BPF task-file iterator here: /proc only");
+        };
+        let (by_kernel, _) = assemble(found, &counts, false);
+        let (by_proc, _) = walk_proc(&inodes, false);
+        assert_eq!(by_kernel.by_inode, by_proc.by_inode);
+        assert_eq!(by_kernel.by_inode.len(), 3);
+        let me = std::process::id();
+        let mine = counts.iter().find(|(p, _)| *p == me).unwrap().1;
+        let listed = fs::read_dir("/proc/self/fd").unwrap().count() as u32;
+        assert!(mine.abs_diff(listed) <= 2, "{mine} descriptors, /proc lists {listed}");
     }
 }

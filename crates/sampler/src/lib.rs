@@ -5,6 +5,7 @@
 //! the kernel, and `/proc/net/tcp` ([`procnet`]), a cross-check and fallback that filters here.
 #![warn(missing_docs)]
 
+pub mod bpf;
 pub mod capture;
 pub mod diag;
 pub mod fds;

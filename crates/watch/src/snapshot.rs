@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cwlab_model::watch::{Holding, NamespaceView, PortView, Snapshot};
 use cwlab_model::TcpState;
-use cwlab_sampler::{holders, netns, Backend, Query, Table};
+use cwlab_sampler::{holders, netns, Backend, Query, States, Table};
 
 use crate::Error;
 
@@ -73,7 +73,7 @@ struct Target {
     label: String,
     /// How to open it again: a namespace file, or none for the watcher's own.
     path: Option<PathBuf>,
-    table: Option<Table>,
+    table: Option<Tables>,
     /// Whether a look with `tcp_info` has been made since the table was opened: after it, every
     /// CLOSE-WAIT socket's age is known or is younger than a look.
     aged: bool,
@@ -107,7 +107,7 @@ impl Watcher {
                 inode: own_inode(),
                 label: label(own_inode(), std::process::id()),
                 path: None,
-                table: Some(Table::open(Backend::SockDiag)?),
+                table: Some(Tables::open()?),
                 aged: false,
             }),
             Namespaces::These { paths, pids } => {
@@ -251,20 +251,68 @@ impl Watcher {
     }
 }
 
+/// Two sockets on one namespace's table: each dump is split between them by state, the
+/// server's half of a leak (CLOSE-WAIT, with ESTAB and LISTEN) on one core and the client's
+/// (FIN-WAIT-2, TIME-WAIT, …) on the other, so a look takes the time of the larger half.
+struct Tables {
+    first: Table,
+    /// None with one CPU, or when a second socket could not be had.
+    second: Option<Table>,
+}
+
+/// The states the first table dumps; the second dumps the rest.
+const FIRST_HALF: [TcpState; 6] = [
+    TcpState::Established,
+    TcpState::SynSent,
+    TcpState::SynRecv,
+    TcpState::CloseWait,
+    TcpState::LastAck,
+    TcpState::Listen,
+];
+
+impl Tables {
+    /// The calling thread's namespace's table, twice where there are two CPUs.
+    fn open() -> Result<Tables, cwlab_sampler::Error> {
+        let two = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+        let first = Table::open(Backend::SockDiag)?;
+        let second = if two { Table::open(Backend::SockDiag).ok() } else { None };
+        Ok(Tables { first, second })
+    }
+
+    fn dump(
+        &mut self,
+        info: bool,
+    ) -> Result<Vec<cwlab_sampler::SocketRecord>, cwlab_sampler::Error> {
+        let Some(second) = self.second.as_mut() else {
+            return self.first.list(&Query { info, ..Query::default() });
+        };
+        let first_half = States::of(&FIRST_HALF);
+        let rest: Vec<TcpState> =
+            TcpState::ALL.iter().copied().filter(|s| !FIRST_HALF.contains(s)).collect();
+        let (mine, theirs) = (
+            Query { states: first_half, info, ..Query::default() },
+            Query { states: States::of(&rest), ..Query::default() },
+        );
+        let first = &mut self.first;
+        std::thread::scope(|s| {
+            let other = s.spawn(move || second.list(&theirs));
+            let mut v = first.list(&mine)?;
+            v.extend(other.join().expect("a dump thread panicked")?);
+            Ok(v)
+        })
+    }
+}
+
 /// Every TCP socket of a namespace (with `tcp_info` when `info`). A table that failed is opened
 /// again once.
 fn dump(t: &mut Target, info: bool) -> Result<Vec<cwlab_sampler::SocketRecord>, String> {
     if t.table.is_none() {
         t.table = Some(match &t.path {
             Some(p) => open_at(p).map_err(|e| format!("the namespace is gone or closed: {e}"))?,
-            None => Table::open(Backend::SockDiag).map_err(|e| e.to_string())?,
+            None => Tables::open().map_err(|e| e.to_string())?,
         });
     }
-    let table = t.table.as_mut().expect("opened above");
-    let q = Query { info, ..Query::default() };
-    let mut v = Vec::new();
-    table.for_each(&q, |r| v.push(r.clone())).map_err(|e| e.to_string())?;
-    Ok(v)
+    t.table.as_mut().expect("opened above").dump(info).map_err(|e| e.to_string())
 }
 
 /// Counts per state, indexed by the kernel's state number (1–11).
@@ -399,8 +447,8 @@ fn own_inode() -> u64 {
     std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino())
 }
 
-fn open_at(path: &std::path::Path) -> std::io::Result<Table> {
-    netns::in_namespace_at(path, || Table::open(Backend::SockDiag).map_err(std::io::Error::other))
+fn open_at(path: &std::path::Path) -> std::io::Result<Tables> {
+    netns::in_namespace_at(path, || Tables::open().map_err(std::io::Error::other))
 }
 
 /// The pid of `/proc/PID/ns/net`, or of some process in the namespace a file names.
