@@ -1,14 +1,14 @@
 //! One look at the watched namespaces: a kernel dump each (with `tcp_info`, for the ages), the
 //! service ports, and one walk of /proc for the holders of server CLOSE-WAIT sockets.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cwlab_model::watch::{Holding, NamespaceView, PortView, Snapshot};
 use cwlab_model::TcpState;
+use cwlab_sampler::holders::InodeSet;
 use cwlab_sampler::{holders, netns, Backend, Query, States, Table};
 
 use crate::Error;
@@ -87,10 +87,10 @@ pub struct Watcher {
     top: usize,
     /// Server CLOSE-WAIT per (namespace, port) at each look of the last minute.
     last: HashMap<(u64, u16), std::collections::VecDeque<(Instant, u32)>>,
-    /// When each server CLOSE-WAIT socket (namespace, local, remote) entered CLOSE-WAIT, as far
+    /// When each server CLOSE-WAIT socket (namespace, [`socket_id`]) entered CLOSE-WAIT, as far
     /// as the watcher knows: from `tcp_info` on the first look that saw it in a namespace, then
     /// kept, so that later looks need no `tcp_info` (it quadruples what a dump carries).
-    born: FastMap<(u64, SocketAddr, SocketAddr), (Instant, u64)>,
+    born: FastMap<(u64, u64), (Instant, u64)>,
     /// Who held what at the last looks.
     cache: HolderCache,
     /// Dumps made so far (concurrent scrapes share one).
@@ -166,7 +166,7 @@ impl Watcher {
                     let ns = t.inode;
                     classify(&records, &self.ports, &mut view, |port, r| {
                         stuck.push((i, port, r.inode));
-                        let e = born.entry((ns, r.local, r.remote)).or_insert_with(|| {
+                        let e = born.entry((ns, socket_id(r))).or_insert_with(|| {
                             let since = match r.idle_ms {
                                 Some(ms) => now
                                     .checked_sub(Duration::from_millis(u64::from(ms)))
@@ -189,11 +189,15 @@ impl Watcher {
             views.push(view);
         }
         self.born.retain(|_, v| v.1 == generation);
-        let inodes: HashSet<u64> = stuck.iter().map(|s| s.2).filter(|i| *i != 0).collect();
+        let inodes: InodeSet = stuck.iter().map(|s| s.2).filter(|i| *i != 0).collect();
         let found = self.cache.holders(&inodes);
+        // Each (namespace, port)'s stuck sockets together, in one pass.
+        stuck.sort_unstable();
         for (i, view) in views.iter_mut().enumerate() {
             for p in &mut view.ports {
-                let mine = stuck.iter().filter(|s| s.0 == i && s.1 == p.port).map(|s| s.2);
+                let from = stuck.partition_point(|s| (s.0, s.1) < (i, p.port));
+                let to = stuck.partition_point(|s| (s.0, s.1) <= (i, p.port));
+                let mine = stuck[from..to].iter().map(|s| s.2);
                 p.holders = top_holders(mine, &found, self.top);
                 let cw = p.server.get(&TcpState::CloseWait).copied().unwrap_or(0);
                 // The growth over the last minute (or as much of it as was watched).
@@ -313,6 +317,18 @@ fn dump(t: &mut Target, info: bool) -> Result<Vec<cwlab_sampler::SocketRecord>, 
         });
     }
     t.table.as_mut().expect("opened above").dump(info).map_err(|e| e.to_string())
+}
+
+/// A socket's identity for its age: its inode, which no other socket has while it lives; for a
+/// socket no file refers to (inode 0), its addresses folded into a number with the top bit set.
+fn socket_id(r: &cwlab_sampler::SocketRecord) -> u64 {
+    if r.inode != 0 {
+        return r.inode;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = Fx::default();
+    (r.local, r.remote).hash(&mut h);
+    h.finish() | 1 << 63
 }
 
 /// Counts per state, indexed by the kernel's state number (1–11).
@@ -480,12 +496,12 @@ struct HolderCache {
     procs: HashMap<u32, (u64, u32, FastMap<i32, u64>)>,
     info: HashMap<u32, holders::Process>,
     /// Sockets the last walk found no process holding.
-    unheld: HashSet<u64>,
+    unheld: InodeSet,
     walked: Option<Instant>,
 }
 
 impl HolderCache {
-    fn holders(&mut self, inodes: &HashSet<u64>) -> holders::Holders {
+    fn holders(&mut self, inodes: &InodeSet) -> holders::Holders {
         if self.walked.is_some_and(|t| t.elapsed() < REWALK) {
             if let Some(h) = self.of_known(inodes) {
                 return h;
@@ -494,7 +510,7 @@ impl HolderCache {
         self.walk(inodes)
     }
 
-    fn walk(&mut self, inodes: &HashSet<u64>) -> holders::Holders {
+    fn walk(&mut self, inodes: &InodeSet) -> holders::Holders {
         let found = holders::find(inodes);
         self.procs.clear();
         for (inode, hs) in &found.by_inode {
@@ -513,7 +529,7 @@ impl HolderCache {
     }
 
     /// The holders from the known holders alone; `None` when some socket is not accounted for.
-    fn of_known(&mut self, inodes: &HashSet<u64>) -> Option<holders::Holders> {
+    fn of_known(&mut self, inodes: &InodeSet) -> Option<holders::Holders> {
         let mut h = holders::Holders::default();
         let mut gone = Vec::new();
         for (pid, (start, count, fds)) in &mut self.procs {
