@@ -59,6 +59,7 @@ const LEGEND_H: f64 = 30.0;
 pub const MIN_PHASE_SHARE: f64 = 0.14;
 
 use crate::palette::{colour, DESCRIPTORS};
+use crate::text::esc;
 
 /// The states of a report with a socket in some sample, per side, LISTEN aside.
 fn series(r: &Report) -> BTreeSet<(Side, TcpState)> {
@@ -347,10 +348,6 @@ fn legend(s: &mut String, states: &BTreeSet<TcpState>, y0: f64) {
         );
     }
     s.push_str("</g>\n");
-}
-
-fn esc(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]

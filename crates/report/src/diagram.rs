@@ -9,7 +9,7 @@ use cwlab_model::machine::{Edge, Machine};
 use cwlab_model::report::Side;
 use cwlab_model::TcpState;
 
-use crate::ladder::esc;
+use crate::text::esc;
 use crate::palette::{self, paint};
 
 const PANEL_W: f64 = 540.0;

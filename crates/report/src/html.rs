@@ -17,7 +17,7 @@ use cwlab_model::ladder::Ladder;
 use cwlab_model::machine::Machine;
 use cwlab_model::report::{Report, Verdict};
 
-use crate::ladder::esc;
+use crate::text::esc;
 use crate::text::ranges;
 use crate::{chart, diagram, figures, ladder};
 

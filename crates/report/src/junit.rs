@@ -12,6 +12,8 @@ use cwlab_model::events::Reporter;
 use cwlab_model::report::Verdict;
 use cwlab_model::Report;
 
+use crate::text::esc;
+
 /// Collects every run's report and writes one XML file when they have all ended.
 pub struct Junit {
     path: PathBuf,
@@ -124,19 +126,3 @@ fn suite(r: &Report) -> Suite {
     Suite { xml: x, tests, failures, errors: usize::from(error.is_some()) }
 }
 
-/// Escapes text for XML attributes and content.
-fn esc(t: &str) -> String {
-    let mut s = String::with_capacity(t.len());
-    for c in t.chars() {
-        match c {
-            '&' => s.push_str("&amp;"),
-            '<' => s.push_str("&lt;"),
-            '>' => s.push_str("&gt;"),
-            '"' => s.push_str("&quot;"),
-            '\'' => s.push_str("&apos;"),
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => {}
-            c => s.push(c),
-        }
-    }
-    s
-}

@@ -10,6 +10,7 @@ use cwlab_model::ladder::{Ladder, Row};
 use cwlab_model::report::Side;
 
 use crate::palette::{self, paint};
+use crate::text::esc;
 
 /// A pause between rows drawn as a break.
 pub const GAP_MS: f64 = 100.0;
@@ -242,10 +243,6 @@ fn layout(rows: &[Row], top: f64) -> Vec<f64> {
         out.push(y);
     }
     out
-}
-
-pub(crate) fn esc(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]

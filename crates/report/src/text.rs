@@ -23,6 +23,24 @@ pub fn wrap(text: &str, width: usize) -> Vec<String> {
     lines
 }
 
+/// Text escaped for XML and HTML, attributes and content alike; control characters XML cannot
+/// carry are dropped. Every SVG, HTML and JUnit face writes through this.
+pub fn esc(t: &str) -> String {
+    let mut s = String::with_capacity(t.len());
+    for c in t.chars() {
+        match c {
+            '&' => s.push_str("&amp;"),
+            '<' => s.push_str("&lt;"),
+            '>' => s.push_str("&gt;"),
+            '"' => s.push_str("&quot;"),
+            '\'' => s.push_str("&apos;"),
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\t' | '\r') => {}
+            c => s.push(c),
+        }
+    }
+    s
+}
+
 /// `5–104` or `5, 7, 9–12`; long lists are cut.
 pub fn ranges(fds: &[i32]) -> String {
     let mut v = fds.to_vec();
