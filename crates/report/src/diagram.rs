@@ -9,8 +9,8 @@ use cwlab_model::machine::{Edge, Machine};
 use cwlab_model::report::Side;
 use cwlab_model::TcpState;
 
-use crate::text::esc;
 use crate::palette::{self, paint};
+use crate::text::esc;
 
 const PANEL_W: f64 = 540.0;
 const PANEL_H: f64 = 470.0;

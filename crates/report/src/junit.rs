@@ -125,4 +125,3 @@ fn suite(r: &Report) -> Suite {
     x.push_str("  </testsuite>\n");
     Suite { xml: x, tests, failures, errors: usize::from(error.is_some()) }
 }
-

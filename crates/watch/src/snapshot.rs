@@ -8,45 +8,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cwlab_model::watch::{Holding, NamespaceView, PortView, Snapshot};
 use cwlab_model::TcpState;
-use cwlab_sampler::holders::InodeSet;
+use cwlab_sampler::holders::{FastMap, InodeSet};
 use cwlab_sampler::{holders, netns, Backend, Query, States, Table};
 
 use crate::Error;
-
-/// A fast hash for keys the kernel made (inodes, addresses): the maps below hold one entry per
-/// CLOSE-WAIT socket, and SipHash was a tenth of a look at 10,000 (perf).
-#[derive(Default, Clone, Copy)]
-struct Fx(u64);
-
-impl std::hash::Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fx>>;
 
 /// How far back the growth of CLOSE-WAIT is measured.
 const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
@@ -326,7 +291,7 @@ fn socket_id(r: &cwlab_sampler::SocketRecord) -> u64 {
         return r.inode;
     }
     use std::hash::{Hash, Hasher};
-    let mut h = Fx::default();
+    let mut h = holders::FastHasher::default();
     (r.local, r.remote).hash(&mut h);
     h.finish() | 1 << 63
 }
