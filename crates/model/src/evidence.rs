@@ -215,6 +215,18 @@ pub enum Step {
     },
 }
 
+impl From<&Transition> for Step {
+    fn from(e: &Transition) -> Step {
+        Step::State { t_us: e.t_us, side: e.side, from: e.from, to: e.to }
+    }
+}
+
+impl From<&Segment> for Step {
+    fn from(s: &Segment) -> Step {
+        Step::Segment { t_us: s.t_us, side: s.from, flags: flag_names(s.flags), len: s.len }
+    }
+}
+
 impl Step {
     /// When it happened, µs since LISTEN.
     pub fn t_us(&self) -> i64 {
@@ -273,20 +285,10 @@ pub fn traces(
 ) -> Vec<ConnectionTrace> {
     let mut steps: BTreeMap<u16, Vec<Step>> = BTreeMap::new();
     for e in events {
-        steps.entry(e.client_port).or_default().push(Step::State {
-            t_us: e.t_us,
-            side: e.side,
-            from: e.from,
-            to: e.to,
-        });
+        steps.entry(e.client_port).or_default().push(Step::from(e));
     }
     for s in segments {
-        steps.entry(s.client_port).or_default().push(Step::Segment {
-            t_us: s.t_us,
-            side: s.from,
-            flags: flag_names(s.flags),
-            len: s.len,
-        });
+        steps.entry(s.client_port).or_default().push(Step::from(s));
     }
     for v in steps.values_mut() {
         v.sort_by_key(Step::t_us);

@@ -198,13 +198,21 @@ impl Ladder {
 
     /// The last state written on `side`'s column.
     pub fn last_state(&self, side: Side) -> Option<TcpState> {
-        self.rows.iter().rev().find_map(|row| row.state(side))
+        last_state(&self.rows, side)
     }
 
     /// Whether `side` sent a segment with a FIN.
     pub fn sent_fin(&self, side: Side) -> bool {
-        self.rows.iter().any(|row| row.arrow.as_ref().is_some_and(|a| a.from == side && a.fin))
+        sent_fin(&self.rows, side)
     }
+}
+
+fn last_state(rows: &[Row], side: Side) -> Option<TcpState> {
+    rows.iter().rev().find_map(|row| row.state(side))
+}
+
+fn sent_fin(rows: &[Row], side: Side) -> bool {
+    rows.iter().any(|row| row.arrow.as_ref().is_some_and(|a| a.from == side && a.fin))
 }
 
 fn rows(steps: &[Step]) -> Vec<Row> {
@@ -346,9 +354,8 @@ fn other(side: Side) -> Side {
 
 /// Where the close sequence stopped, in a sentence per side, with what holds the socket.
 fn end(r: &Report, c: &ConnectionTrace, rows: &[Row]) -> Vec<String> {
-    let last = |side| rows.iter().rev().find_map(|row: &Row| row.state(side));
-    let sent_fin =
-        |side| rows.iter().any(|row| row.arrow.as_ref().is_some_and(|a| a.from == side && a.fin));
+    let last = |side| last_state(rows, side);
+    let sent_fin = |side| sent_fin(rows, side);
     let port = format!(":{}", c.client_port);
     let holders_of = |side: Side| -> Vec<&Holder> {
         r.holders

@@ -142,14 +142,8 @@ impl Live {
             like_it: 0,
             steps: Vec::new(),
         });
-        let more = evidence::traces(
-            &transitions.iter().filter(|t| t.client_port == port).cloned().collect::<Vec<_>>(),
-            &segments.iter().filter(|s| s.client_port == port).copied().collect::<Vec<_>>(),
-            Some(port),
-        );
-        for c in more {
-            first.steps.extend(c.steps);
-        }
+        first.steps.extend(transitions.iter().filter(|t| t.client_port == port).map(Step::from));
+        first.steps.extend(segments.iter().filter(|s| s.client_port == port).map(Step::from));
         first.steps.sort_by_key(Step::t_us);
     }
 }
