@@ -59,7 +59,11 @@ pub struct Launch<'a> {
 
 /// The last lines of a stream, at most [`Tail::LINES`] of at most 400 bytes each.
 #[derive(Clone, Default)]
-pub struct Tail(Arc<Mutex<std::collections::VecDeque<String>>>);
+pub struct Tail {
+    lines: Arc<Mutex<std::collections::VecDeque<String>>>,
+    /// Set when the stream has ended and every line of it is kept.
+    ended: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Tail {
     /// How many lines are kept.
@@ -69,7 +73,7 @@ impl Tail {
     /// pipe, and only the last lines are kept.
     fn drain(r: impl Read + Send + 'static) -> Tail {
         let tail = Tail::default();
-        let lines = tail.0.clone();
+        let (lines, ended) = (tail.lines.clone(), tail.ended.clone());
         std::thread::spawn(move || {
             let mut r = std::io::BufReader::new(r);
             let mut line = Vec::new();
@@ -89,13 +93,19 @@ impl Tail {
                 v.push_back(text);
                 line.clear();
             }
+            ended.store(true, std::sync::atomic::Ordering::Release);
         });
         tail
     }
 
     /// The lines kept so far.
     pub fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().iter().cloned().collect()
+        self.lines.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Whether the stream has ended (every line of it is in [`Tail::lines`]).
+    pub fn ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -270,9 +280,10 @@ impl Server {
                 self.last_lines()
             ));
         }
-        // The drain thread reads to the end of the pipe, which the kill has closed.
+        // The drain thread reads to the end of the pipe, which the kill has closed: the whole
+        // error, its causes included (waiting for a first line alone lost them, now and then).
         let deadline = Instant::now() + Duration::from_secs(1);
-        while self.output.lines().is_empty() && Instant::now() < deadline {
+        while !self.output.ended() && Instant::now() < deadline {
             std::thread::yield_now();
         }
         let err = self.output.lines().join("\n");
