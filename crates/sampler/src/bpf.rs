@@ -504,39 +504,60 @@ mod tests {
     }
 
     #[test]
-    fn finds_this_process_and_its_socket_as_proc_does() {
+    fn finds_a_process_and_its_socket_as_proc_does() {
         let files = match open() {
             Ok(f) => f,
             Err(e) => return eprintln!("no BPF iterator here: {e}"),
         };
+        // A child holds a socket as its stdin, /dev/null as its stdout and stderr (and whatever
+        // it inherits without close-on-exec): a process of its own, since this one opens and
+        // closes descriptors on other test threads while the iterator runs.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let fd = std::os::fd::AsRawFd::as_raw_fd(&l);
         let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
         let inode = crate::holders::socket_inode(link.to_str().unwrap()).unwrap();
-        let all = files.all().unwrap();
-        let me = std::process::id();
-        assert!(
-            all.contains(&Descriptor { pid: me, fd, inode }),
-            "{:?}",
-            all.iter().filter(|d| d.pid == me).collect::<Vec<_>>()
-        );
-        // Every descriptor of this process once, as /proc lists them (the iterator's own read
-        // end aside, opened after the listing).
-        let proc: std::collections::BTreeSet<i32> = std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        let mine: Vec<i32> = all.iter().filter(|d| d.pid == me).map(|d| d.fd).collect();
-        let set: std::collections::BTreeSet<i32> = mine.iter().copied().collect();
-        assert_eq!(set.len(), mine.len(), "each descriptor once");
-        assert!(proc.iter().filter(|f| !set.contains(f)).count() <= 2, "{proc:?} vs {set:?}");
-        // Not a socket: inode 0.
-        let stdin_like = all.iter().find(|d| d.pid == me && d.fd == 0);
-        assert!(stdin_like.is_none_or(|d| d.inode == 0
-            || std::fs::read_link("/proc/self/fd/0")
-                .map(|l| l.to_string_lossy().starts_with("socket:"))
-                .unwrap_or(false)));
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(l)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        // Every descriptor of the child once, each with its socket's inode or 0, as /proc says.
+        let by_proc = || -> Option<Vec<Descriptor>> {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            if comm.trim() != "sleep" {
+                return None; // not yet exec'd: it still holds this process's copies
+            }
+            let mut ds: Vec<Descriptor> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .ok()?
+                .flatten()
+                .filter_map(|e| {
+                    let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+                    let link = std::fs::read_link(e.path()).ok()?;
+                    let inode = crate::holders::socket_inode(link.to_str()?).unwrap_or(0);
+                    Some(Descriptor { pid, fd, inode })
+                })
+                .collect();
+            ds.sort_by_key(|d| d.fd);
+            Some(ds)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (kernel, proc) = loop {
+            let proc = by_proc();
+            let mut kernel: Vec<Descriptor> =
+                files.all().unwrap().into_iter().filter(|d| d.pid == pid).collect();
+            kernel.sort_by_key(|d| d.fd);
+            if proc.as_ref() == Some(&kernel) || std::time::Instant::now() > deadline {
+                break (kernel, proc);
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(Some(&kernel), proc.as_ref());
+        assert_eq!(kernel.first(), Some(&Descriptor { pid, fd: 0, inode }));
+        assert!(kernel.iter().skip(1).take(2).all(|d| d.inode == 0), "{kernel:?}");
     }
 }
 
