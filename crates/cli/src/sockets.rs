@@ -355,6 +355,8 @@ mod tests {
             recv_q,
             send_q: 4096,
             idle_ms: None,
+            cookie: 0,
+            timewait: false,
         };
         let records = vec![
             rec(TcpState::Listen, "0.0.0.0:8080", "0.0.0.0:0", 7, 0),

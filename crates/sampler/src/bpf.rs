@@ -56,7 +56,7 @@ pub fn open() -> io::Result<Files> {
     let target = btf
         .func("bpf_iter_task_file")
         .ok_or_else(|| io::Error::other("this kernel has no task-file BPF iterator"))?;
-    let prog = prog_load(&program(&off), target)?;
+    let prog = prog_load(&program(&off), BPF_TRACE_ITER, target, b"cwlab_files")?;
     let link = link_create(&prog)?;
     Ok(Files { _prog: prog, link })
 }
@@ -84,13 +84,13 @@ impl Files {
 }
 
 /// The kernel's BTF: mapped where the kernel lets it be (6.16 and later), else read.
-enum Blob {
+pub(crate) enum Blob {
     Mapped(*mut std::ffi::c_void, usize),
     Read(Vec<u8>),
 }
 
 impl Blob {
-    fn of(path: &str) -> io::Result<Blob> {
+    pub(crate) fn of(path: &str) -> io::Result<Blob> {
         let mut f = std::fs::File::open(path)?;
         let size = f.metadata()?.len() as usize;
         // SAFETY: a private read-only mapping of `size` bytes of an open file; it is unmapped in
@@ -113,7 +113,7 @@ impl Blob {
         Ok(Blob::Read(v))
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             // SAFETY: the mapping is `len` readable bytes for as long as `self` lives.
             Blob::Mapped(p, len) => unsafe { std::slice::from_raw_parts(p.cast::<u8>(), *len) },
@@ -131,7 +131,7 @@ impl Drop for Blob {
     }
 }
 
-fn fd_of(fd: &OwnedFd) -> RawFd {
+pub(crate) fn fd_of(fd: &OwnedFd) -> RawFd {
     std::os::fd::AsRawFd::as_raw_fd(fd)
 }
 
@@ -179,45 +179,45 @@ impl Offsets {
 }
 
 // Instruction classes, sizes, modes and operations (include/uapi/linux/bpf.h, bpf_common.h).
-const LDX: u8 = 0x01;
-const STX: u8 = 0x03;
-const ST: u8 = 0x02;
-const ALU64: u8 = 0x07;
-const JMP: u8 = 0x05;
-const MEM: u8 = 0x60;
-const H: u8 = 0x08;
-const W: u8 = 0x00;
-const DW: u8 = 0x18;
-const MOV: u8 = 0xb0;
-const ADD: u8 = 0x00;
-const AND: u8 = 0x50;
-const K: u8 = 0x00;
-const X: u8 = 0x08;
-const JEQ: u8 = 0x10;
-const JNE: u8 = 0x50;
-const CALL: u8 = 0x80;
-const EXIT: u8 = 0x90;
-const FP: u8 = 10;
+pub(crate) const LDX: u8 = 0x01;
+pub(crate) const STX: u8 = 0x03;
+pub(crate) const ST: u8 = 0x02;
+pub(crate) const ALU64: u8 = 0x07;
+pub(crate) const JMP: u8 = 0x05;
+pub(crate) const MEM: u8 = 0x60;
+pub(crate) const H: u8 = 0x08;
+pub(crate) const W: u8 = 0x00;
+pub(crate) const DW: u8 = 0x18;
+pub(crate) const MOV: u8 = 0xb0;
+pub(crate) const ADD: u8 = 0x00;
+pub(crate) const AND: u8 = 0x50;
+pub(crate) const K: u8 = 0x00;
+pub(crate) const X: u8 = 0x08;
+pub(crate) const JEQ: u8 = 0x10;
+pub(crate) const JNE: u8 = 0x50;
+pub(crate) const CALL: u8 = 0x80;
+pub(crate) const EXIT: u8 = 0x90;
+pub(crate) const FP: u8 = 10;
 
 const SEQ_WRITE: i32 = 127;
 
 #[derive(Clone, Copy)]
-struct Insn {
+pub(crate) struct Insn {
     code: u8,
     regs: u8,
-    off: i16,
+    pub(crate) off: i16,
     imm: i32,
 }
 
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+pub(crate) fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     Insn { code, regs: (src << 4) | dst, off, imm }
 }
 
-fn ldx(size: u8, dst: u8, src: u8, off: i16) -> Insn {
+pub(crate) fn ldx(size: u8, dst: u8, src: u8, off: i16) -> Insn {
     insn(LDX | MEM | size, dst, src, off, 0)
 }
 
-fn stx(size: u8, dst: u8, off: i16, src: u8) -> Insn {
+pub(crate) fn stx(size: u8, dst: u8, off: i16, src: u8) -> Insn {
     insn(STX | MEM | size, dst, src, off, 0)
 }
 
@@ -270,12 +270,13 @@ const BPF_LINK_CREATE: i64 = 28;
 const BPF_ITER_CREATE: i64 = 33;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_ITER: u32 = 28;
+pub(crate) const BPF_TRACE_RAW_TP: u32 = 23;
 
 /// bpf(2) with `attr` as its `union bpf_attr`.
 ///
 /// # Safety
 /// `attr` must be the command's attribute layout, and every pointer in it live for the call.
-unsafe fn bpf(cmd: i64, attr: &mut [u8]) -> io::Result<RawFd> {
+pub(crate) unsafe fn bpf(cmd: i64, attr: &mut [u8]) -> io::Result<RawFd> {
     // SAFETY: the caller vouches for the layout and the pointers; the kernel reads (and for some
     // commands writes) at most `attr.len()` bytes.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
@@ -286,7 +287,14 @@ unsafe fn bpf(cmd: i64, attr: &mut [u8]) -> io::Result<RawFd> {
     }
 }
 
-fn prog_load(insns: &[Insn], attach_btf_id: u32) -> io::Result<OwnedFd> {
+/// Loads a tracing program (`BPF_PROG_TYPE_TRACING`) of attach type `attach` (an iterator, a
+/// BTF tracepoint, an fentry or fexit) on the kernel's BTF type `attach_btf_id`.
+pub(crate) fn prog_load(
+    insns: &[Insn],
+    attach: u32,
+    attach_btf_id: u32,
+    name: &[u8],
+) -> io::Result<OwnedFd> {
     let raw: Vec<u64> = insns
         .iter()
         .map(|i| {
@@ -310,8 +318,9 @@ fn prog_load(insns: &[Insn], attach_btf_id: u32) -> io::Result<OwnedFd> {
     put32(&mut attr, 24, 1);
     put32(&mut attr, 28, log.len() as u32);
     put64(&mut attr, 32, log.as_mut_ptr() as u64);
-    attr[48..48 + 12].copy_from_slice(b"cwlab_files\0");
-    put32(&mut attr, 68, BPF_TRACE_ITER);
+    let name = &name[..name.len().min(15)];
+    attr[48..48 + name.len()].copy_from_slice(name);
+    put32(&mut attr, 68, attach);
     put32(&mut attr, 108, attach_btf_id);
     // SAFETY: `attr` is BPF_PROG_LOAD's layout; the instructions, the license and the log buffer
     // it points to live until the call returns.
@@ -322,9 +331,25 @@ fn prog_load(insns: &[Insn], attach_btf_id: u32) -> io::Result<OwnedFd> {
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
             let said = String::from_utf8_lossy(&log[..end]);
             let last = said.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
-            Err(io::Error::new(e.kind(), format!("the kernel refused the program ({e}): {last}")))
+            let name = String::from_utf8_lossy(name);
+            Err(io::Error::new(
+                e.kind(),
+                format!("the kernel refused the program {name} ({e}): {last}"),
+            ))
         }
     }
+}
+
+/// Attaches a BTF tracepoint, fentry or fexit program; it stays attached while the returned
+/// link is open.
+pub(crate) fn attach(prog: &OwnedFd) -> io::Result<OwnedFd> {
+    const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
+    let mut attr = [0u8; 16];
+    attr[8..12].copy_from_slice(&(fd_of(prog) as u32).to_ne_bytes());
+    // SAFETY: BPF_RAW_TRACEPOINT_OPEN's layout: no name (the program's BTF target), the program.
+    let fd = unsafe { bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr) }?;
+    // SAFETY: a new descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn link_create(prog: &OwnedFd) -> io::Result<OwnedFd> {
@@ -341,14 +366,14 @@ fn link_create(prog: &OwnedFd) -> io::Result<OwnedFd> {
 // ---- BTF ------------------------------------------------------------------------------------
 
 /// A BTF blob, read on demand: where each type's record starts, and the strings.
-struct Btf<'a> {
+pub(crate) struct Btf<'a> {
     blob: &'a [u8],
     strings: &'a [u8],
     /// The byte offset of each type's record, by type id (id 0, void, has none).
     starts: Vec<u32>,
 }
 
-const KIND_STRUCT: u32 = 4;
+pub(crate) const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
@@ -358,7 +383,7 @@ const KIND_FUNC: u32 = 12;
 const KIND_TYPE_TAG: u32 = 18;
 
 impl<'a> Btf<'a> {
-    fn parse(b: &'a [u8]) -> Option<Btf<'a>> {
+    pub(crate) fn parse(b: &'a [u8]) -> Option<Btf<'a>> {
         let u32_at = |at: usize| -> Option<u32> {
             Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
         };
@@ -432,7 +457,7 @@ impl<'a> Btf<'a> {
     }
 
     /// For each of `names`, the first type of `kind` so named: one pass over the types.
-    fn all_named(&self, kind: u32, names: &[&str]) -> Vec<Option<u32>> {
+    pub(crate) fn all_named(&self, kind: u32, names: &[&str]) -> Vec<Option<u32>> {
         let mut found = vec![None; names.len()];
         let mut left = names.len();
         for id in 1..self.starts.len() as u32 {
@@ -456,10 +481,28 @@ impl<'a> Btf<'a> {
 
     /// The byte offset of `member` in the struct of type `id`.
     fn member(&self, id: u32, member: &str) -> Option<u32> {
-        self.find(id, member.as_bytes(), 0).map(|bits| bits / 8)
+        self.find(id, member.as_bytes(), 0).map(|(bits, _)| bits / 8)
     }
 
-    fn find(&self, id: u32, member: &[u8], base: u32) -> Option<u32> {
+    /// The byte offset of a path of members (`"ns.inum"`: `inum` of the member `ns`) in the
+    /// struct of type `id`.
+    pub(crate) fn offset(&self, id: u32, path: &str) -> Option<u32> {
+        let (mut id, mut bits) = (id, 0);
+        for m in path.split('.') {
+            let (at, ty) = self.find(id, m.as_bytes(), 0)?;
+            bits += at;
+            id = self.resolve(ty);
+        }
+        Some(bits / 8)
+    }
+
+    /// The id of the typedef `name` (a BTF tracepoint's `btf_trace_*`).
+    pub(crate) fn typedef(&self, name: &str) -> Option<u32> {
+        self.named(KIND_TYPEDEF, name)
+    }
+
+    /// The bit offset and the type of `member` in the struct of type `id`.
+    fn find(&self, id: u32, member: &[u8], base: u32) -> Option<(u32, u32)> {
         let (_, _, _, vlen, bitfields) = self.head(id)?;
         let at = self.starts[id as usize] as usize + 12;
         for m in 0..vlen {
@@ -467,7 +510,7 @@ impl<'a> Btf<'a> {
             let (name, ty, off) = (self.u32_at(rec), self.u32_at(rec + 4), self.u32_at(rec + 8));
             let bits = if bitfields { off & 0x00ff_ffff } else { off };
             if self.name(name) == member {
-                return Some(base + bits);
+                return Some((base + bits, ty));
             }
             let inner = self.resolve(ty);
             let anonymous =
@@ -482,7 +525,7 @@ impl<'a> Btf<'a> {
     }
 
     /// The type id of function `name`.
-    fn func(&self, name: &str) -> Option<u32> {
+    pub(crate) fn func(&self, name: &str) -> Option<u32> {
         self.named(KIND_FUNC, name)
     }
 }

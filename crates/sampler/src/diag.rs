@@ -178,6 +178,8 @@ fn record(m: &[u8]) -> Option<SocketRecord> {
         send_q: u32_at(m, 60),
         uid: u32_at(m, 64),
         inode: u64::from(u32_at(m, 68)),
+        cookie: u64::from(u32_at(m, 44)) | u64::from(u32_at(m, 48)) << 32,
+        timewait: m[2] == 3,
     })
 }
 

@@ -12,6 +12,7 @@ pub mod fds;
 pub mod holders;
 pub mod netns;
 pub mod procnet;
+pub mod stream;
 pub mod tracefs;
 
 use std::io;
@@ -147,6 +148,11 @@ pub struct SocketRecord {
     /// `tcpi_last_ack_recv`). A socket in CLOSE-WAIT hears nothing after the peer's FIN, so this
     /// is how long it has waited there.
     pub idle_ms: Option<u32>,
+    /// The kernel's cookie for the socket (sock_diag's `idiag_cookie`; 0 from `/proc/net/tcp`).
+    pub cookie: u64,
+    /// Whether it is a timewait socket (TIME-WAIT, or an orphan's FIN-WAIT-2 after the kernel
+    /// handed it over): the table's timer field says 3.
+    pub timewait: bool,
 }
 
 /// Where records come from.

@@ -36,7 +36,7 @@ pub fn parse_line(line: &str) -> Option<SocketRecord> {
     let remote = addr(w.next()?)?;
     let state = TcpState::from_kernel(u8::from_str_radix(w.next()?, 16).ok()?)?;
     let (tx, rx) = w.next()?.split_once(':')?;
-    let _timer = w.next()?;
+    let timer = w.next()?;
     let _retrnsmt = w.next()?;
     let uid = w.next()?.parse().ok()?;
     let _timeout = w.next()?;
@@ -50,6 +50,8 @@ pub fn parse_line(line: &str) -> Option<SocketRecord> {
         uid,
         recv_q: u32::from_str_radix(rx, 16).ok()?,
         send_q: u32::from_str_radix(tx, 16).ok()?,
+        cookie: 0,
+        timewait: timer.starts_with("03:"),
     })
 }
 
