@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use cwlab_model::watch::{Holding, NamespaceView, PortView, Snapshot};
 use cwlab_model::TcpState;
 use cwlab_sampler::holders::{FastMap, InodeSet};
-use cwlab_sampler::{holders, netns, Backend, Query, States, Table};
+use cwlab_sampler::stream::{self, Ledger, Stream};
+use cwlab_sampler::{holders, netns, Backend, Query, SocketRecord, States, Table};
 
 use crate::Error;
 
@@ -42,6 +43,9 @@ struct Target {
     /// Whether a look with `tcp_info` has been made since the table was opened: after it, every
     /// CLOSE-WAIT socket's age is known or is younger than a look.
     aged: bool,
+    /// With the stream: the sockets in the streamed states, kept by its events (None until a
+    /// look seeds it).
+    ledger: Option<Ledger>,
 }
 
 /// Looks at socket tables and remembers enough for rates.
@@ -58,6 +62,11 @@ pub struct Watcher {
     born: FastMap<(u64, u64), (Instant, u64)>,
     /// Who held what at the last looks.
     cache: HolderCache,
+    /// The kernel's reports of full sockets' changes, where it takes the program (root, BTF):
+    /// then a look dumps only the states the stream does not keep.
+    stream: Option<Stream>,
+    /// Events the stream's program could not write (a full ring) at the last look.
+    dropped: u64,
     /// Dumps made so far (concurrent scrapes share one).
     pub dumps: u64,
 }
@@ -74,6 +83,7 @@ impl Watcher {
                 path: None,
                 table: Some(Tables::open()?),
                 aged: false,
+                ledger: None,
             }),
             Namespaces::These { paths, pids } => {
                 let named = paths
@@ -92,6 +102,7 @@ impl Watcher {
                         path: Some(path),
                         table: Some(table),
                         aged: false,
+                        ledger: None,
                     });
                 }
             }
@@ -105,8 +116,22 @@ impl Watcher {
             last: HashMap::new(),
             born: FastMap::default(),
             cache: HolderCache::default(),
+            stream: open_stream(),
+            dropped: 0,
             dumps: 0,
         })
+    }
+
+    /// The same watcher with every look a dump, even where the kernel would stream (to compare
+    /// the two ways).
+    pub fn dumping_only(mut self) -> Watcher {
+        self.stream = None;
+        self
+    }
+
+    /// Whether the looks keep the server's half from the kernel's reports.
+    pub fn streaming(&self) -> bool {
+        self.stream.is_some()
     }
 
     /// Takes one look.
@@ -120,28 +145,54 @@ impl Watcher {
         let mut stuck: Vec<(usize, u16, u64)> = Vec::new();
         let now = Instant::now();
         let generation = self.dumps;
+        if let Some(stream) = self.stream.as_mut() {
+            let targets = &mut self.targets;
+            let dropped = stream.drain(|e| {
+                if let Some(t) = targets.iter_mut().find(|t| t.inode as u32 == e.netns) {
+                    if let Some(l) = t.ledger.as_mut() {
+                        l.apply(&e);
+                    }
+                }
+            });
+            if dropped != self.dropped {
+                // The ring was full: some change is missing from every ledger.
+                self.dropped = dropped;
+                self.targets.iter_mut().for_each(|t| t.ledger = None);
+            }
+        }
+        let streaming = self.stream.is_some();
+        let now_ns = stream::now_ns();
         for (i, t) in self.targets.iter_mut().enumerate() {
             let mut view =
                 NamespaceView { inode: t.inode, label: t.label.clone(), ..Default::default() };
             // tcp_info only where some CLOSE-WAIT socket's age is not known yet.
             let info = !t.aged;
-            match dump(t, info) {
+            let looked = if streaming { dump_beside(t, now_ns) } else { dump(t, info) };
+            match looked {
                 Ok(records) => {
                     let born = &mut self.born;
                     let ns = t.inode;
-                    classify(&records, &self.ports, &mut view, |port, r| {
-                        stuck.push((i, port, r.inode));
-                        let e = born.entry((ns, socket_id(r))).or_insert_with(|| {
-                            let since = match r.idle_ms {
-                                Some(ms) => now
-                                    .checked_sub(Duration::from_millis(u64::from(ms)))
-                                    .unwrap_or(now),
-                                None => now,
-                            };
-                            (since, generation)
-                        });
-                        e.1 = generation;
-                        now.duration_since(e.0).as_secs_f64()
+                    let kept = t.ledger.iter().flat_map(|l| l.entries.values());
+                    let rows = records.iter().map(Row::Dumped).chain(kept.map(Row::Kept));
+                    classify(rows, &self.ports, &mut view, |port, row| match row {
+                        Row::Dumped(r) => {
+                            stuck.push((i, port, r.inode));
+                            let e = born.entry((ns, socket_id(r))).or_insert_with(|| {
+                                let since = match r.idle_ms {
+                                    Some(ms) => now
+                                        .checked_sub(Duration::from_millis(u64::from(ms)))
+                                        .unwrap_or(now),
+                                    None => now,
+                                };
+                                (since, generation)
+                            });
+                            e.1 = generation;
+                            now.duration_since(e.0).as_secs_f64()
+                        }
+                        Row::Kept(e) => {
+                            stuck.push((i, port, e.inode));
+                            now_ns.saturating_sub(e.since_ns) as f64 / 1e9
+                        }
                     });
                     t.aged = true;
                 }
@@ -149,6 +200,7 @@ impl Watcher {
                     view.error = Some(e);
                     t.table = None;
                     t.aged = false;
+                    t.ledger = None;
                 }
             }
             views.push(view);
@@ -213,6 +265,7 @@ impl Watcher {
                     table: open_at(&path).ok(),
                     path: Some(path),
                     aged: false,
+                    ledger: None,
                 });
             }
         }
@@ -248,39 +301,90 @@ impl Tables {
         Ok(Tables { first, second })
     }
 
-    fn dump(
-        &mut self,
-        info: bool,
-    ) -> Result<Vec<cwlab_sampler::SocketRecord>, cwlab_sampler::Error> {
-        let Some(second) = self.second.as_mut() else {
+    fn dump(&mut self, info: bool) -> Result<Vec<SocketRecord>, cwlab_sampler::Error> {
+        if self.second.is_none() {
             return self.first.list(&Query { info, ..Query::default() });
-        };
-        let first_half = States::of(&FIRST_HALF);
+        }
         let rest: Vec<TcpState> =
             TcpState::ALL.iter().copied().filter(|s| !FIRST_HALF.contains(s)).collect();
-        let (mine, theirs) = (
-            Query { states: first_half, info, ..Query::default() },
-            Query { states: States::of(&rest), ..Query::default() },
-        );
+        self.two(
+            &Query { states: States::of(&FIRST_HALF), info, ..Query::default() },
+            &Query { states: States::of(&rest), ..Query::default() },
+        )
+    }
+
+    /// `mine` on the first socket and `theirs` on the second, at once where there are two.
+    fn two(
+        &mut self,
+        mine: &Query,
+        theirs: &Query,
+    ) -> Result<Vec<SocketRecord>, cwlab_sampler::Error> {
+        let Some(second) = self.second.as_mut() else {
+            let mut v = self.first.list(mine)?;
+            v.extend(self.first.list(theirs)?);
+            return Ok(v);
+        };
         let first = &mut self.first;
         std::thread::scope(|s| {
-            let other = s.spawn(move || second.list(&theirs));
-            let mut v = first.list(&mine)?;
+            let other = s.spawn(move || second.list(theirs));
+            let mut v = first.list(mine)?;
             v.extend(other.join().expect("a dump thread panicked")?);
             Ok(v)
         })
     }
 }
 
-/// Every TCP socket of a namespace (with `tcp_info` when `info`). A table that failed is opened
-/// again once.
-fn dump(t: &mut Target, info: bool) -> Result<Vec<cwlab_sampler::SocketRecord>, String> {
+/// Whether to keep the server's half of each table from the kernel's reports: where the
+/// kernel takes the program, unless `CWLAB_STREAM=0` (for comparing the two ways).
+fn open_stream() -> Option<Stream> {
+    if std::env::var("CWLAB_STREAM").as_deref() == Ok("0") {
+        return None;
+    }
+    Stream::open().ok()
+}
+
+/// With the stream: the sockets in the states it does not keep (dumped), after seeding the
+/// ledger with a dump of the states it keeps when it has none, and giving a file's inode to any
+/// CLOSE-WAIT socket the ledger has without one (accepted after the FIN: no event says so).
+fn dump_beside(t: &mut Target, now_ns: u64) -> Result<Vec<SocketRecord>, String> {
+    open_again(t)?;
+    let table = t.table.as_mut().expect("opened above");
+    let rest = Query { states: stream::dumped(), ..Query::default() };
+    let kept = Query { states: States::of(&stream::STREAMED), ..Query::default() };
+    let fail = |e: cwlab_sampler::Error| e.to_string();
+    let Some(ledger) = t.ledger.as_mut() else {
+        let all = table.two(&Query { info: true, ..kept }, &rest).map_err(fail)?;
+        let (streamed, rest): (Vec<SocketRecord>, Vec<SocketRecord>) =
+            all.into_iter().partition(|r| stream::STREAMED.contains(&r.state));
+        t.ledger = Some(Ledger::seed(&streamed, now_ns));
+        return Ok(rest);
+    };
+    if ledger.unfiled(TcpState::CloseWait).next().is_none() {
+        return table.first.list(&rest).map_err(fail);
+    }
+    let cw = Query { states: States::of(&[TcpState::CloseWait]), ..Query::default() };
+    let all = table.two(&rest, &cw).map_err(fail)?;
+    let (cw, rest): (Vec<SocketRecord>, Vec<SocketRecord>) =
+        all.into_iter().partition(|r| r.state == TcpState::CloseWait);
+    ledger.file(&cw);
+    Ok(rest)
+}
+
+/// Opens a namespace's table again after it failed.
+fn open_again(t: &mut Target) -> Result<(), String> {
     if t.table.is_none() {
         t.table = Some(match &t.path {
             Some(p) => open_at(p).map_err(|e| format!("the namespace is gone or closed: {e}"))?,
             None => Tables::open().map_err(|e| e.to_string())?,
         });
     }
+    Ok(())
+}
+
+/// Every TCP socket of a namespace (with `tcp_info` when `info`). A table that failed is opened
+/// again once.
+fn dump(t: &mut Target, info: bool) -> Result<Vec<SocketRecord>, String> {
+    open_again(t)?;
     t.table.as_mut().expect("opened above").dump(info).map_err(|e| e.to_string())
 }
 
@@ -303,17 +407,40 @@ fn counts_map(c: &StateCounts) -> cwlab_model::report::Counts {
     TcpState::ALL.iter().filter(|s| c[**s as usize] > 0).map(|s| (*s, c[*s as usize])).collect()
 }
 
-/// Sorts records into service ports (server and client side) and `other`; calls `stuck` for
+/// One socket of a look: as a dump found it, or as the stream keeps it.
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    Dumped(&'a SocketRecord),
+    Kept(&'a stream::Entry),
+}
+
+impl Row<'_> {
+    fn state(&self) -> TcpState {
+        match self {
+            Row::Dumped(r) => r.state,
+            Row::Kept(e) => e.state,
+        }
+    }
+
+    fn ports(&self) -> (u16, u16) {
+        match self {
+            Row::Dumped(r) => (r.local.port(), r.remote.port()),
+            Row::Kept(e) => (e.local_port, e.remote_port),
+        }
+    }
+}
+
+/// Sorts sockets into service ports (server and client side) and `other`; calls `stuck` for
 /// each server CLOSE-WAIT socket, which answers how long it has been in CLOSE-WAIT, in seconds.
 /// Counted in arrays indexed by port and state: this runs once per socket of the namespace.
-fn classify(
-    records: &[cwlab_sampler::SocketRecord],
+fn classify<'a>(
+    rows: impl Iterator<Item = Row<'a>> + Clone,
     only: &[u16],
     view: &mut NamespaceView,
-    mut stuck: impl FnMut(u16, &cwlab_sampler::SocketRecord) -> f64,
+    mut stuck: impl FnMut(u16, Row<'a>) -> f64,
 ) {
     let listening: BTreeSet<u16> =
-        records.iter().filter(|r| r.state == TcpState::Listen).map(|r| r.local.port()).collect();
+        rows.clone().filter(|r| r.state() == TcpState::Listen).map(|r| r.ports().0).collect();
     let service: Vec<u16> =
         if only.is_empty() { listening.iter().copied().collect() } else { only.to_vec() };
     let mut index = vec![u16::MAX; 65_536];
@@ -325,14 +452,15 @@ fn classify(
         }
     }
     let mut other: StateCounts = [0; 12];
-    for r in records {
-        let (lp, rp) = (r.local.port(), r.remote.port());
-        let st = r.state as usize;
+    for r in rows {
+        let (lp, rp) = r.ports();
+        let state = r.state();
+        let st = state as usize;
         match (index[usize::from(lp)], index[usize::from(rp)]) {
             (i, _) if i != u16::MAX => {
                 let p = &mut ports[usize::from(i)];
                 p.0[st] += 1;
-                if r.state == TcpState::CloseWait {
+                if state == TcpState::CloseWait {
                     let s = stuck(lp, r);
                     p.2 = Some(p.2.map_or(s, |o: f64| o.max(s)));
                 }
