@@ -56,6 +56,16 @@ fn main() {
             .collect();
         settle(&[TcpState::FinWait1]);
         let decoys = decoys();
+        if std::env::var_os("CWLAB_BENCH_HOLD").is_some() {
+            // For timing by hand: nsenter -n -t PID cwlab watch --once --port P …
+            let ports: Vec<String> = ports.iter().map(|p| format!("--port {p}")).collect();
+            println!(
+                "bench: holding; nsenter -n -t {} … {}; Enter ends",
+                std::process::id(),
+                ports.join(" ")
+            );
+            let _ = std::io::stdin().read(&mut [0u8; 1]);
+        }
         timer(&ports, n);
         drop(decoys);
         for mut h in holders {
