@@ -39,8 +39,8 @@ use crate::{SocketRecord, States, TcpState};
 
 /// One event as the program writes it.
 const EVENT: usize = 40;
-/// The ring's size: 4 MiB, about 100,000 events between two looks.
-const RING: usize = 4 << 20;
+/// The ring's size: 4 MiB, about 87,000 events (48 bytes each with the ring's header).
+pub const RING: usize = 4 << 20;
 
 /// The states only full sockets are in, which the stream keeps.
 pub const STREAMED: [TcpState; 5] = [
@@ -202,14 +202,19 @@ pub struct Stream {
 impl Stream {
     /// Loads and attaches the program; fails where the kernel lacks something it needs.
     pub fn open() -> io::Result<Stream> {
+        Stream::with_ring(RING)
+    }
+
+    /// The same with a ring of `bytes` (a power of two, at least a page).
+    pub fn with_ring(bytes: usize) -> io::Result<Stream> {
         let blob = bpf::Blob::of("/sys/kernel/btf/vmlinux")?;
         let btf = bpf::Btf::parse(blob.bytes())
             .ok_or_else(|| io::Error::other("cannot read the kernel's BTF"))?;
         let off = Offsets::of(&btf)
             .ok_or_else(|| io::Error::other("the kernel's BTF lacks a field the programs read"))?;
-        let ring_map = map_create(MAP_RINGBUF, 0, 0, RING as u32)?;
+        let ring_map = map_create(MAP_RINGBUF, 0, 0, bytes as u32)?;
         let drops = map_create(MAP_ARRAY, 4, 8, 1)?;
-        let ring = Ring::map(ring_map)?;
+        let ring = Ring::map(ring_map, bytes)?;
         let target = btf
             .typedef("btf_trace_inet_sock_set_state")
             .ok_or_else(|| io::Error::other("this kernel has no inet_sock_set_state tracepoint"))?;
@@ -255,13 +260,14 @@ struct Ring {
     consumer: *mut u64,
     producer: *const u8,
     page: usize,
+    size: usize,
 }
 
 // SAFETY: the mappings belong to the ring alone and are only touched through `&mut self`.
 unsafe impl Send for Ring {}
 
 impl Ring {
-    fn map(map: OwnedFd) -> io::Result<Ring> {
+    fn map(map: OwnedFd, size: usize) -> io::Result<Ring> {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         let fd = fd_of(&map);
@@ -281,7 +287,7 @@ impl Ring {
             }
             let p = libc::mmap(
                 std::ptr::null_mut(),
-                page + 2 * RING,
+                page + 2 * size,
                 libc::PROT_READ,
                 libc::MAP_SHARED,
                 fd,
@@ -294,7 +300,7 @@ impl Ring {
             }
             (c.cast::<u64>(), p.cast::<u8>().cast_const())
         };
-        Ok(Ring { map, consumer, producer, page })
+        Ok(Ring { map, consumer, producer, page, size })
     }
 
     fn consume(&mut self, mut f: impl FnMut(&[u8])) {
@@ -312,7 +318,7 @@ impl Ring {
         let mut at = cons.load(Ordering::Relaxed);
         let end = prod.load(Ordering::Acquire);
         while at < end {
-            let offset = self.page + (at as usize & (RING - 1));
+            let offset = self.page + (at as usize & (self.size - 1));
             // SAFETY: `offset` lies in the first copy of the data; a record's 8-byte header and
             // its body follow it within the doubled mapping.
             let header =
@@ -337,7 +343,7 @@ impl Drop for Ring {
         // SAFETY: unmaps exactly the two mappings made in `map`.
         unsafe {
             libc::munmap(self.consumer.cast(), self.page);
-            libc::munmap(self.producer.cast_mut().cast(), self.page + 2 * RING);
+            libc::munmap(self.producer.cast_mut().cast(), self.page + 2 * self.size);
         }
     }
 }

@@ -30,6 +30,10 @@ fn private_ns_and_stream(test: &str) -> Option<Stream> {
     }
 }
 
+/// The stream sees every namespace's changes: the tests here take turns, so that one's churn
+/// does not fill the other's ring.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn own_netns() -> u32 {
     std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino() as u32
 }
@@ -98,6 +102,7 @@ fn the_stream_keeps_the_table_a_dump_shows() {
     let Some(mut stream) = private_ns_and_stream("the_stream_keeps_the_table_a_dump_shows") else {
         return;
     };
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
     let mut table = Table::open(Backend::SockDiag).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -175,4 +180,52 @@ fn the_stream_keeps_the_table_a_dump_shows() {
     drop(busy);
     let n = agree(&mut stream, &mut ledger, &mut table, "after closing everything");
     assert_eq!(n, 0);
+}
+
+#[test]
+fn a_full_ring_is_counted_and_a_new_seed_agrees_again() {
+    let Some(_) = private_ns_and_stream("a_full_ring_is_counted_and_a_new_seed_agrees_again")
+    else {
+        return;
+    };
+    let _alone = ALONE.lock().unwrap_or_else(|e| e.into_inner());
+    // 64 KiB of ring: about 1,365 events; 600 connections make about 2,400.
+    let mut stream = Stream::with_ring(64 << 10).unwrap();
+    let mut table = Table::open(Backend::SockDiag).unwrap();
+    let mut ledger = Ledger::seed(&table.list(&streamed()).unwrap(), now_ns());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        let c = TcpStream::connect(addr).unwrap();
+        held.push((c, listener.accept().unwrap().0));
+    }
+    let ns = own_netns();
+    let dropped = stream.drain(|e| {
+        if e.netns == ns {
+            ledger.apply(&e)
+        }
+    });
+    assert!(dropped > 0, "a 64 KiB ring must overflow");
+    assert_ne!(of_ledger(&ledger), of_dump(&mut table), "the ledger missed what was dropped");
+    // What the watch does then: drain, seed again, and go on with the events.
+    let _ = stream.drain(|_| {});
+    let mut ledger = Ledger::seed(&table.list(&streamed()).unwrap(), now_ns());
+    let before = stream.drain(|_| {});
+    held.truncate(590);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = stream.drain(|e| {
+            if e.netns == ns {
+                ledger.apply(&e)
+            }
+        });
+        assert_eq!(now, before, "ten closes fit in the ring when it is drained");
+        if of_ledger(&ledger) == of_dump(&mut table) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new seed and its events never agreed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(ledger.entries.len(), 1 + 2 * 590);
 }

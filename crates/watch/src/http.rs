@@ -34,10 +34,21 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// An exporter over `watcher`.
+    /// An exporter over `watcher`. Where the watcher streams, a thread applies the kernel's
+    /// reports every quarter second between scrapes, for as long as the exporter lives.
     pub fn new(watcher: Watcher) -> Exporter {
+        let streaming = watcher.streaming();
+        let watcher = Arc::new(Mutex::new(watcher));
+        if streaming {
+            let weak = Arc::downgrade(&watcher);
+            std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(250));
+                let Some(w) = weak.upgrade() else { return };
+                w.lock().unwrap_or_else(|e| e.into_inner()).catch_up();
+            });
+        }
         Exporter {
-            watcher: Arc::new(Mutex::new(watcher)),
+            watcher,
             last: tokio::sync::Mutex::new(None),
             request_timeout: Duration::from_secs(10),
         }

@@ -134,6 +134,26 @@ impl Watcher {
         self.stream.is_some()
     }
 
+    /// Applies the kernel's reports since the last call to the ledgers. A look does it first;
+    /// between looks far apart (an exporter scraped every 15 s), calling it keeps the ring from
+    /// filling (about 100,000 changes), which would cost the next look a whole dump.
+    pub fn catch_up(&mut self) {
+        let Some(stream) = self.stream.as_mut() else { return };
+        let targets = &mut self.targets;
+        let dropped = stream.drain(|e| {
+            if let Some(t) = targets.iter_mut().find(|t| t.inode as u32 == e.netns) {
+                if let Some(l) = t.ledger.as_mut() {
+                    l.apply(&e);
+                }
+            }
+        });
+        if dropped != self.dropped {
+            // The ring was full: some change is missing from every ledger.
+            self.dropped = dropped;
+            self.targets.iter_mut().for_each(|t| t.ledger = None);
+        }
+    }
+
     /// Takes one look.
     pub fn look(&mut self) -> Snapshot {
         let started = Instant::now();
@@ -145,21 +165,7 @@ impl Watcher {
         let mut stuck: Vec<Vec<Vec<u64>>> = Vec::new();
         let now = Instant::now();
         let generation = self.dumps;
-        if let Some(stream) = self.stream.as_mut() {
-            let targets = &mut self.targets;
-            let dropped = stream.drain(|e| {
-                if let Some(t) = targets.iter_mut().find(|t| t.inode as u32 == e.netns) {
-                    if let Some(l) = t.ledger.as_mut() {
-                        l.apply(&e);
-                    }
-                }
-            });
-            if dropped != self.dropped {
-                // The ring was full: some change is missing from every ledger.
-                self.dropped = dropped;
-                self.targets.iter_mut().for_each(|t| t.ledger = None);
-            }
-        }
+        self.catch_up();
         let streaming = self.stream.is_some();
         let now_ns = stream::now_ns();
         for t in &mut self.targets {
