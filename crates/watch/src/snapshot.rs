@@ -1,5 +1,11 @@
-//! One look at the watched namespaces: a kernel dump each (with `tcp_info`, for the ages), the
-//! service ports, and one walk of /proc for the holders of server CLOSE-WAIT sockets.
+//! One look at the watched namespaces: each namespace's sockets counted per service port, the
+//! age of the oldest CLOSE-WAIT, and who holds the server CLOSE-WAIT sockets.
+//!
+//! Where the kernel takes the lab's tracepoint program ([`cwlab_sampler::stream`]), the states
+//! only full sockets are in (the server's half of a leak) come from a ledger the kernel's reports
+//! keep, seeded by one dump, and a look dumps only the other states (timewait and request
+//! sockets change without a report). Elsewhere each look dumps every state (with `tcp_info` on
+//! the first, for the ages). Holders come from a cache that reads only what changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
