@@ -72,9 +72,10 @@ fn of_ledger(l: &Ledger) -> Picture {
         .collect()
 }
 
-/// Applies this namespace's events until the ledger and a dump agree (the kernel finishes a
-/// close in softirq after the calls return), or fails with both at the deadline.
-fn agree(stream: &mut Stream, ledger: &mut Ledger, table: &mut Table, what: &str) -> usize {
+/// Applies this namespace's events until the ledger and a dump agree and the dump holds `n`
+/// sockets (the kernel may finish a close in softirq after the calls return), or fails with both
+/// at the deadline.
+fn agree(stream: &mut Stream, ledger: &mut Ledger, table: &mut Table, what: &str, n: usize) {
     let ns = own_netns();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -85,10 +86,11 @@ fn agree(stream: &mut Stream, ledger: &mut Ledger, table: &mut Table, what: &str
         });
         assert_eq!(dropped, 0, "{what}: the ring overflowed");
         let (mine, dump) = (of_ledger(ledger), of_dump(table));
-        if mine == dump {
-            return mine.len();
+        if mine == dump && mine.len() == n {
+            return;
         }
         if Instant::now() > deadline {
+            assert_eq!(dump.len(), n, "{what}: the dump");
             let only_mine: Vec<_> = mine.iter().filter(|(c, v)| dump.get(c) != Some(v)).collect();
             let only_dump: Vec<_> = dump.iter().filter(|(c, v)| mine.get(c) != Some(v)).collect();
             panic!("{what}: the ledger has {only_mine:?} where the dump has {only_dump:?}");
@@ -133,8 +135,7 @@ fn the_stream_keeps_the_table_a_dump_shows() {
     let records = table.list(&Query { info: true, ..streamed() }).unwrap();
     let mut ledger = Ledger::seed(&records, now_ns());
     let busy = churn.join().unwrap();
-    let n = agree(&mut stream, &mut ledger, &mut table, "after the churn");
-    assert_eq!(n, 2, "the two listeners");
+    agree(&mut stream, &mut ledger, &mut table, "after the churn: the two listeners", 2);
 
     // Then the shapes of the close sequence, kept by events alone: open pairs, the leak's
     // CLOSE-WAIT and FIN-WAIT-2, TIME-WAIT, and a CLOSE-WAIT accepted only after its FIN.
@@ -157,19 +158,19 @@ fn the_stream_keeps_the_table_a_dump_shows() {
     let late = TcpStream::connect(addr).unwrap();
     let late_port = late.local_addr().unwrap().port();
     drop(late);
-    agree(&mut stream, &mut ledger, &mut table, "with the late one in the queue");
+    // The ten open pairs, ten CLOSE-WAIT, the late one, the two listeners.
+    agree(&mut stream, &mut ledger, &mut table, "with the late one in the queue", 33);
     assert_eq!(ledger.unfiled(TcpState::CloseWait).count(), 1, "the late one has no file yet");
     // Accepting gives it a file and the kernel no event: the ledger learns the inode from a
     // dump of the unfiled sockets' state, as the watch does.
     let (late_server, _) = listener.accept().unwrap();
     let dumped = table.list(&Query { states: States::of(&[TcpState::CloseWait]), ..streamed() });
     ledger.file(&dumped.unwrap());
-    let n = agree(&mut stream, &mut ledger, &mut table, "with every shape");
+    agree(&mut stream, &mut ledger, &mut table, "with every shape", 33);
     let count = |state| ledger.entries.values().filter(|e| e.state == state).count();
     assert_eq!(count(TcpState::CloseWait), 11, "ten CLOSE-WAIT and the late one");
     assert_eq!(count(TcpState::Established), 20, "ten open pairs");
     assert_eq!(count(TcpState::Listen), 2);
-    assert_eq!(n, 33);
     let late = ledger.entries.values().find(|e| e.remote_port == late_port).unwrap();
     assert_ne!(late.inode, 0, "the late one's inode");
 
@@ -178,8 +179,7 @@ fn the_stream_keeps_the_table_a_dump_shows() {
     drop(late_server);
     drop(listener);
     drop(busy);
-    let n = agree(&mut stream, &mut ledger, &mut table, "after closing everything");
-    assert_eq!(n, 0);
+    agree(&mut stream, &mut ledger, &mut table, "after closing everything", 0);
 }
 
 #[test]
@@ -221,11 +221,12 @@ fn a_full_ring_is_counted_and_a_new_seed_agrees_again() {
             }
         });
         assert_eq!(now, before, "ten closes fit in the ring when it is drained");
-        if of_ledger(&ledger) == of_dump(&mut table) {
+        // The listener and the 590 pairs left, once the ten closes are through.
+        let dump = of_dump(&mut table);
+        if of_ledger(&ledger) == dump && dump.len() == 1 + 2 * 590 {
             break;
         }
         assert!(Instant::now() < deadline, "the new seed and its events never agreed");
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert_eq!(ledger.entries.len(), 1 + 2 * 590);
 }
