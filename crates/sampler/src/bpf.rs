@@ -48,14 +48,14 @@ pub fn open() -> io::Result<Files> {
     if std::os::unix::fs::MetadataExt::ino(&ns) != INIT_PID_NS {
         return Err(io::Error::other("not in the first PID namespace"));
     }
-    let blob = Blob::of("/sys/kernel/btf/vmlinux")?;
-    let btf =
-        Btf::parse(blob.bytes()).ok_or_else(|| io::Error::other("cannot read the kernel's BTF"))?;
-    let off = Offsets::of(&btf)
-        .ok_or_else(|| io::Error::other("the kernel's BTF lacks a field the program reads"))?;
-    let target = btf
-        .func("bpf_iter_task_file")
-        .ok_or_else(|| io::Error::other("this kernel has no task-file BPF iterator"))?;
+    let (off, target) = with_kernel_btf(|btf| {
+        let off = Offsets::of(btf)
+            .ok_or_else(|| io::Error::other("the kernel's BTF lacks a field the program reads"))?;
+        let target = btf
+            .func("bpf_iter_task_file")
+            .ok_or_else(|| io::Error::other("this kernel has no task-file BPF iterator"))?;
+        Ok((off, target))
+    })?;
     let prog = prog_load(&program(&off), BPF_TRACE_ITER, target, b"cwlab_files")?;
     let link = link_create(&prog)?;
     Ok(Files { _prog: prog, link })
@@ -83,14 +83,43 @@ impl Files {
     }
 }
 
+/// `f` with the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
+pub(crate) fn with_kernel_btf<T>(f: impl FnOnce(&Btf) -> io::Result<T>) -> io::Result<T> {
+    let blob = Blob::of("/sys/kernel/btf/vmlinux")?;
+    let btf =
+        Btf::parse(blob.bytes()).ok_or_else(|| io::Error::other("cannot read the kernel's BTF"))?;
+    f(&btf)
+}
+
+/// Where members lie in a few of the kernel's structs, the structs found in one pass over its
+/// BTF.
+pub(crate) struct Fields<'b, 'a> {
+    btf: &'b Btf<'a>,
+    names: &'b [&'b str],
+    ids: Vec<Option<u32>>,
+}
+
+impl<'b, 'a> Fields<'b, 'a> {
+    pub(crate) fn of(btf: &'b Btf<'a>, names: &'b [&'b str]) -> Fields<'b, 'a> {
+        Fields { btf, names, ids: btf.all_named(KIND_STRUCT, names) }
+    }
+
+    /// The byte offset of a path of members (`"ns.inum"`) in the struct `name`, one of those
+    /// asked for, where an instruction's 16-bit offset can reach it.
+    pub(crate) fn at(&self, name: &str, path: &str) -> Option<i16> {
+        let id = self.ids[self.names.iter().position(|n| *n == name)?]?;
+        i16::try_from(self.btf.offset(id, path)?).ok()
+    }
+}
+
 /// The kernel's BTF: mapped where the kernel lets it be (6.16 and later), else read.
-pub(crate) enum Blob {
+enum Blob {
     Mapped(*mut std::ffi::c_void, usize),
     Read(Vec<u8>),
 }
 
 impl Blob {
-    pub(crate) fn of(path: &str) -> io::Result<Blob> {
+    fn of(path: &str) -> io::Result<Blob> {
         let mut f = std::fs::File::open(path)?;
         let size = f.metadata()?.len() as usize;
         // SAFETY: a private read-only mapping of `size` bytes of an open file; it is unmapped in
@@ -113,7 +142,7 @@ impl Blob {
         Ok(Blob::Read(v))
     }
 
-    pub(crate) fn bytes(&self) -> &[u8] {
+    fn bytes(&self) -> &[u8] {
         match self {
             // SAFETY: the mapping is `len` readable bytes for as long as `self` lives.
             Blob::Mapped(p, len) => unsafe { std::slice::from_raw_parts(p.cast::<u8>(), *len) },
@@ -157,13 +186,11 @@ struct Offsets {
 
 impl Offsets {
     fn of(btf: &Btf) -> Option<Offsets> {
-        const STRUCTS: [&str; 5] =
-            ["bpf_iter__task_file", "bpf_iter_meta", "task_struct", "file", "inode"];
-        let ids = btf.all_named(KIND_STRUCT, &STRUCTS);
-        let at = |s: &str, m: &str| -> Option<i16> {
-            let id = ids[STRUCTS.iter().position(|x| *x == s)?]?;
-            i16::try_from(btf.member(id, m)?).ok()
-        };
+        let fields = Fields::of(
+            btf,
+            &["bpf_iter__task_file", "bpf_iter_meta", "task_struct", "file", "inode"],
+        );
+        let at = |s: &str, m: &str| fields.at(s, m);
         Some(Offsets {
             ctx_meta: at("bpf_iter__task_file", "meta")?,
             ctx_task: at("bpf_iter__task_file", "task")?,
@@ -373,7 +400,7 @@ pub(crate) struct Btf<'a> {
     starts: Vec<u32>,
 }
 
-pub(crate) const KIND_STRUCT: u32 = 4;
+const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
@@ -457,7 +484,7 @@ impl<'a> Btf<'a> {
     }
 
     /// For each of `names`, the first type of `kind` so named: one pass over the types.
-    pub(crate) fn all_named(&self, kind: u32, names: &[&str]) -> Vec<Option<u32>> {
+    fn all_named(&self, kind: u32, names: &[&str]) -> Vec<Option<u32>> {
         let mut found = vec![None; names.len()];
         let mut left = names.len();
         for id in 1..self.starts.len() as u32 {
@@ -479,14 +506,9 @@ impl<'a> Btf<'a> {
         found
     }
 
-    /// The byte offset of `member` in the struct of type `id`.
-    fn member(&self, id: u32, member: &str) -> Option<u32> {
-        self.find(id, member.as_bytes(), 0).map(|(bits, _)| bits / 8)
-    }
-
     /// The byte offset of a path of members (`"ns.inum"`: `inum` of the member `ns`) in the
     /// struct of type `id`.
-    pub(crate) fn offset(&self, id: u32, path: &str) -> Option<u32> {
+    fn offset(&self, id: u32, path: &str) -> Option<u32> {
         let (mut id, mut bits) = (id, 0);
         for m in path.split('.') {
             let (at, ty) = self.find(id, m.as_bytes(), 0)?;

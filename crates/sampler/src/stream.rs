@@ -207,17 +207,18 @@ impl Stream {
 
     /// The same with a ring of `bytes` (a power of two, at least a page).
     pub fn with_ring(bytes: usize) -> io::Result<Stream> {
-        let blob = bpf::Blob::of("/sys/kernel/btf/vmlinux")?;
-        let btf = bpf::Btf::parse(blob.bytes())
-            .ok_or_else(|| io::Error::other("cannot read the kernel's BTF"))?;
-        let off = Offsets::of(&btf)
-            .ok_or_else(|| io::Error::other("the kernel's BTF lacks a field the programs read"))?;
+        let (off, target) = bpf::with_kernel_btf(|btf| {
+            let off = Offsets::of(btf).ok_or_else(|| {
+                io::Error::other("the kernel's BTF lacks a field the program reads")
+            })?;
+            let target = btf.typedef("btf_trace_inet_sock_set_state").ok_or_else(|| {
+                io::Error::other("this kernel has no inet_sock_set_state tracepoint")
+            })?;
+            Ok((off, target))
+        })?;
         let ring_map = map_create(MAP_RINGBUF, 0, 0, bytes as u32)?;
         let drops = map_create(MAP_ARRAY, 4, 8, 1)?;
         let ring = Ring::map(ring_map, bytes)?;
-        let target = btf
-            .typedef("btf_trace_inet_sock_set_state")
-            .ok_or_else(|| io::Error::other("this kernel has no inet_sock_set_state tracepoint"))?;
         let code = program(&off, fd_of(&ring.map), fd_of(&drops));
         let prog = bpf::prog_load(&code, bpf::BPF_TRACE_RAW_TP, target, b"cwlab_states")?;
         let link = bpf::attach(&prog)?;
@@ -379,12 +380,9 @@ struct Offsets {
 
 impl Offsets {
     fn of(btf: &bpf::Btf) -> Option<Offsets> {
-        const STRUCTS: [&str; 6] = ["sock_common", "net", "sock", "socket", "file", "inode"];
-        let ids = btf.all_named(bpf::KIND_STRUCT, &STRUCTS);
-        let at = |s: &str, path: &str| -> Option<i16> {
-            let id = ids[STRUCTS.iter().position(|x| *x == s)?]?;
-            i16::try_from(btf.offset(id, path)?).ok()
-        };
+        let fields =
+            bpf::Fields::of(btf, &["sock_common", "net", "sock", "socket", "file", "inode"]);
+        let at = |s: &str, path: &str| fields.at(s, path);
         // A `struct sock` begins with its `struct sock_common`.
         if at("sock", "__sk_common")? != 0 {
             return None;
