@@ -355,8 +355,12 @@ fn tally_streamed(t: &mut Target, only: &[u16], now_ns: u64) -> Result<Tally, St
             read = Some(others);
         }
         Some(ledger) if ledger.unfiled(TcpState::CloseWait).next().is_some() => {
-            let cw = Query { states: States::of(&[TcpState::CloseWait]), ..Query::default() };
-            let all = table.two(&rest, &cw).map_err(fail)?;
+            // One walk: the dumped states and CLOSE-WAIT together.
+            let mut states: Vec<TcpState> =
+                TcpState::ALL.iter().copied().filter(|s| rest.states.contains(*s)).collect();
+            states.push(TcpState::CloseWait);
+            let both = Query { states: States::of(&states), ..Query::default() };
+            let all = table.first.list(&both).map_err(fail)?;
             let (cw, others): (Vec<SocketRecord>, Vec<SocketRecord>) =
                 all.into_iter().partition(|r| r.state == TcpState::CloseWait);
             ledger.file(&cw);
