@@ -466,9 +466,12 @@ fn issue_13_sockets_and_processes_coming_and_going_never_break_or_double_count_a
     let l = leak(30);
     settled(&l);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The processes the churn starts: each is a fork of this process, which holds copies of the
+    // leak's sockets until its exec closes them, and a look may see them there.
+    let started = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
     // Connections that open and close in the leak's namespace, and processes that start and end.
     let churn = {
-        let (stop, ns) = (stop.clone(), l.netns.clone());
+        let (stop, ns, started) = (stop.clone(), l.netns.clone(), started.clone());
         std::thread::spawn(move || {
             let f = std::fs::File::open(ns).unwrap();
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -479,7 +482,9 @@ fn issue_13_sockets_and_processes_coming_and_going_never_break_or_double_count_a
                 let (s, _) = extra.accept().unwrap();
                 drop((c, s));
                 if n.is_multiple_of(20) {
-                    let _ = Command::new("true").status();
+                    let mut child = Command::new("true").spawn().unwrap();
+                    started.lock().unwrap().insert(child.id());
+                    let _ = child.wait();
                 }
                 n += 1;
             }
@@ -498,9 +503,20 @@ fn issue_13_sockets_and_processes_coming_and_going_never_break_or_double_count_a
         let ns = &s.namespaces[0];
         assert_eq!(ns.error, None);
         let p = &ns.ports[0];
-        // The leak's sockets, exactly, each held once, whatever else came and went.
+        // The leak's sockets, exactly, each held once by this process, whatever else came and
+        // went; another holder only a process the churn started, caught before its exec.
         assert_eq!(p.server.get(&TcpState::CloseWait), Some(&30), "{p:?}");
-        assert_eq!(p.holders.iter().map(|h| h.sockets).sum::<u32>(), 30, "{p:?}");
+        let me = std::process::id();
+        let mine: u32 = p.holders.iter().filter(|h| h.pid == me).map(|h| h.sockets).sum();
+        assert_eq!(mine, 30, "{p:?}");
+        for h in p.holders.iter().filter(|h| h.pid != me) {
+            // Its pid is noted once spawn() returns, just after the exec the look preceded.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !started.lock().unwrap().contains(&h.pid) {
+                assert!(Instant::now() < deadline, "a holder the churn did not start: {h:?}");
+                std::thread::yield_now();
+            }
+        }
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     churn.join().unwrap();
