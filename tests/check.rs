@@ -25,8 +25,13 @@ struct Row {
     processes: Option<usize>,
     fds_grew: Option<i64>,
     error: Option<String>,
+    /// For a run that happened but cannot be judged (exit 2 with a report): what its error says.
+    no_verdict: Option<String>,
     /// Clients that completed their exchange (default: all 100).
     completed: Option<u32>,
+    /// Clients that hung (default: 0).
+    #[serde(default)]
+    hung: u32,
 }
 
 fn table() -> BTreeMap<String, Row> {
@@ -107,6 +112,16 @@ fn check(name: &str) {
     }
     let r = read_report(&report);
     assert_eq!(r.scenario.command.as_deref(), Some(&command_with_port(&command, r.port)[..]));
+    let o = &r.client_outcome;
+    assert_eq!(o.completed + o.hung + o.failed, r.clients, "{name}: every client counted once");
+    assert_eq!(o.hung, row.hung, "{name}: hung clients");
+    match &row.no_verdict {
+        Some(want) => {
+            let error = r.error.as_deref().unwrap_or_default();
+            assert!(error.contains(want.as_str()), "{name}: {error}");
+        }
+        None => assert_eq!(r.error, None, "{name}"),
+    }
     let kinds: Vec<String> = r.diagnosis.findings.iter().map(|f| f.kind.to_string()).collect();
     assert_eq!(kinds, row.findings, "{name}: findings\n{}", String::from_utf8_lossy(&out.stdout));
     let held: BTreeMap<String, u32> = r
@@ -226,7 +241,7 @@ fn issue_12_a_scenario_file_names_a_command_and_ci_judges_it() {
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("✗ server CLOSE-WAIT == 0     50 at the end"), "{stdout}");
-    assert!(stdout.contains("fix: close the accepted socket in the parent right after fork()"));
+    assert!(stdout.contains("fix (CPython): close the parent's copy right after os.fork()"));
 }
 
 #[test]

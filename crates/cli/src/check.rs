@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 use cwlab_model::events::{Reporter, Reporters};
 use cwlab_model::report::Verdict;
-use cwlab_model::scenario::{CheckSettings, ClientRead, ServerCommand};
+use cwlab_model::scenario::{CheckSettings, ClientRead, Closing, ServerCommand, WavePlan};
 use cwlab_model::{exit, Scenario};
 use cwlab_runner::Options;
 
@@ -20,12 +20,27 @@ const DEFAULT_REQUEST: &str = "GET / HTTP/1.0\r\n\r\n";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Clients, one connection each.
+    /// Clients, one connection each: a warm-up, then waves.
     #[arg(long, default_value_t = 100)]
     clients: u32,
-    /// How many connect at once (default: all of them, up to 100).
+    /// How many are at work at once (default: all of them, up to 100).
     #[arg(long)]
     concurrency: Option<u32>,
+    /// each: every client closes as soon as its own exchange is over, the next starting as one
+    /// finishes (as real clients do); together: all connect, then all close at once.
+    #[arg(long = "close", value_enum, default_value_t = CloseArg::Each)]
+    close: CloseArg,
+    /// Connections before the baseline, so that what a server opens once (a runtime's lazy
+    /// descriptor, a log file) is not counted (default: a tenth of the clients, at most 4).
+    #[arg(long)]
+    warmup: Option<u32>,
+    /// Waves the other clients come in: a leak grows with every wave (default: 2).
+    #[arg(long)]
+    waves: Option<u32>,
+    /// Where the clients connect (default: the address of the server's LISTEN socket: its
+    /// IPv4 address where it has one, `::1` for an IPv6 wildcard).
+    #[arg(long, value_name = "IP")]
+    address: Option<std::net::IpAddr>,
     /// What each client sends (default: a minimal HTTP/1.0 GET).
     #[arg(long, conflicts_with = "request_file")]
     request: Option<String>,
@@ -78,6 +93,12 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum CloseArg {
+    Each,
+    Together,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum ReadArg {
     Reply,
     Eof,
@@ -95,6 +116,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         })?,
         (None, None) => DEFAULT_REQUEST.as_bytes().to_vec(),
     };
+    let plan = waves(a)?;
     let scenario = Scenario::check(CheckSettings {
         command: ServerCommand { argv: a.command.clone(), env: Default::default(), cwd: None },
         port: a.port.unwrap_or(0),
@@ -106,6 +128,11 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
             ReadArg::Eof => ClientRead::UntilEof,
             ReadArg::None => ClientRead::None,
         },
+        closing: match a.close {
+            CloseArg::Each => Closing::Each,
+            CloseArg::Together => Closing::Together,
+        },
+        waves: plan,
         reply_timeout: a.reply_timeout,
         hold: a.hold,
         timeout: a.ready_timeout + a.hold + a.reply_timeout + Duration::from_secs(60),
@@ -133,6 +160,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         ready_timeout: Some(a.ready_timeout),
         pace: None,
         conn: a.figures.conn,
+        dial: a.address,
     };
     let mut faces: Vec<Box<dyn Reporter>> = vec![Box::new(cwlab_report::Progress::new())];
     faces.push(if a.json {
@@ -160,4 +188,20 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         _ if report.diagnosis.is_clean() => exit::PASS,
         _ => exit::FAIL,
     })
+}
+
+/// The warm-up and waves: the defaults for the client count, or what was asked, if it fits.
+fn waves(a: &Args) -> Result<WavePlan, Failure> {
+    let d = WavePlan::default_for(a.clients);
+    let plan = WavePlan { warmup: a.warmup.unwrap_or(d.warmup), waves: a.waves.unwrap_or(d.waves) };
+    if plan.waves == 0 {
+        return Err(Failure::bad_input("--waves: expected at least 1 wave, found 0"));
+    }
+    if plan.warmup + plan.waves > a.clients {
+        return Err(Failure::bad_input(format!(
+            "--clients {}: too few for a warm-up of {} and {} waves of at least one client",
+            a.clients, plan.warmup, plan.waves
+        )));
+    }
+    Ok(plan)
 }

@@ -101,6 +101,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         ready_timeout: None,
         pace: a.step.then(cwlab_report::step::enter_keys),
         conn: a.figures.conn,
+        dial: None,
     };
     let mut faces = reporters(a, &paths);
     let mut worst = exit::PASS;

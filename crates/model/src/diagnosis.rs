@@ -15,7 +15,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fix::{self, Shape};
 use crate::report::{Holder, Report, Role, Side};
+use crate::runtime::Runtime;
 use crate::state::TcpState;
 
 /// What a run shows, and what holds its stuck sockets.
@@ -27,6 +29,10 @@ pub struct Diagnosis {
     pub findings: Vec<Finding>,
     /// Every stuck socket at the end, grouped by side, state and role.
     pub held: Vec<Held>,
+    /// What the run saw that is no finding but helps reading it: clients that waited in the
+    /// accept queue, slow replies, a one-time descriptor (schema 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Stuck sockets of one side and state, held by processes of one role (or by nobody).
@@ -80,6 +86,24 @@ pub struct Finding {
     pub explanation: String,
     /// What to change in the server, where something should change.
     pub fix: Option<String>,
+    /// The measurements that make it a leak, in a sentence: "+1.00 descriptor and +1.00
+    /// CLOSE-WAIT per connection over 2 waves of 48" (schema 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+    /// The runtime whose idiom `fix` is phrased in (schema 4); absent for the general sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idiom: Option<Runtime>,
+}
+
+impl Finding {
+    /// "fix (Node.js): …", or "fix: …" for the general sentence; none without a fix.
+    pub fn fix_line(&self) -> Option<String> {
+        let fix = self.fix.as_deref()?;
+        Some(match self.idiom {
+            Some(r) => format!("fix ({r}): {fix}"),
+            None => format!("fix: {fix}"),
+        })
+    }
 }
 
 /// The kinds of finding.
@@ -110,6 +134,9 @@ pub enum FindingKind {
     SlowClose,
     /// The server went away during the run.
     ServerGone,
+    /// accept() failed with EMFILE while the acceptor held CLOSE-WAIT: the leak ran it out of
+    /// descriptors, and later connections were never accepted.
+    FdExhaustion,
     /// None of the above.
     Clean,
 }
@@ -130,6 +157,7 @@ impl FindingKind {
             FindingKind::NeverClosed => "never-closed",
             FindingKind::SlowClose => "slow-close",
             FindingKind::ServerGone => "server-gone",
+            FindingKind::FdExhaustion => "fd-exhaustion",
             FindingKind::Clean => "clean",
         }
     }
@@ -144,6 +172,7 @@ impl FindingKind {
                 | FindingKind::HeldElsewhere
                 | FindingKind::HiddenLeak
                 | FindingKind::NeverClosed
+                | FindingKind::FdExhaustion
         )
     }
 }
@@ -186,20 +215,24 @@ fn processes<'a>(rows: impl IntoIterator<Item = &'a Holder>) -> Vec<HolderProces
 
 impl Diagnosis {
     /// Reads a report. Everything it says comes from the report's holders, final counts,
-    /// descriptor counts and outcomes.
+    /// descriptor counts, waves and outcomes.
     pub fn of(r: &Report) -> Diagnosis {
         let held = group(&r.holders);
         let mut findings = Vec::new();
         gone(r, &mut findings);
-        close_wait(r, &held, &mut findings);
+        let exhausted = exhaustion(r, &held, &mut findings);
+        close_wait(r, &held, exhausted, &mut findings);
         hidden(r, &mut findings);
         slow(r, &mut findings);
-        accept_errors(r, &mut findings);
+        if !exhausted {
+            accept_errors(r, &mut findings);
+        }
         hung(r, &mut findings);
         if findings.is_empty() {
             findings.push(clean(r));
         }
-        Diagnosis { findings, held }
+        let notes = notes(r, &findings);
+        Diagnosis { findings, held, notes }
     }
 
     /// The first finding: the one a title or a one-line summary shows.
@@ -219,12 +252,15 @@ impl Diagnosis {
 
     /// Distinct sockets on `side` in `state` held by `role`.
     pub fn held_by(&self, side: Side, state: TcpState, role: Role) -> u32 {
-        self.held
-            .iter()
-            .filter(|h| h.side == side && h.state == state && h.role == role)
-            .map(|h| h.sockets)
-            .sum()
+        held_in(&self.held, side, state, role)
     }
+}
+
+fn held_in(held: &[Held], side: Side, state: TcpState, role: Role) -> u32 {
+    held.iter()
+        .filter(|h| h.side == side && h.state == state && h.role == role)
+        .map(|h| h.sockets)
+        .sum()
 }
 
 fn group(rows: &[Holder]) -> Vec<Held> {
@@ -252,6 +288,53 @@ fn fds_grew(r: &Report) -> Option<i64> {
     Some(i64::from(r.acceptor.fds_end?) - i64::from(r.acceptor.fds_baseline?))
 }
 
+/// Whether a wave of `connections` that added `growth` grew with its connections: by at least
+/// one for every ten of them (a one-time cost, a lazily opened file or socket, does not).
+pub fn grows_with(growth: i64, connections: u32) -> bool {
+    growth >= 1 && growth * 10 >= i64::from(connections)
+}
+
+/// Descriptors the listening process leaked. With waves (`cwlab check`): when every wave grew
+/// with its connections ([`grows_with`]) and the growth was still there at the end of the hold,
+/// what it held at the end more than after the warm-up; else 0 (a one-time cost, or descriptors
+/// of connections still being served that were closed later). Without waves: its growth since
+/// before the clients, when positive.
+pub fn fds_leaked(r: &Report) -> Option<i64> {
+    let Some(w) = &r.waves else { return fds_grew(r).map(|g| g.max(0)) };
+    let growth = w.growth();
+    let every = growth.iter().all(|g| g.fds.is_some_and(|f| grows_with(f, g.connections)));
+    let kept = i64::from(r.acceptor.fds_end?) - i64::from(w.baseline.fds?);
+    Some(if !growth.is_empty() && every && grows_with(kept, w.connections()) { kept } else { 0 })
+}
+
+/// "+1.00 descriptor and +1.00 CLOSE-WAIT per connection over 2 waves of 48": what the waves
+/// measured, per connection.
+fn wave_evidence(r: &Report) -> Option<String> {
+    let w = r.waves.as_ref()?;
+    let growth = w.growth();
+    let n = f64::from(w.connections());
+    if growth.is_empty() || n == 0.0 {
+        return None;
+    }
+    let cw: i64 = growth.iter().map(|g| g.close_wait).sum();
+    let fds: Option<i64> = growth.iter().map(|g| g.fds).sum();
+    let per = |v: i64| format!("{:+.2}", v as f64 / n);
+    let what = match fds {
+        Some(f) => format!("{} descriptor and {} CLOSE-WAIT", per(f), per(cw)),
+        None => format!("{} CLOSE-WAIT", per(cw)),
+    };
+    let sizes: BTreeSet<u32> = w.waves.iter().map(|w| w.connections).collect();
+    let waves = match (w.waves.len(), sizes.len()) {
+        (1, _) => format!("1 wave of {}", w.waves[0].connections),
+        (k, 1) => format!("{k} waves of {}", w.waves[0].connections),
+        (k, _) => {
+            let each: Vec<String> = w.waves.iter().map(|w| w.connections.to_string()).collect();
+            format!("{k} waves ({} connections)", each.join(", "))
+        }
+    };
+    Some(format!("{what} per connection over {waves}"))
+}
+
 /// How the report names the listening process: the lab's acceptor, or a user's server.
 fn listener(r: &Report) -> String {
     match &r.scenario.command {
@@ -260,76 +343,146 @@ fn listener(r: &Report) -> String {
     }
 }
 
-/// One finding per role that holds server CLOSE-WAIT sockets at the end.
-fn close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
-    let total = r.final_counts.get(Side::Server, TcpState::CloseWait);
+/// A finding with no fix, no evidence and no idiom yet.
+fn finding(
+    kind: FindingKind,
+    title: String,
+    sockets: u32,
+    nums: &[(&str, i64)],
+    explanation: String,
+) -> Finding {
+    Finding {
+        kind,
+        title,
+        sockets,
+        holders: Vec::new(),
+        numbers: numbers(nums),
+        explanation,
+        fix: None,
+        evidence: None,
+        idiom: None,
+    }
+}
+
+impl Finding {
+    fn with_fix(mut self, shape: Shape, r: &Report) -> Finding {
+        let f = fix::for_shape(shape, r.acceptor.runtime);
+        (self.fix, self.idiom) = (Some(f.text), f.idiom);
+        self
+    }
+
+    fn with_text_fix(mut self, text: &str) -> Finding {
+        self.fix = Some(text.to_string());
+        self
+    }
+}
+
+/// accept() failing with EMFILE while the acceptor holds CLOSE-WAIT: the leak ran it out of
+/// descriptors, and the connections after it were never accepted. True when it is so.
+fn exhaustion(r: &Report, held: &[Held], out: &mut Vec<Finding>) -> bool {
+    let kept = held_in(held, Side::Server, TcpState::CloseWait, Role::Acceptor);
+    if r.server.accept_errno != Some(24) || kept == 0 {
+        return false;
+    }
+    let queued = held_in(held, Side::Server, TcpState::CloseWait, Role::Nobody);
+    let never = queued.max(r.client_outcome.unaccepted);
     let who = listener(r);
+    let f = finding(
+        FindingKind::FdExhaustion,
+        format!("descriptors exhausted: {kept} CLOSE-WAIT held, {never} connections never accepted"),
+        never,
+        &[
+            ("close_wait_held", i64::from(kept)),
+            ("never_accepted", i64::from(never)),
+            ("accepted", r.server.accepted as i64),
+            ("accept_errors", r.server.accept_errors as i64),
+        ],
+        format!("the leak ran {who} out of descriptors: {kept} CLOSE-WAIT held, {never} connections never accepted (accept() failed with EMFILE {} times)", r.server.accept_errors),
+    )
+    .with_fix(Shape::ParentKeepsCopy, r);
+    let fix = format!(
+        "{}; a higher RLIMIT_NOFILE only delays the outage",
+        f.fix.as_deref().unwrap_or_default()
+    );
+    out.push(Finding { fix: Some(fix), ..f });
+    true
+}
+
+/// One finding per role that holds server CLOSE-WAIT sockets at the end. When the leak exhausted
+/// the descriptors, the sockets nobody holds are its consequence, told by that finding.
+fn close_wait(r: &Report, held: &[Held], exhausted: bool, out: &mut Vec<Finding>) {
+    let total = r.final_counts.get(Side::Server, TcpState::CloseWait);
     for h in held.iter().filter(|h| h.side == Side::Server && h.state == TcpState::CloseWait) {
-        let n = h.sockets;
-        let mut nums = vec![("close_wait", i64::from(total)), ("held", i64::from(n))];
+        if exhausted && h.role == Role::Nobody {
+            continue;
+        }
+        let mut nums = vec![("close_wait", i64::from(total)), ("held", i64::from(h.sockets))];
         if let Some(g) = fds_grew(r) {
             nums.push(("acceptor_fds_grew", g));
         }
-        let (kind, title, explanation, fix) = match h.role {
-            Role::Acceptor if r.acceptor.forked == Some(false) => (
-                FindingKind::NeverClosed,
-                format!("never closed: {n} CLOSE-WAIT held by the listening process"),
-                format!("{who} holds {n} connections the clients have closed, and it never forked: the server reads the EOF and never calls close()"),
-                Some("close the connection when a read returns EOF (0 bytes), on every path, errors included"),
-            ),
-            Role::Acceptor => (
-                FindingKind::ForkLeak,
-                format!("fork leak: {n} CLOSE-WAIT held by {}", if r.scenario.command.is_some() { "the listening process" } else { "the acceptor" }),
-                format!("{who} holds {n} connections the clients have closed: the last reference never went, so no FIN was sent"),
-                Some("close the accepted socket in the parent right after fork(); shutdown(SHUT_RDWR) in the child only hides it"),
-            ),
-            Role::Helper => (
-                FindingKind::ExecInherited,
-                format!("inherited across exec: {n} CLOSE-WAIT held by helpers"),
-                format!("{n} closed connections are held by helper processes that inherited them across exec: {} is clean, the leak is in the children", who),
-                Some("set SOCK_CLOEXEC on the connection (accept4 with SOCK_CLOEXEC, or FD_CLOEXEC) before starting helpers"),
-            ),
-            Role::Worker => (
-                FindingKind::WorkerInherited,
-                format!("inherited by workers: {n} CLOSE-WAIT held by forked workers"),
-                format!("{n} closed connections are held by workers forked while they were open: fork without exec copies every descriptor"),
-                Some("close inherited connections in the worker, or fork workers before accepting"),
-            ),
-            Role::Handler => (
-                FindingKind::HandlerHolds,
-                format!("handlers still open: {n} CLOSE-WAIT held by handlers"),
-                format!("{n} closed connections are still held by the handlers that serve them: they have not closed yet"),
-                Some("the handler must close the connection once it reads EOF"),
-            ),
-            Role::Nobody => {
-                nums.push(("accepted", r.server.accepted as i64));
-                let accepted = match &r.scenario.command {
-                    None => format!("{} were accepted", r.server.accepted),
-                    Some(_) => "none was accepted".into(),
-                };
-                (
-                    FindingKind::Backlog,
-                    format!("backlog look-alike: {n} CLOSE-WAIT held by nobody"),
-                    format!("{n} CLOSE-WAIT sockets are held by no process and {accepted}: they wait in the listen queue. A busy server, not a leak"),
-                    Some("none in the close path: the server is too busy to accept, not leaking"),
-                )
-            }
-            Role::Client | Role::Other => (
-                FindingKind::HeldElsewhere,
-                format!("{n} CLOSE-WAIT held by other processes"),
-                format!("{n} server sockets wait in CLOSE-WAIT held by processes the run did not start: the peer closed, this side never sent its FIN"),
-                Some("find who passed the descriptor on, and close it there"),
-            ),
-        };
-        out.push(Finding {
-            kind,
-            title,
-            sockets: n,
-            holders: h.processes.clone(),
-            numbers: numbers(&nums),
-            explanation,
-            fix: fix.map(str::to_string),
-        });
+        let mut f = held_finding(r, h, &mut nums);
+        f.numbers = numbers(&nums);
+        f.holders = h.processes.clone();
+        f.evidence = wave_evidence(r);
+        out.push(f);
+    }
+}
+
+/// The finding for server CLOSE-WAIT held by one role.
+fn held_finding(r: &Report, h: &Held, nums: &mut Vec<(&str, i64)>) -> Finding {
+    let (n, who) = (h.sockets, listener(r));
+    let user = r.scenario.command.is_some();
+    let f = |kind, title: String, explanation: String| finding(kind, title, n, &[], explanation);
+    match h.role {
+        Role::Acceptor if r.acceptor.forked == Some(false) => f(
+            FindingKind::NeverClosed,
+            format!("never closed: {n} CLOSE-WAIT held by the listening process"),
+            format!("{who} holds {n} connections the clients have closed, and it never forked (threads or an event loop): the server reads the EOF and never calls close()"),
+        )
+        .with_fix(Shape::NeverClosed, r),
+        Role::Acceptor => f(
+            FindingKind::ForkLeak,
+            format!("fork leak: {n} CLOSE-WAIT held by {}", if user { "the listening process" } else { "the acceptor" }),
+            format!("{who} holds {n} connections the clients have closed: the last reference never went, so no FIN was sent"),
+        )
+        .with_fix(Shape::ParentKeepsCopy, r),
+        Role::Helper => f(
+            FindingKind::ExecInherited,
+            format!("inherited across exec: {n} CLOSE-WAIT held by helpers"),
+            format!("{n} closed connections are held by helper processes that inherited them across exec: {who} is clean, the leak is in the children"),
+        )
+        .with_fix(Shape::ExecInherits, r),
+        Role::Worker => f(
+            FindingKind::WorkerInherited,
+            format!("inherited by workers: {n} CLOSE-WAIT held by forked workers"),
+            format!("{n} closed connections are held by workers forked while they were open: fork without exec copies every descriptor"),
+        )
+        .with_fix(Shape::WorkersInherit, r),
+        Role::Handler => f(
+            FindingKind::HandlerHolds,
+            format!("handlers still open: {n} CLOSE-WAIT held by handlers"),
+            format!("{n} closed connections are still held by the {} that serve them: they have not closed yet", if user { "processes" } else { "handlers" }),
+        )
+        .with_fix(Shape::HandlerHolds, r),
+        Role::Nobody => {
+            nums.push(("accepted", r.server.accepted as i64));
+            let accepted = match &r.scenario.command {
+                None => format!("{} were accepted", r.server.accepted),
+                Some(_) => "none was accepted".into(),
+            };
+            f(
+                FindingKind::Backlog,
+                format!("backlog look-alike: {n} CLOSE-WAIT held by nobody"),
+                format!("{n} CLOSE-WAIT sockets are held by no process and {accepted}: they wait in the listen queue. A busy server, not a leak"),
+            )
+            .with_text_fix("none in the close path: the server is too busy to accept, not leaking")
+        }
+        Role::Client | Role::Other => f(
+            FindingKind::HeldElsewhere,
+            format!("{n} CLOSE-WAIT held by other processes"),
+            format!("{n} server sockets wait in CLOSE-WAIT held by processes the run did not start: the peer closed, this side never sent its FIN"),
+        )
+        .with_text_fix("find who passed the descriptor on, and close it there"),
     }
 }
 
@@ -339,15 +492,13 @@ fn gone(r: &Report, out: &mut Vec<Finding>) {
         return;
     }
     let how = r.server.exited.as_deref().unwrap_or("its processes are gone");
-    out.push(Finding {
-        kind: FindingKind::ServerGone,
-        title: "the server went away during the run".into(),
-        sockets: 0,
-        holders: Vec::new(),
-        numbers: BTreeMap::new(),
-        explanation: format!("nothing of the server was left before the run ended ({how}): it crashed or quit, and what it held went with it"),
-        fix: None,
-    });
+    out.push(finding(
+        FindingKind::ServerGone,
+        "the server went away during the run".into(),
+        0,
+        &[],
+        format!("nothing of the server was left before the run ended ({how}): it crashed or quit, and what it held went with it"),
+    ));
 }
 
 /// How long CLOSE-WAIT must last, at the median, to be a slow close rather than a server that
@@ -395,39 +546,52 @@ fn slow(r: &Report, out: &mut Vec<Finding>) {
         }
     };
     nums.push(("peak", i64::from(peak)));
-    out.push(Finding {
-        kind: FindingKind::SlowClose,
-        title: format!("slow close: up to {peak} CLOSE-WAIT, all drained"),
-        sockets: peak,
-        holders: Vec::new(),
-        numbers: numbers(&nums),
-        explanation: format!("up to {peak} server sockets sat in CLOSE-WAIT after the clients closed and all were closed within the hold: {how_long}. The server finished its work, then closed"),
-        fix: Some("none: it is the server finishing its work, not a leak".into()),
-    });
+    out.push(
+        finding(
+            FindingKind::SlowClose,
+            format!("slow close: up to {peak} CLOSE-WAIT, all drained"),
+            peak,
+            &nums,
+            format!("up to {peak} server sockets sat in CLOSE-WAIT after the clients closed and all were closed within the hold: {how_long}. The server finished its work, then closed"),
+        )
+        .with_text_fix("none: it is the server finishing its work, not a leak"),
+    );
 }
 
-/// No CLOSE-WAIT, but the acceptor's descriptors grew: the FIN went out, the parent's copy did not
-/// go.
+/// No CLOSE-WAIT, but the listening process's descriptors grew with the connections: the FIN
+/// went out (or never mattered), something per connection did not go.
 fn hidden(r: &Report, out: &mut Vec<Finding>) {
     if r.final_counts.get(Side::Server, TcpState::CloseWait) > 0 {
         return;
     }
-    let Some(grew) = fds_grew(r).filter(|g| *g > 0) else { return };
+    let Some(grew) = fds_leaked(r).filter(|g| *g > 0) else { return };
     let who = listener(r);
-    out.push(Finding {
-        kind: FindingKind::HiddenLeak,
-        title: format!("symptom hidden: no CLOSE-WAIT, {who} holds {grew} more fds"),
-        sockets: 0,
-        holders: Vec::new(),
-        numbers: numbers(&[
-            ("close_wait", 0),
-            ("acceptor_fds_grew", grew),
-            ("acceptor_fds_before", i64::from(r.acceptor.fds_baseline.unwrap_or(0))),
-            ("acceptor_fds_after", i64::from(r.acceptor.fds_end.unwrap_or(0))),
-        ]),
-        explanation: format!("the symptom is gone, the fd leak is not: {who} holds {grew} more descriptors than before the clients came"),
-        fix: Some("the parent still keeps its copy: close it right after fork()".into()),
-    });
+    let nums = [
+        ("close_wait", 0),
+        ("acceptor_fds_grew", grew),
+        ("acceptor_fds_before", i64::from(r.acceptor.fds_baseline.unwrap_or(0))),
+        ("acceptor_fds_after", i64::from(r.acceptor.fds_end.unwrap_or(0))),
+    ];
+    let f = if r.acceptor.forked == Some(false) {
+        finding(
+            FindingKind::HiddenLeak,
+            format!("descriptor leak: no CLOSE-WAIT, {who} holds {grew} more fds"),
+            0,
+            &nums,
+            format!("no socket waits in CLOSE-WAIT, but {who}, which never forked, gained {grew} descriptors with the connections: something it opens for each connection is never closed"),
+        )
+        .with_fix(Shape::DescriptorPerConnection, r)
+    } else {
+        finding(
+            FindingKind::HiddenLeak,
+            format!("symptom hidden: no CLOSE-WAIT, {who} holds {grew} more fds"),
+            0,
+            &nums,
+            format!("the symptom is gone, the fd leak is not: {who} holds {grew} more descriptors than before the clients came"),
+        )
+        .with_fix(Shape::ParentKeepsCopyHidden, r)
+    };
+    out.push(Finding { evidence: wave_evidence(r), ..f });
 }
 
 fn accept_errors(r: &Report, out: &mut Vec<Finding>) {
@@ -447,20 +611,22 @@ fn accept_errors(r: &Report, out: &mut Vec<Finding>) {
     if let Some(e) = s.accept_errno {
         nums.push(("errno", i64::from(e)));
     }
-    out.push(Finding {
-        kind: FindingKind::AcceptFailing,
-        title: format!("accept() failing: {} calls failed", s.accept_errors),
-        sockets: 0,
-        holders: Vec::new(),
-        numbers: numbers(&nums),
-        explanation: format!(
+    let mut f = finding(
+        FindingKind::AcceptFailing,
+        format!("accept() failing: {} calls failed", s.accept_errors),
+        0,
+        &nums,
+        format!(
             "{} connections accepted, {} accept() calls failed ({why})",
             s.accepted, s.accept_errors
         ),
-        fix: (s.accept_errno == Some(24)).then(|| {
-            "stop the descriptor leak; a higher RLIMIT_NOFILE only delays the outage".to_string()
-        }),
-    });
+    );
+    if s.accept_errno == Some(24) {
+        f = f.with_text_fix(
+            "stop the descriptor leak; a higher RLIMIT_NOFILE only delays the outage",
+        );
+    }
+    out.push(f);
 }
 
 fn hung(r: &Report, out: &mut Vec<Finding>) {
@@ -468,41 +634,111 @@ fn hung(r: &Report, out: &mut Vec<Finding>) {
     if hung == 0 {
         return;
     }
-    out.push(Finding {
-        kind: FindingKind::HungClients,
-        title: format!("clients hung: {hung} of {}", r.clients),
-        sockets: hung,
-        holders: Vec::new(),
-        numbers: numbers(&[("hung", i64::from(hung)), ("clients", i64::from(r.clients))]),
-        explanation: format!(
-            "{hung} of {} clients waited for a reply or an EOF that never came: the server's close never reached the wire",
+    out.push(finding(
+        FindingKind::HungClients,
+        format!("clients hung: {hung} of {}", r.clients),
+        hung,
+        &[("hung", i64::from(hung)), ("clients", i64::from(r.clients))],
+        format!(
+            "{hung} of {} clients were served (the server accepted their connection) and waited for a reply or an EOF that never came by the end of the run",
             r.clients
         ),
-        fix: None,
-    });
+    ));
 }
 
 fn clean(r: &Report) -> Finding {
-    let before = r.acceptor.fds_baseline;
-    let explanation = match before {
-        Some(n) => format!(
+    let explanation = match (r.acceptor.fds_baseline, &r.waves) {
+        (_, Some(w)) if !w.waves.is_empty() => format!(
+            "no socket waits in CLOSE-WAIT and the descriptors of {} did not grow with the connections",
+            listener(r)
+        ),
+        (Some(n), _) => format!(
             "no socket waits in CLOSE-WAIT and {} is back to its {n} descriptors",
             listener(r)
         ),
-        None => "no socket waits in CLOSE-WAIT".to_string(),
+        (None, _) => "no socket waits in CLOSE-WAIT".to_string(),
     };
     let mut nums = vec![("close_wait", 0)];
     if let Some(g) = fds_grew(r) {
         nums.push(("acceptor_fds_grew", g));
     }
     Finding {
-        kind: FindingKind::Clean,
-        title: "clean: no CLOSE-WAIT, no descriptor left".into(),
-        sockets: 0,
-        holders: Vec::new(),
-        numbers: numbers(&nums),
-        explanation,
-        fix: None,
+        evidence: wave_evidence(r),
+        ..finding(
+            FindingKind::Clean,
+            "clean: no CLOSE-WAIT, no descriptor left".into(),
+            0,
+            &nums,
+            explanation,
+        )
+    }
+}
+
+/// What helps reading the run without being a finding.
+fn notes(r: &Report, findings: &[Finding]) -> Vec<String> {
+    let mut notes = Vec::new();
+    queue_note(r, &mut notes);
+    let c = &r.client_outcome;
+    if let Some(ms) = c.slowest_ms.filter(|ms| *ms >= 1000) {
+        let late = match c.late {
+            0 => String::new(),
+            n => format!("; {n} came after the client had given up waiting"),
+        };
+        notes.push(format!("replies took up to {:.1} s{late}", ms as f64 / 1000.0));
+    }
+    if !findings.iter().any(|f| f.kind.is_leak()) {
+        once_note(r, &mut notes);
+    }
+    notes
+}
+
+/// How long connections must have waited in the accept queue, in all, for a note.
+pub const QUEUED_NOTE_MS: u64 = 500;
+
+/// Clients that waited in the accept queue (for [`QUEUED_NOTE_MS`] or more in all): a server that
+/// serves a few at a time, not a hang.
+fn queue_note(r: &Report, notes: &mut Vec<String>) {
+    let waited_ms: u64 = r
+        .samples
+        .windows(2)
+        .filter(|w| w[0].queued > 0)
+        .map(|w| w[1].t_ms.saturating_sub(w[0].t_ms))
+        .sum();
+    if waited_ms < QUEUED_NOTE_MS {
+        return;
+    }
+    let peak = r.samples.iter().map(|s| s.queued).max().unwrap_or(0);
+    let serving = r.samples.iter().map(|s| s.serving).max().unwrap_or(0);
+    notes.push(format!(
+        "clients waited in the accept queue (up to {peak} at once, for {:.1} s in all): the server served at most {serving} at a time",
+        waited_ms as f64 / 1000.0
+    ));
+}
+
+/// Descriptors the listening process opened once, not per connection: at the warm-up, or in a
+/// wave but not in every wave.
+fn once_note(r: &Report, notes: &mut Vec<String>) {
+    let Some(w) = &r.waves else { return };
+    let who = listener(r);
+    if let (Some(before), Some(after)) = (r.acceptor.fds_baseline, w.baseline.fds) {
+        let k = i64::from(after) - i64::from(before);
+        if k > 0 {
+            notes.push(format!(
+                "the warm-up's {} connections left {who} {k} more descriptor{} (opened once, not per connection: not counted)",
+                w.warmup,
+                if k == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    let end = w.waves.last().and_then(|l| l.after.fds);
+    if let (Some(before), Some(after)) = (w.baseline.fds, end) {
+        let k = i64::from(after) - i64::from(before);
+        if k > 0 {
+            notes.push(format!(
+                "{who} held {k} more descriptor{} after the waves than before them, but did not grow with every wave's connections: a one-time cost, not a leak",
+                if k == 1 { "" } else { "s" }
+            ));
+        }
     }
 }
 

@@ -6,7 +6,11 @@
 //!              | SIDE STATE "held by" ROLE   e.g. `server CLOSE-WAIT held by acceptor` (end only)
 //!              | "acceptor fds"              the acceptor's open descriptors
 //!              | "acceptor fds growth"       the same, less its count before any client
-//!              | "hung clients"              clients whose reply or EOF never came (end only)
+//!              | "acceptor fds leaked"       descriptors it gained with the connections: with
+//!                                            `cwlab check`'s waves, their growth when every wave
+//!                                            grew with its connections, else 0 (end only)
+//!              | "hung clients"              served clients whose reply or EOF never came (end only)
+//!              | "unaccepted clients"        clients whose connection was never accepted (end only)
 //!              | "accepted"                  connections the acceptor accepted (end only)
 //!              | "accept errors"             accept() calls that failed (end only)
 //!              | ROLE "fds"                  descriptors open in processes of that role: handler,
@@ -29,7 +33,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::diagnosis::held_sockets;
+use crate::diagnosis::{fds_leaked, held_sockets};
 use crate::duration;
 use crate::report::{ExpectationResult, Report, Role, Sample, Side};
 use crate::state::TcpState;
@@ -45,8 +49,12 @@ pub enum Quantity {
     AcceptorFds,
     /// The acceptor's open descriptors less its count before any client.
     AcceptorFdsGrowth,
+    /// The descriptors the acceptor gained with the connections ([`fds_leaked`]).
+    AcceptorFdsLeaked,
     /// Clients that waited for a reply or an EOF that never came (known at the end only).
     HungClients,
+    /// Clients whose connection the server never accepted (known at the end only).
+    UnacceptedClients,
     /// Connections the acceptor accepted (known at the end only).
     Accepted,
     /// accept() calls that failed (known at the end only).
@@ -278,6 +286,10 @@ fn parse_quantity(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseError>
             toks.keyword("clients")?;
             return Ok((Quantity::HungClients, false));
         }
+        "unaccepted" => {
+            toks.keyword("clients")?;
+            return Ok((Quantity::UnacceptedClients, false));
+        }
         "accepted" => return Ok((Quantity::Accepted, false)),
         "handler" | "helper" | "worker" => {
             toks.keyword("fds")?;
@@ -357,6 +369,10 @@ fn parse_fds_suffix(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseErro
             toks.next += 1;
             Ok((Quantity::AcceptorFdsGrowth, false))
         }
+        Some((_, t)) if t.eq_ignore_ascii_case("leaked") => {
+            toks.next += 1;
+            Ok((Quantity::AcceptorFdsLeaked, false))
+        }
         _ => Ok((Quantity::AcceptorFds, false)),
     }
 }
@@ -392,7 +408,9 @@ impl fmt::Display for Quantity {
             Quantity::HeldBy(side, state, role) => write!(f, "{side} {state} held by {role}"),
             Quantity::AcceptorFds => f.write_str("acceptor fds"),
             Quantity::AcceptorFdsGrowth => f.write_str("acceptor fds growth"),
+            Quantity::AcceptorFdsLeaked => f.write_str("acceptor fds leaked"),
             Quantity::HungClients => f.write_str("hung clients"),
+            Quantity::UnacceptedClients => f.write_str("unaccepted clients"),
             Quantity::Accepted => f.write_str("accepted"),
             Quantity::AcceptErrors => f.write_str("accept errors"),
             Quantity::RoleFds(role) => write!(f, "{role} fds"),
@@ -466,7 +484,9 @@ impl<'a> Evidence<'a> {
             Quantity::AcceptorFdsGrowth => {
                 i64::from(s.acceptor_fds?) - i64::from(r.acceptor.fds_baseline?)
             }
+            Quantity::AcceptorFdsLeaked => fds_leaked(r)?,
             Quantity::HungClients => i64::from(r.client_outcome.hung),
+            Quantity::UnacceptedClients => i64::from(r.client_outcome.unaccepted),
             Quantity::Accepted => r.server.accepted as i64,
             Quantity::AcceptErrors => r.server.accept_errors as i64,
             Quantity::RoleFds(role) => r.fds_by_role.get(&role).copied().unwrap_or(0) as i64,
@@ -709,7 +729,15 @@ mod tests {
         if close_wait > 0 {
             server.insert(TcpState::CloseWait, close_wait);
         }
-        Sample { t_ms, phase, server, client: BTreeMap::new(), acceptor_fds: Some(fds) }
+        Sample {
+            t_ms,
+            phase,
+            server,
+            client: BTreeMap::new(),
+            acceptor_fds: Some(fds),
+            queued: 0,
+            serving: 0,
+        }
     }
 
     fn timeline() -> Vec<Sample> {

@@ -16,8 +16,9 @@
 //!
 //! A server of the user's own runs under `cwlab contain '{"command":{…},"port":P,…}'`, whose
 //! stdout says `{"event":"exited","status":"exit status 1"}` when the command's first process
-//! ends and `{"event":"empty"}` when nothing of the server is left; the command's own stdout and
-//! stderr go to `cwlab contain`'s stderr.
+//! ends and `{"event":"empty"}` when nothing of the server is left (before those, when the
+//! program cannot be executed at all, `{"event":"cannot-run","program":"jvaa","reason":"command
+//! not found"}`); the command's own stdout and stderr go to `cwlab contain`'s stderr.
 
 use std::net::IpAddr;
 
@@ -118,6 +119,13 @@ pub enum ServerMessage {
     },
     /// No process of the user's server is left.
     Empty,
+    /// The user's command could not be executed at all.
+    CannotRun {
+        /// The program as given (`argv[0]`).
+        program: String,
+        /// Why, as a shell says it: `command not found`, `permission denied`, …
+        reason: String,
+    },
 }
 
 impl ServerMessage {

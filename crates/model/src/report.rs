@@ -4,7 +4,7 @@
 //!
 //! ```json
 //! {
-//!   "schema_version": 3,
+//!   "schema_version": 4,
 //!   "scenario": {
 //!     "name": "leak",
 //!     "file": "scenarios/leak.toml",
@@ -177,11 +177,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::diagnosis::Diagnosis;
 use crate::evidence::{ConnectionTrace, Packets, Transitions};
+use crate::runtime::Runtime;
 use crate::scenario::Topology;
 use crate::state::TcpState;
 
 /// The version of this format; bumped on any change that a reader could notice.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Socket counts per state; states with no socket are absent.
 pub type Counts = BTreeMap<TcpState, u32>;
@@ -203,6 +204,10 @@ pub struct Report {
     pub topology: Topology,
     /// The server's listening port.
     pub port: u16,
+    /// Where the clients connected (`127.0.0.1:P`, `[::1]:P`): the address of the server's
+    /// LISTEN socket (schema 4; absent for the lab's servers, which listen where they are told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// The number of clients the scenario runs.
     pub clients: u32,
     /// The acceptor process and its descriptor counts.
@@ -218,6 +223,10 @@ pub struct Report {
     pub holders: Vec<Holder>,
     /// What the clients saw.
     pub client_outcome: ClientOutcome,
+    /// How `cwlab check` drove its clients: a warm-up, then waves, each measured once it
+    /// settled (schema 4; absent for a scenario's run, whose clients come all at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Waves>,
     /// What the acceptor reported.
     pub server: ServerOutcome,
     /// The last lines the server printed (stderr; for a command, stdout too), kept when the run
@@ -269,13 +278,15 @@ impl Report {
             isolation_note,
             topology,
             port: 0,
+            address: None,
             clients,
-            acceptor: Acceptor { pid: 0, fds_baseline: None, fds_end: None, forked: None },
+            acceptor: Acceptor { pid: 0, ..Acceptor::default() },
             phases: vec![PhaseMark { phase: Phase::Listen, t_ms: 0 }],
             samples: Vec::new(),
             final_counts: SideCounts::default(),
             holders: Vec::new(),
             client_outcome: ClientOutcome::default(),
+            waves: None,
             server: ServerOutcome::default(),
             server_output: Vec::new(),
             fds_by_role: BTreeMap::new(),
@@ -350,7 +361,7 @@ impl fmt::Display for Isolation {
 }
 
 /// The acceptor (the server process that listens and forks) and its descriptor counts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Acceptor {
     /// Its pid as the runner sees it.
@@ -363,6 +374,13 @@ pub struct Acceptor {
     /// or unreaped at the end, or children it reaped). Absent for the lab's servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked: Option<bool>,
+    /// For a user's server: the listening process's executable (`/proc/PID/exe`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// For a user's server: the runtime that executable is (schema 4), whose idiom the fix is
+    /// phrased in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
 }
 
 /// The phases of a run, in order.
@@ -445,6 +463,18 @@ pub struct Sample {
     pub client: Counts,
     /// The acceptor's open descriptors, when it could be read.
     pub acceptor_fds: Option<u32>,
+    /// Connections waiting in the accept queue: accepted by the kernel, not yet by the server
+    /// (the LISTEN sockets' receive queue; schema 4).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queued: u32,
+    /// Server-side connections a process holds open (ESTAB or CLOSE-WAIT with a descriptor):
+    /// those the server is serving, or keeps (schema 4).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub serving: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Sample {
@@ -561,18 +591,133 @@ pub struct Holder {
     pub cmdline: Option<String>,
 }
 
-/// What the clients saw.
+/// What the clients saw. `completed`, `failed` and `hung` are disjoint and add up to the clients.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientOutcome {
-    /// Clients that connected, exchanged and closed as the scenario says.
+    /// Clients that connected, exchanged and closed as the scenario says (a late reply
+    /// included).
     pub completed: u32,
-    /// Clients that hit an error.
+    /// Clients whose connection did not happen: an error (refused, reset), or a connection the
+    /// server never accepted (`unaccepted`).
     pub failed: u32,
-    /// Clients that waited for a reply or an EOF that never came, until `reply_timeout`.
+    /// Clients the server served (it accepted the connection) that waited for a reply or an EOF
+    /// that never came by the end of the run.
     pub hung: u32,
     /// The first error a client hit.
     pub first_error: Option<String>,
+    /// Of `failed`: connections that waited in the accept queue until the client gave up, never
+    /// accepted (schema 4).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unaccepted: u32,
+    /// Of `completed`: clients whose reply (or EOF) came after they had given up waiting
+    /// (schema 4).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub late: u32,
+    /// The longest a completed client waited for its reply (or EOF), from its connect, in ms
+    /// (schema 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowest_ms: Option<u64>,
+}
+
+impl ClientOutcome {
+    /// Clients whose connection happened: completed or hung (a verdict stands on these).
+    pub fn happened(&self) -> u32 {
+        self.completed + self.hung
+    }
+
+    /// "100 clients (96 completed, 4 hung)": every count that is not zero, adding up.
+    pub fn summary(&self, clients: u32) -> String {
+        let mut parts = vec![format!("{} completed", self.completed)];
+        if self.hung > 0 {
+            parts.push(format!("{} hung", self.hung));
+        }
+        if self.failed > 0 {
+            let never = match self.unaccepted {
+                0 => String::new(),
+                n if n == self.failed => ": never accepted".into(),
+                n => format!(", {n} never accepted"),
+            };
+            parts.push(format!("{} failed{never}", self.failed));
+        }
+        format!("{clients} clients ({})", parts.join(", "))
+    }
+}
+
+/// How `cwlab check` drove its clients: a few connections to warm the server up (a runtime's
+/// lazy descriptors, a log file, a thread pool), then waves, each measured once its connections
+/// settled. A leak grows with every wave; a one-time cost shows in the warm-up or once.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Waves {
+    /// Connections before the baseline.
+    pub warmup: u32,
+    /// The listening process's descriptors and the server's CLOSE-WAIT once the warm-up
+    /// settled.
+    pub baseline: Measure,
+    /// Each wave, in order.
+    pub waves: Vec<Wave>,
+}
+
+/// One wave of clients.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wave {
+    /// Its connections.
+    pub connections: u32,
+    /// When its first client started, ms since LISTEN.
+    pub from_ms: u64,
+    /// What was measured once it settled.
+    pub after: Measure,
+}
+
+/// The listening process's descriptors and the server's CLOSE-WAIT sockets at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measure {
+    /// Ms since LISTEN.
+    pub t_ms: u64,
+    /// The listening process's open descriptors.
+    pub fds: Option<u32>,
+    /// Server-side sockets in CLOSE-WAIT.
+    pub close_wait: u32,
+}
+
+/// What one wave added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Growth {
+    /// The wave's connections.
+    pub connections: u32,
+    /// Descriptors the listening process gained over the wave (none when unreadable).
+    pub fds: Option<i64>,
+    /// CLOSE-WAIT sockets the server gained over the wave.
+    pub close_wait: i64,
+}
+
+impl Waves {
+    /// What each wave added to what stood before it.
+    pub fn growth(&self) -> Vec<Growth> {
+        let mut before = &self.baseline;
+        let mut out = Vec::new();
+        for w in &self.waves {
+            let fds = match (before.fds, w.after.fds) {
+                (Some(a), Some(b)) => Some(i64::from(b) - i64::from(a)),
+                _ => None,
+            };
+            out.push(Growth {
+                connections: w.connections,
+                fds,
+                close_wait: i64::from(w.after.close_wait) - i64::from(before.close_wait),
+            });
+            before = &w.after;
+        }
+        out
+    }
+
+    /// Connections over every wave.
+    pub fn connections(&self) -> u32 {
+        self.waves.iter().map(|w| w.connections).sum()
+    }
 }
 
 /// What the acceptor reported over its event pipe.

@@ -372,6 +372,8 @@ mod tests {
                     server: Default::default(),
                     client: Default::default(),
                     acceptor_fds: None,
+                    queued: 0,
+                    serving: 0,
                 };
                 s.server.insert(TcpState::Listen, 1);
                 if i > 0 && close_wait > 0 {

@@ -107,11 +107,8 @@ fn run(s: &mut String, r: &Report, check: bool) {
     let (held, of) = r.expectations_held();
     let _ = writeln!(
         s,
-        "<p class=\"meta\">server {server} · {} clients ({} completed, {} hung, {} failed) · port {} · {} · {held} of {of} expectations held · {:.1} s</p>",
-        r.clients,
-        r.client_outcome.completed,
-        r.client_outcome.hung,
-        r.client_outcome.failed,
+        "<p class=\"meta\">server {server} · {} · port {} · {} · {held} of {of} expectations held · {:.1} s</p>",
+        esc(&r.client_outcome.summary(r.clients)),
         r.port,
         r.isolation,
         r.duration_ms as f64 / 1000.0
@@ -129,10 +126,16 @@ fn run(s: &mut String, r: &Report, check: bool) {
             esc(&f.title),
             esc(&f.explanation)
         );
-        if let Some(fix) = &f.fix {
-            let _ = writeln!(s, "<p class=\"fix\">Fix: {}</p>", esc(fix));
+        if let Some(e) = &f.evidence {
+            let _ = writeln!(s, "<p class=\"evidence\">Evidence: {}</p>", esc(e));
+        }
+        if let Some(fix) = f.fix_line() {
+            let _ = writeln!(s, "<p class=\"fix\">{}</p>", esc(&capitalised(&fix)));
         }
         s.push_str("</div>\n");
+    }
+    for n in &r.diagnosis.notes {
+        let _ = writeln!(s, "<p class=\"note\">Note: {}</p>", esc(n));
     }
     expectations(s, r);
     holders(s, r);
@@ -211,4 +214,10 @@ fn holders(s: &mut String, r: &Report) {
         );
     }
     s.push_str("</table>\n");
+}
+
+/// "fix (JVM): …" as "Fix (JVM): …".
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map_or_else(String::new, |f| f.to_uppercase().chain(c).collect())
 }

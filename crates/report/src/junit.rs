@@ -117,8 +117,11 @@ fn suite(r: &Report) -> Suite {
     let mut out = String::new();
     for f in &r.diagnosis.findings {
         let _ = writeln!(out, "{}: {}", f.kind, f.explanation);
-        if let Some(fix) = &f.fix {
-            let _ = writeln!(out, "  fix: {fix}");
+        if let Some(e) = &f.evidence {
+            let _ = writeln!(out, "  evidence: {e}");
+        }
+        if let Some(fix) = f.fix_line() {
+            let _ = writeln!(out, "  {fix}");
         }
     }
     let _ = writeln!(x, "    <system-out>{}</system-out>", esc(&out));

@@ -62,21 +62,19 @@ pub fn render_with(r: &Report, report_path: &Path, ladder: Option<bool>) -> Stri
     for line in wrap(&r.scenario.story, 76) {
         let _ = writeln!(s, "  {line}");
     }
-    let server = match &r.scenario.command {
-        Some(argv) => format!("`{}`", argv.join(" ")),
-        None => r.scenario.behaviour.clone(),
+    let server = match (&r.scenario.command, r.acceptor.runtime) {
+        (Some(argv), Some(rt)) => format!("`{}` ({rt})", argv.join(" ")),
+        (Some(argv), None) => format!("`{}`", argv.join(" ")),
+        (None, _) => r.scenario.behaviour.clone(),
+    };
+    let at = match &r.address {
+        Some(a) => a.clone(),
+        None => format!("port {}", r.port),
     };
     let _ = writeln!(
         s,
-        "\n  server {server} · {} clients ({} completed{}) · port {} · {}",
-        r.clients,
-        r.client_outcome.completed,
-        if r.client_outcome.failed > 0 {
-            format!(", {} failed", r.client_outcome.failed)
-        } else {
-            String::new()
-        },
-        r.port,
+        "\n  server {server} · {} · {at} · {}",
+        r.client_outcome.summary(r.clients),
         r.isolation
     );
     if let Some(note) = &r.isolation_note {
@@ -95,6 +93,7 @@ pub fn render_with(r: &Report, report_path: &Path, ladder: Option<bool>) -> Stri
     counts(&mut s, r);
     holders(&mut s, r);
     fds(&mut s, r);
+    waves(&mut s, r);
     findings(&mut s, r);
     if !r.server_output.is_empty() {
         let _ = writeln!(s, "\n  the server's last lines");
@@ -186,6 +185,28 @@ fn fds(s: &mut String, r: &Report) {
     );
 }
 
+/// What the waves measured: "listening process fds 7 → 55 → 103, server CLOSE-WAIT 0 → 48 → 96".
+fn waves(s: &mut String, r: &Report) {
+    let Some(w) = &r.waves else { return };
+    if w.waves.is_empty() {
+        return;
+    }
+    let points = std::iter::once(&w.baseline).chain(w.waves.iter().map(|w| &w.after));
+    let (fds, cw): (Vec<String>, Vec<String>) = points
+        .map(|m| (m.fds.map_or("?".into(), |n| n.to_string()), m.close_wait.to_string()))
+        .unzip();
+    let sizes: Vec<String> = w.waves.iter().map(|w| w.connections.to_string()).collect();
+    let _ = writeln!(
+        s,
+        "  after a warm-up of {} and waves of {}: {} fds {}, server CLOSE-WAIT {}",
+        w.warmup,
+        sizes.join(", "),
+        role_name(r, Role::Acceptor),
+        fds.join(" → "),
+        cw.join(" → ")
+    );
+}
+
 /// Each finding: why, who (a user's server's holders by command line), and the fix.
 fn findings(s: &mut String, r: &Report) {
     for f in &r.diagnosis.findings {
@@ -205,9 +226,15 @@ fn findings(s: &mut String, r: &Report) {
         if f.holders.len() > 3 && f.holders.iter().any(|p| p.command.is_some()) {
             let _ = writeln!(s, "    … and {} more processes", f.holders.len() - 3);
         }
-        if let Some(fix) = &f.fix {
-            let _ = writeln!(s, "    fix: {fix}");
+        if let Some(e) = &f.evidence {
+            let _ = writeln!(s, "    evidence: {e}");
         }
+        if let Some(fix) = f.fix_line() {
+            let _ = writeln!(s, "    {fix}");
+        }
+    }
+    for n in &r.diagnosis.notes {
+        let _ = writeln!(s, "  note: {n}");
     }
 }
 

@@ -13,13 +13,15 @@ use cwlab_model::events::{PhaseStart, Reporter, RunEvent, Started, Waiting};
 use cwlab_model::expect::{evaluate, Evidence};
 use cwlab_model::protocol::{ContainOptions, ServeOptions};
 use cwlab_model::report::{
-    ClientOutcome, Isolation, Phase, PhaseMark, Report, Sample, ScenarioRef, Verdict,
+    ClientOutcome, Isolation, Measure, Phase, PhaseMark, Report, Sample, ScenarioRef, Side,
+    Verdict, Wave, Waves,
 };
-use cwlab_model::scenario::{self, ServerCommand, ServerProgram, Topology};
-use cwlab_model::{duration, Scenario};
+use cwlab_model::scenario::{self, Closing, ServerCommand, ServerProgram, Topology, WavePlan};
+use cwlab_model::{duration, Scenario, TcpState};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::clients::Exchange;
 use crate::isolation::{self, IsolationMode};
 use crate::sampling::{PhaseCell, Probe, Sampler};
 use crate::server::{Launch, Program, Server};
@@ -49,6 +51,8 @@ pub struct Options {
     pub pace: Option<Pace>,
     /// A connection (the client's port) to keep step by step besides the representatives.
     pub conn: Option<u16>,
+    /// Where a command's clients connect, instead of the address its LISTEN socket has.
+    pub dial: Option<IpAddr>,
 }
 
 /// Go-aheads for a paced run, shared by every run of one invocation.
@@ -194,21 +198,26 @@ struct Work<'a> {
     /// Sockets the clients keep until the end (a half-close).
     kept: Vec<std::net::TcpStream>,
     outcome: ClientOutcome,
+    /// The ports of the clients that waited for a reply or an EOF that never came: the end
+    /// tells which were served (hung) and which were never accepted.
+    waited: Vec<u16>,
+    /// The longest a client waited for what came.
+    slowest: Option<Duration>,
+    /// `cwlab check`'s measurements between waves (none for a scenario).
+    waves: Option<Waves>,
+    /// A probe of its own for those measurements.
+    probe: Probe,
+    t0: Instant,
 }
 
 impl Work<'_> {
     async fn act(&mut self, act: Act) {
         match act {
-            Act::Connect => {
-                (self.streams, self.outcome) =
-                    clients::connect_all(self.target, &self.scenario.clients).await;
-            }
-            Act::Close => {
-                let streams = std::mem::take(&mut self.streams);
-                let (closed, kept) = clients::close_all(streams, self.scenario.clients.close);
-                self.outcome.completed = closed;
-                self.kept = kept;
-            }
+            Act::Connect => match self.scenario.clients.waves {
+                None => self.wave(self.scenario.clients.count, None).await,
+                Some(plan) => self.in_waves(plan).await,
+            },
+            Act::Close => self.close(),
             Act::Hold => {
                 if self.scenario.behaviour().is_some_and(|b| b.needs_release()) {
                     // A client's connect completes before the acceptor has forked its handler:
@@ -223,7 +232,106 @@ impl Work<'_> {
             }
         }
     }
+
+    /// `n` clients: each closing as its exchange ends, or all connected and kept for the close
+    /// phase.
+    async fn wave(&mut self, n: u32, progress: Option<&clients::Progress>) {
+        let c = &self.scenario.clients;
+        match (c.closing, progress) {
+            (Closing::Each, Some(progress)) => {
+                for x in clients::each(self.target, n, c, progress).await {
+                    match x {
+                        Exchange::Done { waited } => {
+                            self.outcome.completed += 1;
+                            self.slowest = self.slowest.max(Some(waited));
+                        }
+                        Exchange::GaveUp { port } => self.waited.push(port),
+                        Exchange::Failed(e) => self.failed(e),
+                    }
+                }
+            }
+            _ => {
+                let got = clients::connect_all(self.target, n, c).await;
+                self.outcome.completed += (got.streams.len() - got.waited.len()) as u32;
+                self.streams.extend(got.streams);
+                self.waited.extend(got.waited);
+                self.slowest = self.slowest.max(got.slowest);
+                self.outcome.failed += got.failed;
+                if let Some(e) = got.first_error {
+                    self.outcome.first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    fn failed(&mut self, error: String) {
+        self.outcome.failed += 1;
+        self.outcome.first_error.get_or_insert(error);
+    }
+
+    /// Ends the connections still open; those whose clients waited in vain are told apart at
+    /// the end.
+    fn close(&mut self) {
+        let streams = std::mem::take(&mut self.streams);
+        let (_, kept) = clients::close_all(streams, self.scenario.clients.close);
+        self.kept.extend(kept);
+    }
+
+    /// `cwlab check`'s clients: a warm-up, then waves, each measured once it settled.
+    async fn in_waves(&mut self, plan: WavePlan) {
+        let progress = clients::Progress::new();
+        let mut waves = Waves { warmup: plan.warmup, ..Waves::default() };
+        if plan.warmup > 0 {
+            self.wave(plan.warmup, Some(&progress)).await;
+            self.close();
+        }
+        waves.baseline = self.settled().await;
+        for n in plan.sizes(self.scenario.clients.count) {
+            let from_ms = self.t0.elapsed().as_millis() as u64;
+            self.wave(n, Some(&progress)).await;
+            self.close();
+            waves.waves.push(Wave { connections: n, from_ms, after: self.settled().await });
+        }
+        // Every client is closed: the close phase has nothing left to do.
+        self.waves = Some(waves);
+    }
+
+    /// Waits (to [`SETTLE`]) until the server's side of the port is quiet: no connection being
+    /// set up, served or closed, and the listening process's descriptors unchanged across two
+    /// looks; then measures.
+    async fn settled(&mut self) -> Measure {
+        let deadline = Instant::now() + SETTLE;
+        let mut before: Option<Option<u32>> = None;
+        loop {
+            let t_ms = self.t0.elapsed().as_millis() as u64;
+            let Ok((s, _)) = self.probe.sample(t_ms, Phase::Connect) else {
+                return Measure { t_ms, ..Measure::default() };
+            };
+            let busy = [
+                TcpState::SynRecv,
+                TcpState::Established,
+                TcpState::LastAck,
+                TcpState::FinWait1,
+                TcpState::Closing,
+            ]
+            .iter()
+            .map(|st| s.get(Side::Server, *st))
+            .sum::<u32>();
+            let quiet = busy == 0 && before == Some(s.acceptor_fds);
+            if quiet || Instant::now() >= deadline {
+                let close_wait = s.get(Side::Server, TcpState::CloseWait);
+                return Measure { t_ms, fds: s.acceptor_fds, close_wait };
+            }
+            before = Some(s.acceptor_fds);
+            // A look every 20 ms: a wait for a condition, to a deadline.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
+
+/// How long the check waits, after a wave, for the server's side to be quiet before it
+/// measures anyway.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// How long a server gets to exit after SIGTERM before SIGKILL, by default. The lab's own
 /// servers exit at once (nothing in them handles SIGTERM); the grace is there for what is not
@@ -334,6 +442,15 @@ pub fn run(
     let port = server.port;
     rec.report.port = port;
     rec.report.acceptor.pid = server.acceptor;
+    if let ServerProgram::Command(c) = &scenario.program {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", server.acceptor))
+            .map(|p| p.display().to_string())
+            .ok();
+        let argv = stuck::argv(server.acceptor).unwrap_or_else(|| c.argv.clone());
+        rec.report.acceptor.runtime =
+            Some(cwlab_model::runtime::Runtime::identify(exe.as_deref().unwrap_or(""), &argv));
+        rec.report.acceptor.exe = exe;
+    }
     rec.reporter.event(&RunEvent::Started(Started {
         scenario: scenario.name.clone(),
         headline: scenario.headline().to_string(),
@@ -370,14 +487,28 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(io("start the client runtime"))?;
+    let target = match (opts.dial, server.address) {
+        (Some(ip), _) => SocketAddr::new(ip, port),
+        (None, Some(a)) => a,
+        (None, None) => SocketAddr::new(server_host, port),
+    };
+    if matches!(scenario.program, ServerProgram::Command(_)) {
+        rec.report.address = Some(target.to_string());
+    }
     let mut work = Work {
         scenario,
-        target: SocketAddr::new(server_host, port),
+        target,
         server: &server,
         streams: Vec::new(),
         kept: Vec::new(),
         outcome: ClientOutcome::default(),
+        waited: Vec::new(),
+        slowest: None,
+        waves: None,
+        probe: Probe::open(port, server.acceptor, server_ns)?,
+        t0: rec.t0,
     };
+    let clients_from = stuck::now_ticks();
     rt.block_on(async {
         let wake = match signals::wake() {
             Some(fd) => Some(watch(fd.try_clone_to_owned().map_err(io("watch for signals"))?)?),
@@ -418,7 +549,7 @@ pub fn run(
     let tree = match scenario.program {
         ServerProgram::Lab(_) => stuck::Tree::Lab { acceptor: server.acceptor },
         ServerProgram::Command(_) => {
-            stuck::Tree::Command { acceptor: server.acceptor, root: server.pid() }
+            stuck::Tree::Command { acceptor: server.acceptor, root: server.pid(), clients_from }
         }
     };
     let end = stuck::survey(&records, port, tree);
@@ -427,7 +558,8 @@ pub fn run(
         rec.report.acceptor.forked = Some(traced || stuck::forked(acceptor, faults_before));
     }
     (rec.report.holders, rec.report.fds_by_role) = (end.holders, end.fds_by_role);
-    rec.report.client_outcome = std::mem::take(&mut work.outcome);
+    rec.report.client_outcome = outcome(&mut work, &records, port);
+    rec.report.waves = work.waves.take();
     drop(work);
     server.stop(opts.grace);
     rec.report.server = server.outcome();
@@ -435,6 +567,62 @@ pub fn run(
         rec.report.server_output = server.output.lines();
     }
     Ok(finish(rec, scenario, timeout))
+}
+
+/// What the clients saw, every client counted once. A client that waited in vain for its reply
+/// (or EOF) was served when the server's side of its connection is held by a process at the
+/// end (hung), and never accepted when it is not (failed); when that side is gone, the server
+/// answered after the client had given up (completed, late).
+fn outcome(
+    work: &mut Work<'_>,
+    records: &[cwlab_sampler::SocketRecord],
+    port: u16,
+) -> ClientOutcome {
+    let mut o = std::mem::take(&mut work.outcome);
+    o.slowest_ms = work.slowest.map(|d| d.as_millis() as u64);
+    let waited: std::collections::HashSet<u16> = work.waited.iter().copied().collect();
+    let mut seen = std::collections::HashSet::new();
+    for r in records.iter().filter(|r| r.local.port() == port && waited.contains(&r.remote.port()))
+    {
+        if !seen.insert(r.remote.port()) || r.state == TcpState::Listen {
+            continue;
+        }
+        if r.inode != 0 {
+            o.hung += 1;
+        } else {
+            o.unaccepted += 1;
+            o.failed += 1;
+            o.first_error.get_or_insert_with(|| {
+                "not accepted: the connection waited in the accept queue until the client gave up"
+                    .into()
+            });
+        }
+    }
+    // The others' servers answered after they had given up.
+    o.late = waited.len() as u32 - o.hung - o.unaccepted;
+    o.completed += o.late;
+    o
+}
+
+/// A user's server that fewer than half of the connections reached: no verdict stands on
+/// connections that did not happen. Says how many did, the first client error and where the
+/// server listens.
+fn too_few(r: &Report) -> Option<String> {
+    let o = &r.client_outcome;
+    if r.scenario.command.is_none() || o.happened() * 2 >= r.clients {
+        return None;
+    }
+    let first = o.first_error.as_deref().unwrap_or("none");
+    let why = match (r.server.gone, &r.server.exited) {
+        (true, Some(how)) => format!("the server went away during the run ({how})"),
+        (true, None) => "the server went away during the run".into(),
+        _ => format!("the server listens on {}", r.address.as_deref().unwrap_or("?")),
+    };
+    Some(format!(
+        "only {} of {} connections happened, too few for a verdict: {why}; the first client error: {first}",
+        o.happened(),
+        r.clients
+    ))
 }
 
 /// CLOCK_MONOTONIC in microseconds: the clock the tracepoint instance stamps with.
@@ -517,7 +705,8 @@ fn finish(rec: Record<'_>, scenario: &Scenario, timeout: Duration) -> Report {
                 duration::format(timeout)
             ),
         })
-        .or_else(|| (!missing.is_empty()).then(|| missing.join("; ")));
+        .or_else(|| (!missing.is_empty()).then(|| missing.join("; ")))
+        .or_else(|| too_few(&r));
     r.verdict = if r.error.is_some() {
         Verdict::Error
     } else if r.expectations.iter().filter(|e| e.observable).all(|e| e.passed) {

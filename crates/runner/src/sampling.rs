@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cwlab_model::report::{Phase, Sample};
+use cwlab_model::TcpState;
 use cwlab_sampler::{fds, Backend, PortSide, Query, SocketRecord, Table};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -46,14 +47,23 @@ impl Probe {
             server: Default::default(),
             client: Default::default(),
             acceptor_fds: fds::count(self.acceptor).ok(),
+            queued: 0,
+            serving: 0,
         };
         let q = Query { port: Some(self.port), side: PortSide::Any, ..Query::default() };
         let mut records = Vec::new();
         let port = self.port;
         for table in &mut self.tables {
             table.for_each(&q, |r| {
-                let side =
-                    if r.local.port() == port { &mut sample.server } else { &mut sample.client };
+                let server = r.local.port() == port;
+                match r.state {
+                    // A LISTEN socket's receive queue: connections the kernel accepted and the
+                    // server has not yet.
+                    TcpState::Listen if server => sample.queued += r.recv_q,
+                    TcpState::Established if server && r.inode != 0 => sample.serving += 1,
+                    _ => {}
+                }
+                let side = if server { &mut sample.server } else { &mut sample.client };
                 *side.entry(r.state).or_insert(0) += 1;
                 records.push(r.clone());
             })?;

@@ -1,7 +1,9 @@
 //! Starting and stopping the server: `cwlab serve` in a process group of its own, with a death
 //! signal armed before exec, a lifeline on its stdin and its events on its stdout.
 
+use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -38,6 +40,67 @@ pub struct Server {
     pub stats: Arc<Mutex<ServerOutcome>>,
     /// The number of connections accepted so far, as it changes.
     pub accepted: tokio::sync::watch::Receiver<u64>,
+    /// For a command: where its LISTEN socket is, as the clients dial it (a wildcard address as
+    /// the loopback of its family).
+    pub address: Option<SocketAddr>,
+}
+
+/// How long a server may listen on other ports only before the run says so: a server that
+/// opens an admin port first gets a moment to open the one asked for.
+const WRONG_PORT_GRACE: Duration = Duration::from_secs(1);
+
+/// LISTEN sockets of the server on ports other than the run's, while it does not listen there.
+#[derive(Default)]
+struct Elsewhere {
+    since: Option<Instant>,
+    last_look: Option<Instant>,
+    ports: BTreeSet<u16>,
+}
+
+impl Elsewhere {
+    /// Looks (at most every 100 ms: each look walks the processes) at LISTEN sockets on other
+    /// ports; the ports, once the server has listened there and not on its own for
+    /// [`WRONG_PORT_GRACE`].
+    fn look(
+        &mut self,
+        there: &[(u64, u16)],
+        theirs: impl Fn(&HashSet<u64>) -> HashSet<u64>,
+    ) -> Option<BTreeSet<u16>> {
+        if self.last_look.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            return self.due();
+        }
+        self.last_look = Some(Instant::now());
+        let held = match there.is_empty() {
+            true => HashSet::new(),
+            false => theirs(&there.iter().map(|(inode, _)| *inode).collect()),
+        };
+        let ports: BTreeSet<u16> =
+            there.iter().filter(|(inode, _)| held.contains(inode)).map(|(_, p)| *p).collect();
+        if ports.is_empty() {
+            *self = Elsewhere { last_look: self.last_look, ..Elsewhere::default() };
+            return None;
+        }
+        self.since.get_or_insert_with(Instant::now);
+        self.ports = ports;
+        self.due()
+    }
+
+    fn due(&self) -> Option<BTreeSet<u16>> {
+        let since = self.since?;
+        (since.elapsed() >= WRONG_PORT_GRACE).then(|| self.ports.clone())
+    }
+}
+
+/// Where clients dial a server listening on `addrs`: its IPv4 address where it has one (a
+/// wildcard as 127.0.0.1), else its IPv6 one (`::` as `::1`).
+fn dial_address(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    let chosen = addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first())?;
+    let ip = match chosen.ip() {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Some(SocketAddr::new(ip, chosen.port()))
 }
 
 /// What runs as the server.
@@ -159,6 +222,7 @@ impl Server {
             port: 0,
             stats: Arc::default(),
             accepted: accepted_rx,
+            address: None,
         };
         let lines = match &l.program {
             Program::Lab(_) => server.lab_ready(lines, pid_namespace, l.deadline)?,
@@ -196,8 +260,10 @@ impl Server {
     }
 
     /// Waits until a LISTEN socket on `port` is in the table (sock_diag, in the calling thread's
-    /// namespace) and a process of the server holds it: that process is the acceptor. Fails
-    /// when nothing of the server is left first.
+    /// namespace) and a process of the server holds it: that process is the acceptor, and the
+    /// socket's address is where the clients dial. Fails at once when the command cannot be
+    /// executed, a moment after the server is seen listening on other ports only, and when
+    /// nothing of the server is left first.
     fn command_ready(
         &mut self,
         mut lines: LineReader,
@@ -207,39 +273,43 @@ impl Server {
         let mut table = cwlab_sampler::Table::open(cwlab_sampler::Backend::SockDiag)?;
         let q = cwlab_sampler::Query {
             states: cwlab_sampler::States::of(&[cwlab_model::TcpState::Listen]),
-            port: Some(port),
+            port: None,
             side: cwlab_sampler::PortSide::Local,
             peer: None,
             info: false,
         };
         let mut exited = None;
+        let mut elsewhere = Elsewhere::default();
         loop {
-            let mut inodes = std::collections::HashSet::new();
+            let (mut here, mut there) = (Vec::new(), Vec::new());
             table.for_each(&q, |r| {
-                inodes.insert(r.inode);
-            })?;
-            if !inodes.is_empty() {
-                let (found, _) = cwlab_sampler::holders::survey(&inodes);
-                let mine = self.child.id();
-                if let Some(pid) = found
-                    .processes
-                    .keys()
-                    .copied()
-                    .filter(|p| descends(*p, mine, &found.processes))
-                    .min()
-                {
-                    self.acceptor = pid;
-                    self.port = port;
-                    return Ok(lines);
+                if r.local.port() == port {
+                    here.push((r.inode, r.local));
+                } else {
+                    there.push((r.inode, r.local.port()));
                 }
+            })?;
+            if let Some(pid) = self.holder(here.iter().map(|(inode, _)| *inode)) {
+                self.acceptor = pid;
+                self.port = port;
+                let addrs: Vec<SocketAddr> = here.iter().map(|(_, a)| *a).collect();
+                self.address = dial_address(&addrs);
+                return Ok(lines);
+            }
+            if let Some(ports) = elsewhere.look(&there, |inodes| self.held(inodes)) {
+                return Err(self.wrong_port(port, &ports));
             }
             // A message, or 10 ms to look at the table again: a wait for a condition, to the
             // deadline.
-            let soon = (Instant::now() + std::time::Duration::from_millis(10)).min(deadline);
+            let soon = (Instant::now() + Duration::from_millis(10)).min(deadline);
             match lines.next_line(soon) {
                 Ok(Some(line)) => match ServerMessage::parse(&line) {
                     Some(ServerMessage::Exited { status }) => exited = Some(status),
                     Some(ServerMessage::Empty) => return Err(self.failed_to_start(exited)),
+                    Some(ServerMessage::CannotRun { program, reason }) => {
+                        self.stop(Duration::ZERO);
+                        return Err(RunError::BadInput(format!("{program}: {reason}")));
+                    }
                     _ => {}
                 },
                 Ok(None) => return Err(self.failed_to_start(exited)),
@@ -250,6 +320,38 @@ impl Server {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// The first process of the server (by pid) holding one of these LISTEN sockets.
+    fn holder(&self, inodes: impl Iterator<Item = u64>) -> Option<u32> {
+        let inodes: HashSet<u64> = inodes.collect();
+        if inodes.is_empty() {
+            return None;
+        }
+        let (found, _) = cwlab_sampler::holders::survey(&inodes);
+        let mine = self.child.id();
+        found.processes.keys().copied().filter(|p| descends(*p, mine, &found.processes)).min()
+    }
+
+    /// Those of `inodes` a process of the server holds.
+    fn held(&self, inodes: &HashSet<u64>) -> HashSet<u64> {
+        let (found, _) = cwlab_sampler::holders::survey(inodes);
+        let mine = self.child.id();
+        inodes
+            .iter()
+            .copied()
+            .filter(|i| found.of(*i).iter().any(|h| descends(h.pid, mine, &found.processes)))
+            .collect()
+    }
+
+    fn wrong_port(&mut self, port: u16, ports: &BTreeSet<u16>) -> RunError {
+        self.stop(Duration::ZERO);
+        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let first = ports.first().copied().unwrap_or_default();
+        RunError::BadInput(format!(
+            "the server listens on {}, not on {port}: pass --port {first}, or give it {{port}} or $PORT",
+            list.join(" and ")
+        ))
     }
 
     fn never_listened(&mut self, port: u16, exited: Option<String>) -> RunError {

@@ -36,6 +36,10 @@ pub enum Tree {
         acceptor: u32,
         /// `cwlab contain`, the root of everything the server started.
         root: u32,
+        /// When the first client came, in clock ticks since boot ([`now_ticks`]): a fork of
+        /// the server older than that was started before any connection existed (a prefork
+        /// pool's worker), so it cannot have inherited one.
+        clients_from: u64,
     },
 }
 
@@ -53,25 +57,67 @@ pub fn survey(records: &[SocketRecord], port: u16, tree: Tree) -> End {
     let inodes: HashSet<u64> = stuck.iter().map(|r| r.inode).filter(|i| *i != 0).collect();
     let (found, everyone) = holders::survey(&inodes);
     let mut holders = rows(&stuck, &found, port, tree);
-    if let Tree::Command { .. } = tree {
-        workers(&mut holders);
+    if let Tree::Command { clients_from, .. } = tree {
+        workers(&mut holders, clients_from);
     }
     End { holders, fds_by_role: fds_by_role(tree, &everyone, &found) }
 }
 
-/// A fork of a user's server that holds more than one stuck connection holds what it inherited,
-/// not what it was handed to serve: when one does, the run's forks that hold connections are
-/// workers (the first of them may have been born with only one to inherit).
-fn workers(rows: &mut [Holder]) {
+/// A fork of a user's server born during the run that holds more than one stuck connection
+/// holds what it inherited, not what it was handed to serve: when one does, the run's forks
+/// that hold connections are workers (the first of them may have been born with only one to
+/// inherit). A fork born before the first client (a prefork pool's worker, which accepts for
+/// itself) holds what it served: it stays a handler.
+fn workers(rows: &mut [Holder], clients_from: u64) {
+    let born_late =
+        |pid: Option<u32>| pid.and_then(started_ticks).is_some_and(|t| t >= clients_from);
+    let mut late: HashMap<u32, bool> = HashMap::new();
     let mut held: HashMap<u32, HashSet<u64>> = HashMap::new();
     for h in rows.iter().filter(|h| h.role == Role::Handler && h.side == Side::Server) {
-        held.entry(h.pid.unwrap_or(0)).or_default().insert(h.inode);
+        let pid = h.pid.unwrap_or(0);
+        if *late.entry(pid).or_insert_with(|| born_late(h.pid)) {
+            held.entry(pid).or_default().insert(h.inode);
+        }
     }
     if held.values().any(|s| s.len() > 1) {
         for h in rows.iter_mut().filter(|h| h.role == Role::Handler) {
-            h.role = Role::Worker;
+            if late.get(&h.pid.unwrap_or(0)).copied().unwrap_or(true) {
+                h.role = Role::Worker;
+            }
         }
     }
+}
+
+/// The clock ticks since boot now: what a process's start time (`/proc/PID/stat`) is read
+/// against.
+pub fn now_ticks() -> u64 {
+    let up = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let secs: f64 = up.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (secs * ticks_per_second() as f64) as u64
+}
+
+fn ticks_per_second() -> u64 {
+    // sysconf(_SC_CLK_TCK): 100 on every Linux that runs this.
+    rustix::param::clock_ticks_per_second()
+}
+
+/// When a process started, in clock ticks since boot (proc(5): `starttime`, the 22nd field).
+fn started_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    // `after` starts at the 3rd field (state): starttime is its 20th word.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A process's command line, word by word.
+pub fn argv(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let words: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    (!words.is_empty()).then_some(words)
 }
 
 /// The page faults of the children a process has reaped (`cminflt`, proc(5)): they grow when it

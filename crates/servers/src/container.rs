@@ -93,20 +93,47 @@ fn exec(o: &ContainOptions, argv: &[CString], parent: Pid) -> ! {
     for (k, v) in &o.command.env {
         std::env::set_var(k, v);
     }
+    // The runner's message pipe, kept to say why exec failed; close-on-exec, so the server
+    // never sees it.
+    let messages = std::io::stdout().as_fd().try_clone_to_owned().ok();
     // Its stdout joins its stderr, which the runner drains; stdin reads nothing.
     let _ = nix::unistd::dup2(2, 1);
     if let Ok(null) = std::fs::File::open("/dev/null") {
         let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0);
     }
+    let program = argv[0].to_string_lossy().into_owned();
     if let Some(dir) = &o.command.cwd {
         if let Err(e) = std::env::set_current_dir(dir) {
-            eprintln!("cwlab: cannot enter {}: {e}", dir.display());
-            process::exit_now(127);
+            let reason = format!("cannot enter {}: {e}", dir.display());
+            cannot_run(messages, program, reason);
         }
     }
     let e = nix::unistd::execvp(&argv[0], argv).unwrap_err();
-    eprintln!("cwlab: cannot run {}: {}", argv[0].to_string_lossy(), std::io::Error::from(e));
+    let reason = why_not(&program, e);
+    cannot_run(messages, program, reason)
+}
+
+/// Says why the command could not be executed, on the message pipe and on stderr; exits 127.
+fn cannot_run(messages: Option<std::os::fd::OwnedFd>, program: String, reason: String) -> ! {
+    eprintln!("cwlab: {program}: {reason}");
+    if let Some(fd) = messages {
+        let line = ServerMessage::CannotRun { program, reason }.line();
+        let _ = std::io::Write::write_all(&mut std::fs::File::from(fd), line.as_bytes());
+    }
     process::exit_now(127)
+}
+
+/// Why execvp(3) failed, as a shell says it.
+fn why_not(program: &str, e: nix::Error) -> String {
+    let path = std::path::Path::new(program);
+    match e {
+        nix::Error::ENOENT if !program.contains('/') => "command not found".into(),
+        nix::Error::ENOENT => "no such file or directory".into(),
+        nix::Error::EACCES if path.is_dir() => "is a directory".into(),
+        nix::Error::EACCES => "permission denied (not executable)".into(),
+        nix::Error::ENOEXEC => "not an executable (exec format error)".into(),
+        e => std::io::Error::from(e).to_string(),
+    }
 }
 
 /// Reaps and reports until the lifeline closes (then stops the server) or no child is left.
