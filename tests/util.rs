@@ -82,6 +82,7 @@ pub struct Expected {
     #[serde(default)]
     holders: BTreeMap<String, usize>,
     hung: Option<u32>,
+    unaccepted: Option<u32>,
     accepted: Option<u64>,
 }
 
@@ -123,8 +124,10 @@ pub fn check_truth_of(name: &str, out: &Output, r: &Report) {
     assert_eq!(r.verdict, Verdict::Pass);
     assert_eq!(r.scenario.name, name);
     assert_eq!(r.isolation, cwlab_model::report::Isolation::Netns);
-    assert_eq!(r.client_outcome.completed, r.clients);
-    assert_eq!(r.client_outcome.failed, 0);
+    // Every client completed, hung or was never accepted: none failed otherwise.
+    let o = &r.client_outcome;
+    assert_eq!(o.failed, o.unaccepted, "{name}: {:?}", o.first_error);
+    assert_eq!(o.completed + o.hung + o.failed, r.clients, "{name}: every client counted once");
     assert_eq!(r.final_counts.server, want.server, "{name}: server counts at the end");
     assert_eq!(r.final_counts.client, want.client, "{name}: client counts at the end");
     // The acceptor starts from a clean table: stdin, stdout, stderr and the listener. (A run that
@@ -154,6 +157,9 @@ pub fn check_truth_of(name: &str, out: &Output, r: &Report) {
     assert_eq!(fds.len(), acceptor_rows.count(), "{name}: one acceptor fd per socket");
     if let Some(hung) = want.hung {
         assert_eq!(r.client_outcome.hung, hung, "{name}: hung clients");
+    }
+    if let Some(n) = want.unaccepted {
+        assert_eq!(r.client_outcome.unaccepted, n, "{name}: clients never accepted");
     }
     if let Some(accepted) = want.accepted {
         assert_eq!(r.server.accepted, accepted, "{name}: accepted");

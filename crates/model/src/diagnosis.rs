@@ -677,7 +677,12 @@ fn clean(r: &Report) -> Finding {
 /// What helps reading the run without being a finding.
 fn notes(r: &Report, findings: &[Finding]) -> Vec<String> {
     let mut notes = Vec::new();
-    queue_note(r, &mut notes);
+    // A backlog, or the leak's exhaustion, is why connections queued: their findings say so.
+    let explained =
+        |k: &FindingKind| matches!(k, FindingKind::Backlog | FindingKind::FdExhaustion);
+    if !findings.iter().any(|f| explained(&f.kind)) {
+        queue_note(r, &mut notes);
+    }
     let c = &r.client_outcome;
     if let Some(ms) = c.slowest_ms.filter(|ms| *ms >= 1000) {
         let late = match c.late {
