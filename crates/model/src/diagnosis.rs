@@ -680,7 +680,8 @@ fn notes(r: &Report, findings: &[Finding]) -> Vec<String> {
     // A backlog, or the leak's exhaustion, is why connections queued: their findings say so.
     let explained =
         |k: &FindingKind| matches!(k, FindingKind::Backlog | FindingKind::FdExhaustion);
-    if !findings.iter().any(|f| explained(&f.kind)) {
+    // The lab's own servers are staged: their queues are the scenario's business.
+    if r.scenario.command.is_some() && !findings.iter().any(|f| explained(&f.kind)) {
         queue_note(r, &mut notes);
     }
     let c = &r.client_outcome;

@@ -208,6 +208,9 @@ pub struct Report {
     /// LISTEN socket (schema 4; absent for the lab's servers, which listen where they are told).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Where the clients connected instead, when told to (`cwlab check --address`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dialed: Option<String>,
     /// The number of clients the scenario runs.
     pub clients: u32,
     /// The acceptor process and its descriptor counts.
@@ -279,6 +282,7 @@ impl Report {
             topology,
             port: 0,
             address: None,
+            dialed: None,
             clients,
             acceptor: Acceptor { pid: 0, ..Acceptor::default() },
             phases: vec![PhaseMark { phase: Phase::Listen, t_ms: 0 }],

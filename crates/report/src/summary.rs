@@ -67,9 +67,10 @@ pub fn render_with(r: &Report, report_path: &Path, ladder: Option<bool>) -> Stri
         (Some(argv), None) => format!("`{}`", argv.join(" ")),
         (None, _) => r.scenario.behaviour.clone(),
     };
-    let at = match &r.address {
-        Some(a) => a.clone(),
-        None => format!("port {}", r.port),
+    let at = match (&r.address, &r.dialed) {
+        (Some(a), Some(d)) => format!("{a} (dialed {d})"),
+        (Some(a), None) => a.clone(),
+        (None, _) => format!("port {}", r.port),
     };
     let _ = writeln!(
         s,

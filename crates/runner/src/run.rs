@@ -493,7 +493,10 @@ pub fn run(
         (None, None) => SocketAddr::new(server_host, port),
     };
     if matches!(scenario.program, ServerProgram::Command(_)) {
-        rec.report.address = Some(target.to_string());
+        rec.report.address = server.address.map(|a| a.to_string());
+        if server.address != Some(target) {
+            rec.report.dialed = Some(target.to_string());
+        }
     }
     let mut work = Work {
         scenario,
@@ -616,7 +619,13 @@ fn too_few(r: &Report) -> Option<String> {
     let why = match (r.server.gone, &r.server.exited) {
         (true, Some(how)) => format!("the server went away during the run ({how})"),
         (true, None) => "the server went away during the run".into(),
-        _ => format!("the server listens on {}", r.address.as_deref().unwrap_or("?")),
+        _ => match &r.dialed {
+            Some(d) => format!(
+                "the clients dialed {d}; the server listens on {}",
+                r.address.as_deref().unwrap_or("?")
+            ),
+            None => format!("the server listens on {}", r.address.as_deref().unwrap_or("?")),
+        },
     };
     Some(format!(
         "only {} of {} connections happened, too few for a verdict: {why}; the first client error: {first}",

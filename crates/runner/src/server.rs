@@ -93,11 +93,17 @@ impl Elsewhere {
 
 /// Where clients dial a server listening on `addrs`: its IPv4 address where it has one (a
 /// wildcard as 127.0.0.1), else its IPv6 one (`::` as `::1`).
+///
+/// ```text
+/// 0.0.0.0:P → 127.0.0.1:P    [::]:P → [::1]:P    [::ffff:127.0.0.1]:P → 127.0.0.1:P
+/// ```
 fn dial_address(addrs: &[SocketAddr]) -> Option<SocketAddr> {
     let chosen = addrs.iter().find(|a| a.is_ipv4()).or_else(|| addrs.first())?;
     let ip = match chosen.ip() {
         IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        // A JVM binds an IPv6 socket to an IPv4 address (`::ffff:127.0.0.1`): dial the IPv4 one.
+        IpAddr::V6(v) => v.to_ipv4_mapped().map_or(IpAddr::V6(v), IpAddr::V4),
         ip => ip,
     };
     Some(SocketAddr::new(ip, chosen.port()))
