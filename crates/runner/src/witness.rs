@@ -356,8 +356,8 @@ fn segment(s: &cwlab_sampler::capture::Segment, at: Attribution) -> Segment {
     }
 }
 
-/// Names the side and the connection of a transition; drops the listener's own and a client's
-/// first (it has no port yet).
+/// Names the side and the connection of a transition; drops the listener's own, a client's
+/// first (it has no port yet) and one that leaves the state as it was.
 fn attribute(r: &RawTransition, at: Attribution) -> Option<Transition> {
     let Attribution { port, t0_us } = at;
     let (side, client_port) = if r.sport == port {
@@ -367,7 +367,10 @@ fn attribute(r: &RawTransition, at: Attribution) -> Option<Transition> {
     } else {
         return None;
     };
-    if client_port == 0 {
+    // The kernel reports tcp_set_state() even when the state does not change: a socket that was
+    // shutdown(SHUT_WR) and is then close()d while its FIN is unacknowledged goes FIN-WAIT-1 →
+    // FIN-WAIT-1 (busybox httpd does it). No state was left: nothing to tell.
+    if client_port == 0 || r.from == r.to {
         return None;
     }
     Some(Transition { t_us: r.t_us - t0_us, side, client_port, from: r.from, to: r.to })
