@@ -678,8 +678,7 @@ fn clean(r: &Report) -> Finding {
 fn notes(r: &Report, findings: &[Finding]) -> Vec<String> {
     let mut notes = Vec::new();
     // A backlog, or the leak's exhaustion, is why connections queued: their findings say so.
-    let explained =
-        |k: &FindingKind| matches!(k, FindingKind::Backlog | FindingKind::FdExhaustion);
+    let explained = |k: &FindingKind| matches!(k, FindingKind::Backlog | FindingKind::FdExhaustion);
     // The lab's own servers are staged: their queues are the scenario's business.
     if r.scenario.command.is_some() && !findings.iter().any(|f| explained(&f.kind)) {
         queue_note(r, &mut notes);
