@@ -21,7 +21,7 @@ help:
 	@echo "make test                unit and end-to-end tests (root: private network namespaces)"
 	@echo "make demo                leak and fixed side by side, live (q quits, space pauses, r reruns)"
 	@echo "make charts              docs/charts/: timelines, ladders, state machines, an HTML page"
-	@echo "make soak                every scenario 50x, 8 at once, 50x with both cores busy"
+	@echo "make soak                every scenario 50x, 8 at once, 50x with both cores busy; check's table 3x busy"
 	@echo "make fmt | lint | doc | bench | list"
 
 build:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # make soak: every scenario 50 times in a row, then 8 at once, then 50 in a row with both cores
-# kept busy by two spinning processes. Prints pass counts per scenario; exits 1 on any failure.
-# Failing runs keep their report and summary in target/soak/.
+# kept busy by two spinning processes; then cwlab check's truth table (tests/check.rs, every row)
+# 3 times in a row with both cores busy. Prints pass counts per scenario and per row; exits 1 on
+# any failure. Failing runs keep their report and summary in target/soak/.
 set -u
 cd "$(dirname "$0")/.."
 CWLAB=${CWLAB:-target/$(rustc -vV | sed -n "s/^host: //p")/release/cwlab}
 ROUNDS=${SOAK_ROUNDS:-50}
 PARALLEL=${SOAK_PARALLEL:-8}
-STAGES=${SOAK_STAGES:-seq par busy}   # any of: seq par busy
+STAGES=${SOAK_STAGES:-seq par busy check}   # any of: seq par busy check
+CHECK_ROUNDS=${SOAK_CHECK_ROUNDS:-3}
 out=target/soak
 rm -rf "$out"; mkdir -p "$out"
 scenarios=${SOAK_ONLY:-$(ls scenarios/*.toml | xargs -n1 basename | sed 's/\.toml$//')}
@@ -67,9 +69,30 @@ case " $STAGES " in *" busy "*)
   kill $s1 $s2 2>/dev/null; trap - EXIT;;
 esac
 
+declare -A row_pass row_total
+case " $STAGES " in *" check "*)
+  stage "cwlab check's truth table, $CHECK_ROUNDS times in a row, both cores busy"
+  spin() { while :; do :; done; }
+  spin & s1=$!; spin & s2=$!
+  trap 'kill $s1 $s2 2>/dev/null' EXIT
+  for i in $(seq 1 "$CHECK_ROUNDS"); do
+    cargo test --quiet --test check -- --test-threads 1 > "$out/check-$i.txt" 2>&1
+    while read -r test result; do
+      row_total[$test]=$(( ${row_total[$test]:-0} + 1 ))
+      if [ "$result" = ok ]; then row_pass[$test]=$(( ${row_pass[$test]:-0} + 1 )); else failed=1; fi
+    done < <(sed -n 's/^test \([a-z0-9_]*\) \.\.\. \(ok\|FAILED\)$/\1 \2/p' "$out/check-$i.txt")
+    grep -q '^test result: ok' "$out/check-$i.txt" && rm -f "$out/check-$i.txt"
+  done
+  kill $s1 $s2 2>/dev/null; trap - EXIT;;
+esac
+
 echo
 for name in $scenarios; do
+  [ -n "${total[$name]:-}" ] || continue
   printf '%-30s %d of %d passed\n' "$name" "${pass[$name]:-0}" "${total[$name]:-0}"
+done
+for test in $(printf '%s\n' "${!row_total[@]}" | sort); do
+  printf '%-60s %d of %d passed\n' "$test" "${row_pass[$test]:-0}" "${row_total[$test]}"
 done
 # Keep only the failures.
 for f in "$out"/*.txt; do
