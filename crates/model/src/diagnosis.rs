@@ -137,6 +137,12 @@ pub enum FindingKind {
     /// accept() failed with EMFILE while the acceptor held CLOSE-WAIT: the leak ran it out of
     /// descriptors, and later connections were never accepted.
     FdExhaustion,
+    /// CLOSE-WAIT on the client's side that grows with its requests: a connection pool that keeps
+    /// connections the server closed and never notices their FIN.
+    PoolLeak,
+    /// CLOSE-WAIT on the client's side that stays bounded and is cleared when the pool next
+    /// takes its connections: under control.
+    PoolBounded,
     /// None of the above.
     Clean,
 }
@@ -158,6 +164,8 @@ impl FindingKind {
             FindingKind::SlowClose => "slow-close",
             FindingKind::ServerGone => "server-gone",
             FindingKind::FdExhaustion => "fd-exhaustion",
+            FindingKind::PoolLeak => "pool-leak",
+            FindingKind::PoolBounded => "pool-bounded",
             FindingKind::Clean => "clean",
         }
     }
@@ -173,6 +181,7 @@ impl FindingKind {
                 | FindingKind::HiddenLeak
                 | FindingKind::NeverClosed
                 | FindingKind::FdExhaustion
+                | FindingKind::PoolLeak
         )
     }
 }
@@ -222,6 +231,7 @@ impl Diagnosis {
         gone(r, &mut findings);
         let exhausted = exhaustion(r, &held, &mut findings);
         close_wait(r, &held, exhausted, &mut findings);
+        client_close_wait(r, &held, &mut findings);
         hidden(r, &mut findings);
         slow(r, &mut findings);
         if !exhausted {
@@ -240,9 +250,12 @@ impl Diagnosis {
         self.findings.first()
     }
 
-    /// Whether nothing is wrong: every finding is `clean` or a slow close (`cwlab check` exits 0).
+    /// Whether nothing is wrong: every finding is `clean`, a slow close or a bounded pool (`cwlab
+    /// check` exits 0).
     pub fn is_clean(&self) -> bool {
-        self.findings.iter().all(|f| matches!(f.kind, FindingKind::Clean | FindingKind::SlowClose))
+        self.findings.iter().all(|f| {
+            matches!(f.kind, FindingKind::Clean | FindingKind::SlowClose | FindingKind::PoolBounded)
+        })
     }
 
     /// Whether any finding is a leak.
@@ -319,6 +332,18 @@ fn wave_evidence(r: &Report) -> Option<String> {
     let cw: i64 = growth.iter().map(|g| g.close_wait).sum();
     let fds: Option<i64> = growth.iter().map(|g| g.fds).sum();
     let per = |v: i64| format!("{:+.2}", v as f64 / n);
+    if w.bursts {
+        let client: i64 = growth.iter().map(|g| g.client_close_wait).sum();
+        let after: Vec<String> =
+            w.waves.iter().map(|w| w.after.client_close_wait.to_string()).collect();
+        return Some(format!(
+            "{} CLOSE-WAIT in the client per request over {} bursts of {} (after each: {})",
+            per(client),
+            w.waves.len(),
+            w.waves[0].connections,
+            after.join(", ")
+        ));
+    }
     let what = match fds {
         Some(f) => format!("{} descriptor and {} CLOSE-WAIT", per(f), per(cw)),
         None => format!("{} CLOSE-WAIT", per(cw)),
@@ -486,6 +511,48 @@ fn held_finding(r: &Report, h: &Held, nums: &mut Vec<(&str, i64)>) -> Finding {
     }
 }
 
+/// CLOSE-WAIT on the client's side held by a process: a pool that keeps connections the server
+/// closed. With bursts, one that grew with every burst is a leak and one that did not a bounded
+/// pool; without, whatever stays to the end is taken for a leak.
+fn client_close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
+    let groups = held.iter().filter(|h| {
+        h.side == Side::Client && h.state == TcpState::CloseWait && h.role != Role::Nobody
+    });
+    for h in groups {
+        let n = h.sockets;
+        let who = match h.processes.as_slice() {
+            [p] => format!("pid {} `{}`", p.pid, p.name.as_deref().unwrap_or("?")),
+            many => format!("{} processes", many.len()),
+        };
+        let bursts: Vec<crate::report::Growth> =
+            r.waves.as_ref().filter(|w| w.bursts).map(|w| w.growth()).unwrap_or_default();
+        let grows = bursts.iter().all(|g| grows_with(g.client_close_wait, g.connections));
+        let cleared = r.transitions.count(Side::Client, TcpState::CloseWait, TcpState::LastAck);
+        let nums = [("close_wait", i64::from(n)), ("cleared", cleared as i64)];
+        let f = if grows {
+            finding(
+                FindingKind::PoolLeak,
+                format!("pool leak: {n} CLOSE-WAIT held by the client"),
+                n,
+                &nums,
+                format!("{who} holds {n} connections the server has closed: its pool keeps them and never notices their FIN, so each stays half-closed for as long as the process lives"),
+            )
+            .with_fix(Shape::PoolIgnoresFin, r)
+        } else {
+            let peak = r.samples.iter().map(|s| s.get(Side::Client, TcpState::CloseWait)).max();
+            finding(
+                FindingKind::PoolBounded,
+                format!("bounded pool: at most {} CLOSE-WAIT, cleared at the next burst", peak.unwrap_or(n)),
+                n,
+                &nums,
+                format!("up to {} connections the server closed waited in CLOSE-WAIT in {who}'s pool, and {cleared} were closed when it next took them: a bounded pool that finds the FIN on its next use. Under control, not a leak", peak.unwrap_or(n)),
+            )
+            .with_text_fix("none needed: to shorten the wait, evict idle connections before the server's keep-alive timeout")
+        };
+        out.push(Finding { holders: h.processes.clone(), evidence: wave_evidence(r), ..f });
+    }
+}
+
 /// The server went away before the run ended.
 fn gone(r: &Report, out: &mut Vec<Finding>) {
     if !r.server.gone {
@@ -648,6 +715,9 @@ fn hung(r: &Report, out: &mut Vec<Finding>) {
 
 fn clean(r: &Report) -> Finding {
     let explanation = match (r.acceptor.fds_baseline, &r.waves) {
+        (_, Some(w)) if w.bursts => {
+            "no socket waits in CLOSE-WAIT, in the server or in the client's pool".to_string()
+        }
         (_, Some(w)) if !w.waves.is_empty() => format!(
             "no socket waits in CLOSE-WAIT and the descriptors of {} did not grow with the connections",
             listener(r)

@@ -22,6 +22,9 @@ pub enum Shape {
     NeverClosed,
     /// A process that never forked opens something per connection and never closes it.
     DescriptorPerConnection,
+    /// A client's connection pool keeps connections the server closed and never notices their
+    /// FIN.
+    PoolIgnoresFin,
 }
 
 /// A fix: the sentence, and the runtime whose idiom it is in (none for the general sentence).
@@ -51,6 +54,7 @@ fn general(shape: Shape) -> &'static str {
         Shape::HandlerHolds => "the handler must close the connection once it reads EOF",
         Shape::NeverClosed => "close the connection when a read returns EOF (0 bytes), on every path, errors included",
         Shape::DescriptorPerConnection => "something opened for each connection is never closed: close it when the connection ends, on every path",
+        Shape::PoolIgnoresFin => "close pooled connections the server has closed: check an idle connection for EOF before reusing it, evict idle connections before the server's keep-alive timeout, and close what the pool no longer needs",
     }
 }
 
@@ -91,6 +95,10 @@ fn idiom(shape: Shape, runtime: Runtime) -> Option<&'static str> {
         (DescriptorPerConnection, Perl) => "close each connection's handles (`close $client`, `close $fh`) when it ends",
         (DescriptorPerConnection, Tcl) => "`close` each connection's channels when it ends",
         (DescriptorPerConnection, Native) => "close() every descriptor a connection opens when it ends, on every path",
+        (PoolIgnoresFin, Cpython) => "close every response and Session (`with requests.Session() as s:`, `resp.close()`); http.client: read each response to its end and close the HTTPConnection you no longer use",
+        (PoolIgnoresFin, Jvm) => "evict expired and idle connections (Apache HttpClient: evictExpiredConnections() and evictIdleConnections(), or closeIdle on the pooling manager) and close every response; java.net.http: keep its keep-alive timeout (jdk.httpclient.keepalive.timeout) below the server's",
+        (PoolIgnoresFin, Nodejs) => "let the http.Agent drop idle sockets before the server does (a keepAlive agent with a timeout below the server's keep-alive), and destroy() sockets you stop using",
+        (PoolIgnoresFin, Native) => "poll idle pooled connections for POLLIN/POLLRDHUP and close() one whose read returns 0, before reusing it or on a timer",
         _ => return None,
     })
 }

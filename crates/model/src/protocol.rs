@@ -155,7 +155,12 @@ mod tests {
             backlog: 4096,
             pid_namespace: true,
             net_namespace: false,
-            limits: ServerLimits { nofile: Some(64), rcvbuf: None, sndbuf: Some(4096) },
+            limits: ServerLimits {
+                nofile: Some(64),
+                rcvbuf: None,
+                sndbuf: Some(4096),
+                idle_ms: None,
+            },
         };
         assert_eq!(ServeOptions::from_arg(&o.to_arg()), Ok(o));
         let m = ServerMessage::AcceptError { errno: 24 };

@@ -226,8 +226,9 @@ pub struct Report {
     pub holders: Vec<Holder>,
     /// What the clients saw.
     pub client_outcome: ClientOutcome,
-    /// How `cwlab check` drove its clients: a warm-up, then waves, each measured once it
-    /// settled (schema 4; absent for a scenario's run, whose clients come all at once).
+    /// How `cwlab check` drove its clients (a warm-up, then waves), or a pool its requests
+    /// (bursts), each measured once it settled (schema 4; absent for a scenario's run whose
+    /// clients come all at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waves: Option<Waves>,
     /// What the acceptor reported.
@@ -654,6 +655,9 @@ impl ClientOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Waves {
+    /// Bursts of a client-side pool's requests rather than waves of connections.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bursts: bool,
     /// Connections before the baseline.
     pub warmup: u32,
     /// The listening process's descriptors and the server's CLOSE-WAIT once the warm-up
@@ -685,6 +689,9 @@ pub struct Measure {
     pub fds: Option<u32>,
     /// Server-side sockets in CLOSE-WAIT.
     pub close_wait: u32,
+    /// Client-side sockets in CLOSE-WAIT (a pool's; schema 4).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub client_close_wait: u32,
 }
 
 /// What one wave added.
@@ -696,6 +703,8 @@ pub struct Growth {
     pub fds: Option<i64>,
     /// CLOSE-WAIT sockets the server gained over the wave.
     pub close_wait: i64,
+    /// CLOSE-WAIT sockets the clients gained over the wave.
+    pub client_close_wait: i64,
 }
 
 impl Waves {
@@ -712,6 +721,8 @@ impl Waves {
                 connections: w.connections,
                 fds,
                 close_wait: i64::from(w.after.close_wait) - i64::from(before.close_wait),
+                client_close_wait: i64::from(w.after.client_close_wait)
+                    - i64::from(before.client_close_wait),
             });
             before = &w.after;
         }

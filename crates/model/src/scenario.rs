@@ -84,11 +84,16 @@ pub enum Behaviour {
     /// (half a second) before it close()s; the acceptor closes its copy. CLOSE-WAIT rises with
     /// the clients' FINs and drains when the work is done.
     SlowClose,
+    /// An HTTP server's keep-alive: the handler answers request after request on one connection
+    /// and close()s it once it has been idle for `[server] idle` (200 ms by default); the
+    /// acceptor closes its copy. The server closes first: its FIN reaches the client's
+    /// connection pool, which may or may not notice.
+    KeepAlive,
 }
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 14] = [
+    pub const ALL: [Behaviour; 15] = [
         Behaviour::CloseOnly,
         Behaviour::ShutdownClose,
         Behaviour::ParentCloses,
@@ -103,6 +108,7 @@ impl Behaviour {
         Behaviour::FillClose,
         Behaviour::Simultaneous,
         Behaviour::SlowClose,
+        Behaviour::KeepAlive,
     ];
 
     /// The name scenario files use.
@@ -122,6 +128,7 @@ impl Behaviour {
             Behaviour::FillClose => "fill-close",
             Behaviour::Simultaneous => "simultaneous",
             Behaviour::SlowClose => "slow-close",
+            Behaviour::KeepAlive => "keep-alive",
         }
     }
 
@@ -273,6 +280,47 @@ impl Closing {
     }
 }
 
+/// How a connection pool treats the connections it keeps: what the client side of CLOSE-WAIT is
+/// made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolPolicy {
+    /// Keeps every connection it opened and opens a new one for each request, never reusing or
+    /// checking them: each one the server closes stays in CLOSE-WAIT in the client.
+    Leak,
+    /// Keeps at most `size` idle connections (closing the others when they come back) and finds
+    /// a closed one only when it next takes it: CLOSE-WAIT up to `size`, cleared at the next
+    /// burst.
+    Bounded,
+    /// Watches its idle connections and closes one as soon as it reads the server's EOF.
+    Checked,
+}
+
+impl PoolPolicy {
+    /// Every policy, for parsing.
+    pub const ALL: [PoolPolicy; 3] = [PoolPolicy::Leak, PoolPolicy::Bounded, PoolPolicy::Checked];
+
+    /// The name scenario files use.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolPolicy::Leak => "leak",
+            PoolPolicy::Bounded => "bounded",
+            PoolPolicy::Checked => "checked",
+        }
+    }
+}
+
+/// A client-side connection pool: `count` requests per burst, `bursts` bursts, each after the
+/// server has closed every idle connection (its keep-alive timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    /// What it does with the connections it keeps.
+    pub policy: PoolPolicy,
+    /// For `bounded`: the most idle connections it keeps.
+    pub size: u32,
+    /// Bursts of requests.
+    pub bursts: u32,
+}
+
 /// How `cwlab check` drives its clients: a few to warm the server up, then the rest in waves,
 /// each measured once it settled. A leak grows with every wave; a one-time cost (a runtime's
 /// lazy descriptor, a log file) shows in the warm-up or once.
@@ -312,6 +360,20 @@ pub struct ServerLimits {
     pub rcvbuf: Option<u32>,
     /// SO_SNDBUF on the listener, if set.
     pub sndbuf: Option<u32>,
+    /// For `keep-alive`: how long a connection may be idle before the server closes it, in ms
+    /// (`[server] idle`; 200 ms when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+}
+
+impl ServerLimits {
+    /// The keep-alive timeout when none is written.
+    pub const IDLE: Duration = Duration::from_millis(200);
+
+    /// How long a `keep-alive` connection may be idle.
+    pub fn idle(&self) -> Duration {
+        self.idle_ms.map_or(Self::IDLE, Duration::from_millis)
+    }
 }
 
 /// What the clients do.
@@ -337,10 +399,21 @@ pub struct Clients {
     pub closing: Closing,
     /// A warm-up and waves, for `cwlab check`; none for a scenario, whose clients come at once.
     pub waves: Option<WavePlan>,
+    /// A connection pool making `count` requests per burst (`[clients] pool`), instead of one
+    /// connection per client.
+    pub pool: Option<Pool>,
     /// SO_SNDBUF for each client socket, if set.
     pub sndbuf: Option<u32>,
     /// SO_RCVBUF for each client socket, if set.
     pub rcvbuf: Option<u32>,
+}
+
+impl Clients {
+    /// Connections (or, with a pool, requests) over the whole run: `count`, or `count` per
+    /// burst.
+    pub fn total(&self) -> u32 {
+        self.count * self.pool.map_or(1, |p| p.bursts)
+    }
 }
 
 /// Where the client and the server are, as the network sees them.
@@ -498,6 +571,7 @@ impl Scenario {
                 close: ClientClose::Close,
                 closing: c.closing,
                 waves: Some(c.waves),
+                pool: None,
                 sndbuf: None,
                 rcvbuf: None,
             },
@@ -611,6 +685,7 @@ struct RawServer {
     nofile: Option<Spanned<u64>>,
     rcvbuf: Option<u32>,
     sndbuf: Option<u32>,
+    idle: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -626,6 +701,9 @@ struct RawClients {
     close: Option<Spanned<String>>,
     sndbuf: Option<u32>,
     rcvbuf: Option<u32>,
+    pool: Option<Spanned<String>>,
+    pool_size: Option<Spanned<u32>>,
+    bursts: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -725,10 +803,15 @@ impl Scenario {
                 src.at(n.span(), format!("expected a nofile of at least 8, found {}", n.get_ref()))
             );
         }
+        let idle_ms = match &raw.server.idle {
+            None => None,
+            Some(_) => Some(src.duration(&raw.server.idle, ServerLimits::IDLE)?.as_millis() as u64),
+        };
         let server = ServerLimits {
             nofile: raw.server.nofile.as_ref().map(|n| *n.get_ref()),
             rcvbuf: raw.server.rcvbuf,
             sndbuf: raw.server.sndbuf,
+            idle_ms,
         };
         let sample_interval = src.duration(&raw.run.sample_interval, DEFAULT_SAMPLE_INTERVAL)?;
         let hold = src.duration(&raw.run.hold, DEFAULT_HOLD)?;
@@ -867,9 +950,54 @@ fn clients(src: &Source<'_>, raw: &RawClients) -> Result<Clients, ScenarioError>
         close,
         closing: Closing::Together,
         waves: None,
+        pool: pool(src, raw)?,
         sndbuf: raw.sndbuf,
         rcvbuf: raw.rcvbuf,
     })
+}
+
+/// `[clients] pool`, `pool_size` and `bursts`: a pool, or none.
+fn pool(src: &Source<'_>, raw: &RawClients) -> Result<Option<Pool>, ScenarioError> {
+    let Some(p) = &raw.pool else {
+        if let Some(x) =
+            raw.pool_size.as_ref().map(Spanned::span).or(raw.bursts.as_ref().map(Spanned::span))
+        {
+            return Err(src.at(
+                x,
+                "pool_size and bursts go with `pool = \"leak\"`, `\"bounded\"` or `\"checked\"`",
+            ));
+        }
+        return Ok(None);
+    };
+    let policy =
+        PoolPolicy::ALL.iter().copied().find(|x| x.name() == p.get_ref()).ok_or_else(|| {
+            src.at(
+                p.span(),
+                format!("unknown pool `{}` (expected one of leak, bounded, checked)", p.get_ref()),
+            )
+        })?;
+    let size = match (&raw.pool_size, policy) {
+        (Some(n), PoolPolicy::Bounded) if *n.get_ref() == 0 => {
+            return Err(src.at(n.span(), "expected a pool_size of at least 1, found 0"))
+        }
+        (Some(n), PoolPolicy::Bounded) => *n.get_ref(),
+        (None, PoolPolicy::Bounded) => {
+            return Err(src.at(
+                p.span(),
+                "a bounded pool needs `pool_size = N`, the most idle connections it keeps",
+            ))
+        }
+        (Some(n), _) => return Err(src.at(n.span(), "pool_size goes with `pool = \"bounded\"`")),
+        (None, _) => 0,
+    };
+    let bursts = match &raw.bursts {
+        Some(b) if *b.get_ref() == 0 => {
+            return Err(src.at(b.span(), "expected at least 1 burst, found 0"))
+        }
+        Some(b) => *b.get_ref(),
+        None => 3,
+    };
+    Ok(Some(Pool { policy, size, bursts }))
 }
 
 fn check_run(

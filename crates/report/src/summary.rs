@@ -192,6 +192,17 @@ fn waves(s: &mut String, r: &Report) {
     if w.waves.is_empty() {
         return;
     }
+    if w.bursts {
+        let after = std::iter::once(&w.baseline).chain(w.waves.iter().map(|w| &w.after));
+        let cw: Vec<String> = after.map(|m| m.client_close_wait.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  after each burst of {} requests: client CLOSE-WAIT {}",
+            w.waves[0].connections,
+            cw.join(" → ")
+        );
+        return;
+    }
     let points = std::iter::once(&w.baseline).chain(w.waves.iter().map(|w| &w.after));
     let (fds, cw): (Vec<String>, Vec<String>) = points
         .map(|m| (m.fds.map_or("?".into(), |n| n.to_string()), m.close_wait.to_string()))

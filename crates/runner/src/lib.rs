@@ -11,6 +11,7 @@ mod clients;
 mod hosts;
 mod isolation;
 mod output;
+mod pool;
 mod run;
 mod sampling;
 mod server;

@@ -16,7 +16,9 @@ use cwlab_model::report::{
     ClientOutcome, Isolation, Measure, Phase, PhaseMark, Report, Sample, ScenarioRef, Side,
     Verdict, Wave, Waves,
 };
-use cwlab_model::scenario::{self, Closing, ServerCommand, ServerProgram, Topology, WavePlan};
+use cwlab_model::scenario::{
+    self, Closing, Pool, ServerCommand, ServerProgram, Topology, WavePlan,
+};
 use cwlab_model::{duration, Scenario, TcpState};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -26,7 +28,7 @@ use crate::isolation::{self, IsolationMode};
 use crate::sampling::{PhaseCell, Probe, Sampler};
 use crate::server::{Launch, Program, Server};
 use crate::witness::{Live, Witness};
-use crate::{clients, hosts, io, signals, stuck, RunError};
+use crate::{clients, hosts, io, pool, signals, stuck, RunError};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -207,15 +209,18 @@ struct Work<'a> {
     waves: Option<Waves>,
     /// A probe of its own for those measurements.
     probe: Probe,
+    /// A client-side pool's connections, kept to the end of the run.
+    pool: Option<pool::Pool>,
     t0: Instant,
 }
 
 impl Work<'_> {
     async fn act(&mut self, act: Act) {
         match act {
-            Act::Connect => match self.scenario.clients.waves {
-                None => self.wave(self.scenario.clients.count, None).await,
-                Some(plan) => self.in_waves(plan).await,
+            Act::Connect => match (self.scenario.clients.waves, self.scenario.clients.pool) {
+                (_, Some(pool)) => self.bursts(pool).await,
+                (Some(plan), None) => self.in_waves(plan).await,
+                (None, None) => self.wave(self.scenario.clients.count, None).await,
             },
             Act::Close => self.close(),
             Act::Hold => {
@@ -296,6 +301,74 @@ impl Work<'_> {
         self.waves = Some(waves);
     }
 
+    /// A pool's requests, in bursts: each burst, then until the server's keep-alive timeout has
+    /// closed every idle connection (no client socket left ESTAB), then a measure.
+    async fn bursts(&mut self, p: Pool) {
+        let pool = pool::Pool::new(self.target, p.policy, p.size);
+        let mut waves = Waves { bursts: true, baseline: self.measure(), ..Waves::default() };
+        let n = self.scenario.clients.count;
+        for _ in 0..p.bursts {
+            let from_ms = self.t0.elapsed().as_millis() as u64;
+            let b = pool.burst(n, &self.scenario.clients).await;
+            self.outcome.completed += b.completed;
+            self.outcome.failed += b.failed;
+            if let Some(e) = b.first_error {
+                self.outcome.first_error.get_or_insert(e);
+            }
+            let after = self.idle_closed().await;
+            waves.waves.push(Wave { connections: n, from_ms, after });
+        }
+        self.pool = Some(pool);
+        self.waves = Some(waves);
+    }
+
+    /// Waits until no client socket is ESTAB (the server closed every idle connection at its
+    /// keep-alive timeout), to the timeout and 5 s more; then measures.
+    async fn idle_closed(&mut self) -> Measure {
+        let deadline = Instant::now() + self.scenario.server.idle() + Duration::from_secs(5);
+        loop {
+            let m = self.look();
+            let open = m.1.get(Side::Client, TcpState::Established);
+            if open == 0 || Instant::now() >= deadline {
+                return m.0;
+            }
+            // A look every 20 ms: a wait for a condition, to a deadline.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn measure(&mut self) -> Measure {
+        self.look().0
+    }
+
+    /// One sample of the port, as a measure and as it is.
+    fn look(&mut self) -> (Measure, Sample) {
+        let t_ms = self.t0.elapsed().as_millis() as u64;
+        match self.probe.sample(t_ms, Phase::Connect) {
+            Ok((s, _)) => (
+                Measure {
+                    t_ms,
+                    fds: s.acceptor_fds,
+                    close_wait: s.get(Side::Server, TcpState::CloseWait),
+                    client_close_wait: s.get(Side::Client, TcpState::CloseWait),
+                },
+                s,
+            ),
+            Err(_) => (
+                Measure { t_ms, ..Measure::default() },
+                Sample {
+                    t_ms,
+                    phase: Phase::Connect,
+                    server: Default::default(),
+                    client: Default::default(),
+                    acceptor_fds: None,
+                    queued: 0,
+                    serving: 0,
+                },
+            ),
+        }
+    }
+
     /// Waits (to [`SETTLE`]) until the server's side of the port is quiet: no connection being
     /// set up, served or closed, and the listening process's descriptors unchanged across two
     /// looks; then measures.
@@ -303,10 +376,7 @@ impl Work<'_> {
         let deadline = Instant::now() + SETTLE;
         let mut before: Option<Option<u32>> = None;
         loop {
-            let t_ms = self.t0.elapsed().as_millis() as u64;
-            let Ok((s, _)) = self.probe.sample(t_ms, Phase::Connect) else {
-                return Measure { t_ms, ..Measure::default() };
-            };
+            let (m, s) = self.look();
             let busy = [
                 TcpState::SynRecv,
                 TcpState::Established,
@@ -319,8 +389,7 @@ impl Work<'_> {
             .sum::<u32>();
             let quiet = busy == 0 && before == Some(s.acceptor_fds);
             if quiet || Instant::now() >= deadline {
-                let close_wait = s.get(Side::Server, TcpState::CloseWait);
-                return Measure { t_ms, fds: s.acceptor_fds, close_wait };
+                return m;
             }
             before = Some(s.acceptor_fds);
             // A look every 20 ms: a wait for a condition, to a deadline.
@@ -390,7 +459,7 @@ pub fn run(
             isolation,
             note,
             scenario.topology,
-            scenario.clients.count,
+            scenario.clients.total(),
         ),
         started,
         t0: Instant::now(),
@@ -509,6 +578,7 @@ pub fn run(
         slowest: None,
         waves: None,
         probe: Probe::open(port, server.acceptor, server_ns)?,
+        pool: None,
         t0: rec.t0,
     };
     let clients_from = stuck::now_ticks();
@@ -653,7 +723,7 @@ fn watch(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, RunError> {
 /// hard one where that is enough. The runner holds every client's socket at once, and the
 /// acceptor (which inherits the limit) may hold one per connection.
 fn descriptors(scenario: &Scenario) -> Result<(), RunError> {
-    let need = u64::from(scenario.clients.count) + 64;
+    let need = u64::from(scenario.clients.total()) + 64;
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_err(|e| io("read RLIMIT_NOFILE")(e.into()))?;
     if need <= soft {

@@ -48,12 +48,16 @@ pub fn run(cfg: &Config) -> Result<i32, Error> {
     event(ServerMessage::Listening { port })?;
     match cfg.behaviour {
         Behaviour::ForkWorker => serve_in_process(&listener),
-        behaviour => serve_by_fork(behaviour, &listener),
+        behaviour => serve_by_fork(behaviour, cfg.limits.idle(), &listener),
     }
 }
 
 /// Accept, fork a handler, keep or close the parent's copy.
-fn serve_by_fork(behaviour: Behaviour, listener: &Socket) -> Result<i32, Error> {
+fn serve_by_fork(
+    behaviour: Behaviour,
+    idle: std::time::Duration,
+    listener: &Socket,
+) -> Result<i32, Error> {
     let stdin = std::io::stdin();
     let mut accepted: u64 = 0;
     // After a failed accept, the listener is left alone until a child exits and frees something,
@@ -84,7 +88,7 @@ fn serve_by_fork(behaviour: Behaviour, listener: &Socket) -> Result<i32, Error> 
             match listener.accept() {
                 Ok((conn, _)) => {
                     accepted += 1;
-                    spawn_handler(behaviour, listener, conn)?;
+                    spawn_handler(behaviour, idle, listener, conn)?;
                     event(ServerMessage::Accepted { count: accepted })?;
                 }
                 Err(e) => {
@@ -197,7 +201,12 @@ fn listen(cfg: &Config) -> Result<Socket, Error> {
 
 /// Forks the handler. The child never returns; the parent keeps its copy of the connection
 /// unless the behaviour closes it.
-fn spawn_handler(behaviour: Behaviour, listener: &Socket, conn: Socket) -> Result<(), Error> {
+fn spawn_handler(
+    behaviour: Behaviour,
+    idle: std::time::Duration,
+    listener: &Socket,
+    conn: Socket,
+) -> Result<(), Error> {
     let me = Pid::this();
     // SAFETY: this process never started a thread.
     match unsafe { fork() }.map_err(errno("fork a handler"))? {
@@ -208,7 +217,7 @@ fn spawn_handler(behaviour: Behaviour, listener: &Socket, conn: Socket) -> Resul
                     // The child's copy of the listener, closed once, here; the `Socket` is never
                     // dropped in this process (the child leaves by `exit_now`).
                     let _ = nix::unistd::close(listener.as_raw_fd());
-                    handler::handle(behaviour, conn)
+                    handler::handle(behaviour, idle, conn)
                 }
                 Err(_) => 1,
             };

@@ -2,20 +2,30 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::time::Duration;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use socket2::Socket;
 
 use crate::{process, Behaviour};
 
-/// Serves one connection; returns the exit status for the child.
-pub fn handle(behaviour: Behaviour, conn: Socket) -> i32 {
+/// Serves one connection (`idle` is `keep-alive`'s timeout); returns the exit status for the
+/// child.
+pub fn handle(behaviour: Behaviour, idle: Duration, conn: Socket) -> i32 {
     match behaviour {
         Behaviour::ExecInherit | Behaviour::ExecCloexec => {
             // The helper gets the lifeline (stdin), so it dies with the runner even on the host.
             spawn_helper(&conn, behaviour == Behaviour::ExecInherit);
             process::detach_stdio(false);
             let code = status(echo_until_eof(&conn));
+            drop(conn);
+            code
+        }
+        Behaviour::KeepAlive => {
+            process::detach_stdio(false);
+            let code = status(echo_while_busy(&conn, idle));
             drop(conn);
             code
         }
@@ -72,14 +82,15 @@ fn end(behaviour: Behaviour, conn: Socket) -> i32 {
         Behaviour::ExecInherit
         | Behaviour::ExecCloexec
         | Behaviour::ForkWorker
-        | Behaviour::NoAccept => {
+        | Behaviour::NoAccept
+        | Behaviour::KeepAlive => {
             unreachable!("{behaviour} has no handler of this kind")
         }
     }
 }
 
 /// How long a `slow-close` handler works between the client's FIN and its close().
-const SLOW_CLOSE_WORK: std::time::Duration = std::time::Duration::from_millis(500);
+const SLOW_CLOSE_WORK: Duration = Duration::from_millis(500);
 
 fn status(r: std::io::Result<()>) -> i32 {
     if r.is_ok() {
@@ -116,6 +127,29 @@ fn release() {
 fn echo_until_eof(mut conn: &Socket) -> std::io::Result<()> {
     let mut buf = [0u8; 16 * 1024];
     loop {
+        let n = match conn.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        conn.write_all(&buf[..n])?;
+    }
+}
+
+/// Echoes request after request until the peer's EOF, or until nothing came for `idle` (a
+/// keep-alive timeout).
+fn echo_while_busy(mut conn: &Socket, idle: Duration) -> std::io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    let ms = PollTimeout::try_from(idle.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+    loop {
+        let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
         let n = match conn.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
