@@ -116,8 +116,12 @@ fn private_key(t: &TlsSection, dir: &Path) -> Result<PrivateKeyDer<'static>, Pro
     const KEYS: (&str, &str) = ("tls_server_config.key", "tls_server_config.key_file");
     let (pem, from) = pem_source(&t.key, &t.key_file, KEYS, dir)?
         .ok_or_else(|| Problem::new(KEYS.1, "missing: TLS needs key_file (or key)"))?;
-    PrivateKeyDer::from_pem_slice(&pem)
-        .map_err(|e| Problem::new(KEYS.1, format!("{from}: no PEM private key in it: {e}")))
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => {
+            Problem::new(KEYS.1, format!("{from}: no PEM private key in it"))
+        }
+        e => Problem::new(KEYS.1, format!("{from}: not a PEM private key: {e}")),
+    })
 }
 
 /// The rustls suite of a Go name; `None` for the ones rustls does not implement.
@@ -229,12 +233,12 @@ fn versions(
     if min > max {
         return Err(Problem::new(
             "tls_server_config.min_version",
-            format!("{min:?} is above max_version {max:?}"),
+            format!("{min} is above max_version {max}"),
         ));
     }
     if min < TlsVersion::Tls12 {
         notes.push(format!(
-            "tls_server_config.min_version: {min:?} is not offered; rustls starts at TLS 1.2"
+            "tls_server_config.min_version: {min} is not offered; rustls starts at TLS12"
         ));
     }
     let mut v = Vec::new();

@@ -160,6 +160,18 @@ pub(crate) enum TlsVersion {
     Tls13,
 }
 
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = match self {
+            TlsVersion::Tls10 => "TLS10",
+            TlsVersion::Tls11 => "TLS11",
+            TlsVersion::Tls12 => "TLS12",
+            TlsVersion::Tls13 => "TLS13",
+        };
+        f.write_str(n)
+    }
+}
+
 /// `cipher_suites`: the names Go's `tls.CipherSuites()` gives, the only ones the toolkit takes.
 #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
 #[derive(Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
