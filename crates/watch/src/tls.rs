@@ -39,10 +39,10 @@ pub(crate) fn server_config(
     let chain = certificates(t, dir)?;
     let key = private_key(t, dir)?;
     let mut provider = ring::default_provider();
-    provider.cipher_suites = cipher_suites(t.cipher_suites.as_deref(), notes)?;
-    provider.kx_groups = curves(t.curve_preferences.as_deref(), notes)?;
+    provider.cipher_suites = cipher_suites(t.cipher_suites.as_deref(), notes);
+    provider.kx_groups = curves(t.curve_preferences.as_deref(), notes);
     let provider = Arc::new(provider);
-    let verifier = client_verifier(t, dir, &provider)?;
+    let verifier = client_verifier(t, dir, &provider, notes)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions(t, notes)?)
         .map_err(|e| Problem::new("tls_server_config.cipher_suites", e.to_string()))?
@@ -150,9 +150,9 @@ fn suite(c: Cipher) -> Option<SupportedCipherSuite> {
 fn cipher_suites(
     names: Option<&[Cipher]>,
     notes: &mut Vec<String>,
-) -> Result<Vec<SupportedCipherSuite>, Problem> {
+) -> Vec<SupportedCipherSuite> {
     let all = ring::default_provider().cipher_suites;
-    let Some(names) = names.filter(|n| !n.is_empty()) else { return Ok(all) };
+    let Some(names) = names.filter(|n| !n.is_empty()) else { return all };
     let mut chosen: Vec<SupportedCipherSuite> =
         all.iter().filter(|s| s.tls13().is_some()).copied().collect();
     let (mut missing, mut tls13) = (Vec::new(), Vec::new());
@@ -164,17 +164,15 @@ fn cipher_suites(
             None => missing.push(format!("{name:?}")),
         }
     }
-    if chosen.iter().all(|s| s.tls13().is_some()) && !missing.is_empty() {
-        return Err(Problem::new(
-            "tls_server_config.cipher_suites",
-            format!("rustls implements none of {}: name an ECDHE suite with GCM or CHACHA20_POLY1305", missing.join(", ")),
-        ));
-    }
     if !missing.is_empty() {
         notes.push(format!(
             "tls_server_config.cipher_suites: not offered (rustls does not implement them): {}",
             missing.join(", ")
         ));
+    }
+    if chosen.iter().all(|s| s.tls13().is_some()) {
+        chosen = all;
+        notes.push("tls_server_config.cipher_suites: no TLS 1.2 suite left: rustls's own (ECDHE with AES-GCM or ChaCha20-Poly1305) instead".to_string());
     }
     if !tls13.is_empty() {
         notes.push(format!(
@@ -182,16 +180,16 @@ fn cipher_suites(
             tls13.join(", ")
         ));
     }
-    Ok(chosen)
+    chosen
 }
 
 /// `curve_preferences`, in the file's order.
 fn curves(
     names: Option<&[Curve]>,
     notes: &mut Vec<String>,
-) -> Result<Vec<&'static dyn SupportedKxGroup>, Problem> {
+) -> Vec<&'static dyn SupportedKxGroup> {
     let Some(names) = names.filter(|n| !n.is_empty()) else {
-        return Ok(ring::default_provider().kx_groups);
+        return ring::default_provider().kx_groups;
     };
     let mut chosen: Vec<&'static dyn SupportedKxGroup> = Vec::new();
     for name in names {
@@ -209,12 +207,10 @@ fn curves(
         }
     }
     if chosen.is_empty() {
-        return Err(Problem::new(
-            "tls_server_config.curve_preferences",
-            "rustls implements none of these: name X25519, CurveP256 or CurveP384",
-        ));
+        notes.push("tls_server_config.curve_preferences: rustls's own curves (X25519, P-256, P-384) instead".to_string());
+        return ring::default_provider().kx_groups;
     }
-    Ok(chosen)
+    chosen
 }
 
 /// `min_version` and `max_version` (TLS12 and TLS13 by default).
@@ -256,6 +252,7 @@ fn client_verifier(
     t: &TlsSection,
     dir: &Path,
     provider: &Arc<CryptoProvider>,
+    notes: &mut Vec<String>,
 ) -> Result<Arc<dyn ClientCertVerifier>, Problem> {
     const KEYS: (&str, &str) = ("tls_server_config.client_ca", "tls_server_config.client_ca_file");
     let auth = t.client_auth_type.unwrap_or_default();
@@ -263,8 +260,9 @@ fn client_verifier(
     let sans = t.client_allowed_sans.clone().unwrap_or_default();
     let inner: Arc<dyn ClientCertVerifier> = match auth {
         ClientAuth::NoClientCert if ca.is_some() => {
+            let given = if t.client_ca.is_some() { KEYS.0 } else { KEYS.1 };
             return Err(Problem::new(
-                "tls_server_config.client_auth_type",
+                given,
                 "a client CA is given but client_auth_type is NoClientCert: name the policy \
                  (RequireAndVerifyClientCert to require certificates signed by it)",
             ))
@@ -275,17 +273,20 @@ fn client_verifier(
             algorithms: provider.signature_verification_algorithms,
         }),
         ClientAuth::VerifyClientCertIfGiven | ClientAuth::RequireAndVerifyClientCert => {
-            let Some((pem, from)) = ca else {
-                return Err(Problem::new(
-                    "tls_server_config.client_auth_type",
-                    format!("{auth:?} needs client_ca_file (or client_ca): the CA that signs the clients' certificates"),
-                ));
+            let (pem, from, hints) = match ca {
+                Some((pem, from)) => (pem, from, true),
+                None => {
+                    let (pem, from) = system_roots(auth, notes)?;
+                    (pem, from, false)
+                }
             };
             let mut roots = RootCertStore::empty();
             for c in pem_certificates(&pem, &from, KEYS.1)? {
                 roots.add(c).map_err(|e| Problem::new(KEYS.1, format!("{from}: {e}")))?;
             }
             let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            // Go names no CAs to the client when it verifies against the system's roots.
+            let b = if hints { b } else { b.clear_root_hint_subjects() };
             let b = if auth == ClientAuth::VerifyClientCertIfGiven {
                 b.allow_unauthenticated()
             } else {
@@ -304,6 +305,35 @@ fn client_verifier(
         ));
     }
     Ok(Arc::new(AllowedSans { inner, sans }))
+}
+
+/// Where Go's crypto/x509 looks for the system's roots on Linux, `SSL_CERT_FILE` first.
+const SYSTEM_ROOTS: [&str; 6] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's roots, which Go verifies client certificates against when no client CA is given.
+fn system_roots(auth: ClientAuth, notes: &mut Vec<String>) -> Result<(Vec<u8>, String), Problem> {
+    let env = std::env::var("SSL_CERT_FILE").ok();
+    let found = env.iter().map(String::as_str).chain(SYSTEM_ROOTS).find_map(|p| {
+        let pem = std::fs::read(p).ok()?;
+        Some((pem, p.to_string()))
+    });
+    let Some((pem, from)) = found else {
+        return Err(Problem::new(
+            "tls_server_config.client_auth_type",
+            format!("{auth:?} needs client_ca_file (or client_ca): the CA that signs the clients' certificates (and the system has no roots to use instead)"),
+        ));
+    };
+    notes.push(format!(
+        "tls_server_config.client_auth_type: {auth:?} without client_ca_file: client certificates are verified against the system's roots ({from}), as Go does"
+    ));
+    Ok((pem, from))
 }
 
 /// RequestClientCert and RequireAnyClientCert: any certificate, not checked against a CA; the

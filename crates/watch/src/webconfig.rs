@@ -255,10 +255,12 @@ pub(crate) struct Hash(pub String);
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse::<bcrypt::HashParts>().map_err(|e| {
-            de::Error::custom(format!(
-                "not a bcrypt hash ({e}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"
-            ))
+        // The error does not repeat the value: it may be a password written in plain.
+        s.parse::<bcrypt::HashParts>().map_err(|_| {
+            de::Error::custom(
+                "not a bcrypt hash (like $2y$10$ and 53 more characters); make one with \
+                 `htpasswd -nBC 10 \"\" | tr -d ':\\n'`",
+            )
         })?;
         Ok(Hash(s))
     }
@@ -456,8 +458,8 @@ mod tests {
         let e = error("basic_auth_users:\n  a: b\nfoo: 1\n");
         assert_eq!(
             e,
-            ":2:3: basic_auth_users.a: not a bcrypt hash (Invalid hash: b); make one with \
-             `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"
+            ":2:3: basic_auth_users.a: not a bcrypt hash (like $2y$10$ and 53 more characters); \
+             make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"
         );
     }
 
