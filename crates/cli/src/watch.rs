@@ -147,8 +147,7 @@ fn serve(addr: SocketAddr, watcher: Watcher, web: WebConfig, a: &Args) -> Result
         eprintln!("cwlab watch: note: {file}: {note}");
     }
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
+        let listener = listen(addr)
             .map_err(|e| Failure::bad_input(format!("--listen {addr}: cannot listen: {e}")))?;
         let bound = listener.local_addr().map_err(Failure::bad_input)?;
         let scheme = if web.tls.is_some() { "https" } else { "http" };
@@ -171,6 +170,21 @@ fn serve(addr: SocketAddr, watcher: Watcher, web: WebConfig, a: &Args) -> Result
         std::sync::Arc::new(exporter).serve(listener, stop).await;
         Ok::<i32, Failure>(exit::PASS)
     })
+}
+
+/// The listening socket's queue of connections not yet accepted (the kernel caps it at
+/// net.core.somaxconn, 4096 by default): a burst of connections waits there instead of having
+/// its SYNs dropped, and retried a second later, while the exporter accepts.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Descriptors left for the watch's own files (namespaces, /proc, BPF) beside its connections.
