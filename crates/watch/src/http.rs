@@ -233,8 +233,9 @@ impl Exporter {
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let (tokens, then) = bucket.unwrap_or((burst, now));
-        let tokens =
-            (tokens + now.duration_since(then).as_secs_f64() / limit.interval.as_secs_f64()).min(burst);
+        let tokens = (tokens
+            + now.duration_since(then).as_secs_f64() / limit.interval.as_secs_f64())
+        .min(burst);
         let allowed = tokens >= 1.0;
         *bucket = Some((if allowed { tokens - 1.0 } else { tokens }, now));
         allowed

@@ -79,8 +79,9 @@ fn pem_source(
         (Some(text), None) => Ok(Some((text.as_bytes().to_vec(), short(keys.0).to_string()))),
         (None, Some(f)) => {
             let path = dir.join(f);
-            let bytes = std::fs::read(&path)
-                .map_err(|e| Problem::new(keys.1, format!("cannot read {}: {e}", path.display())))?;
+            let bytes = std::fs::read(&path).map_err(|e| {
+                Problem::new(keys.1, format!("cannot read {}: {e}", path.display()))
+            })?;
             Ok(Some((bytes, path.display().to_string())))
         }
         (None, None) => Ok(None),
@@ -131,8 +132,12 @@ fn suite(c: Cipher) -> Option<SupportedCipherSuite> {
         Cipher::TLS_AES_128_GCM_SHA256 => s::TLS13_AES_128_GCM_SHA256,
         Cipher::TLS_AES_256_GCM_SHA384 => s::TLS13_AES_256_GCM_SHA384,
         Cipher::TLS_CHACHA20_POLY1305_SHA256 => s::TLS13_CHACHA20_POLY1305_SHA256,
-        Cipher::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => s::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-        Cipher::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => s::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        Cipher::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 => {
+            s::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        }
+        Cipher::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 => {
+            s::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        }
         Cipher::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => s::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
         Cipher::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => s::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
         Cipher::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => {
@@ -147,10 +152,7 @@ fn suite(c: Cipher) -> Option<SupportedCipherSuite> {
 
 /// `cipher_suites`, as Go reads it: the TLS 1.2 suites, in the file's order; TLS 1.3's are
 /// always all offered (Go does not let them be chosen either).
-fn cipher_suites(
-    names: Option<&[Cipher]>,
-    notes: &mut Vec<String>,
-) -> Vec<SupportedCipherSuite> {
+fn cipher_suites(names: Option<&[Cipher]>, notes: &mut Vec<String>) -> Vec<SupportedCipherSuite> {
     let all = ring::default_provider().cipher_suites;
     let Some(names) = names.filter(|n| !n.is_empty()) else { return all };
     let mut chosen: Vec<SupportedCipherSuite> =
@@ -184,10 +186,7 @@ fn cipher_suites(
 }
 
 /// `curve_preferences`, in the file's order.
-fn curves(
-    names: Option<&[Curve]>,
-    notes: &mut Vec<String>,
-) -> Vec<&'static dyn SupportedKxGroup> {
+fn curves(names: Option<&[Curve]>, notes: &mut Vec<String>) -> Vec<&'static dyn SupportedKxGroup> {
     let Some(names) = names.filter(|n| !n.is_empty()) else {
         return ring::default_provider().kx_groups;
     };
@@ -265,7 +264,7 @@ fn client_verifier(
                 given,
                 "a client CA is given but client_auth_type is NoClientCert: name the policy \
                  (RequireAndVerifyClientCert to require certificates signed by it)",
-            ))
+            ));
         }
         ClientAuth::NoClientCert => WebPkiClientVerifier::no_client_auth(),
         ClientAuth::RequestClientCert | ClientAuth::RequireAnyClientCert => Arc::new(AnyCert {

@@ -472,7 +472,12 @@ mod tests {
              `TLS10`, `TLS11`, `TLS12`, `TLS13`"
         );
         let e = error("tls_server_config:\n  curve_preferences: [CurveP256, Curve25519]\n");
-        assert!(e.starts_with(":2:34: tls_server_config.curve_preferences[1]: unknown variant `Curve25519`"), "{e}");
+        assert!(
+            e.starts_with(
+                ":2:34: tls_server_config.curve_preferences[1]: unknown variant `Curve25519`"
+            ),
+            "{e}"
+        );
         let e = error("http_server_config:\n  headers:\n    X-Frame-Options: allow\n");
         assert_eq!(
             e,
@@ -490,7 +495,10 @@ mod tests {
         assert!(e.starts_with(":2:3: tls_server_config.cert_file: cannot read "), "{e}");
         assert!(e.ends_with("nope.crt: No such file or directory (os error 2)"), "{e}");
         let e = error("basic_auth_users:\n  \"a:b\": $2y$04$fCBkgop7WKfQXU53DUk9jOWsSlYe5I.IkIOqz57viCOalHoDwxlvu\n");
-        assert!(e.starts_with(":1:1: basic_auth_users: \"a:b\": a user name cannot hold ':'"), "{e}");
+        assert!(
+            e.starts_with(":1:1: basic_auth_users: \"a:b\": a user name cannot hold ':'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -13,10 +13,11 @@ fn folder() -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
     std::fs::write(dir.join("server.crt"), cert.pem()).unwrap();
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -226,9 +227,9 @@ fn issue_23_bad_files_are_refused_naming_the_key_the_line_and_the_reason() {
             Ok(_) => panic!("accepted:\n{text}"),
             Err(e) => e,
         };
-        let after = e.strip_prefix(&dir.join(&name).display().to_string()).unwrap_or_else(|| {
-            panic!("{e:?} names the file {name}")
-        });
+        let after = e
+            .strip_prefix(&dir.join(&name).display().to_string())
+            .unwrap_or_else(|| panic!("{e:?} names the file {name}"));
         assert!(after.starts_with(want), "{text}\n{after:?} should start {want:?}");
         assert!(!after.contains("wonderland"), "a password written in plain is not repeated");
     }
