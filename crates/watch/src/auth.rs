@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use base64::Engine;
 
-/// Verdicts remembered at most; past that the memory starts afresh.
+/// Verdicts remembered at most; past that the refusals are forgotten.
 const REMEMBERED: usize = 256;
 
 /// Users and their bcrypt hashes.
@@ -49,7 +49,9 @@ impl Users {
         let verdict = matches && known.is_some();
         let mut remembered = self.remembered();
         if remembered.len() >= REMEMBERED {
-            remembered.clear();
+            // Refusals go; the credentials that were right stay, so that a client guessing
+            // passwords never sends Prometheus's own back to a bcrypt.
+            remembered.retain(|_, allowed| *allowed);
         }
         remembered.insert(key, verdict);
         verdict
@@ -104,6 +106,13 @@ mod tests {
         assert!(!users.allow(Some("Bearer abc")).await);
         assert!(!users.allow(Some("Basic !!!")).await);
         assert_eq!(users.remembered().len(), 3);
+        for i in 0..REMEMBERED {
+            users.remembered().insert(digest("guess", &i.to_string()), false);
+        }
+        assert!(!users.allow(Some(&header("prometheus", "scrape-them"))).await);
+        let remembered = users.remembered();
+        assert_eq!(remembered.len(), 2, "the right credentials and the last refusal");
+        assert_eq!(remembered.get(&digest("prometheus", "scrape-me")), Some(&true));
     }
 
     #[test]
