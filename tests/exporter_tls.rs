@@ -76,7 +76,8 @@ fn ask_tls(
     request: &str,
 ) -> std::io::Result<String> {
     let tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    // A first look on a busy machine may take long; the timed scrapes come after one.
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
     let name = ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
