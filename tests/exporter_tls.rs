@@ -21,15 +21,20 @@ use watched::{ask, body, exporter, exporter_with, leak, prometheus_installed, ra
 use watched::{settled, Leak, Prometheus};
 
 /// A CA, the server's certificate it signed (for 127.0.0.1), a client's it signed, and a client's
-/// it did not; each written to `dir` as NAME.crt and NAME.key.
+/// it did not; each written to `dir` as NAME.crt and NAME.key, the CA's as ca.crt.
 fn pki(dir: &Path) {
+    pki_as(dir, "ca");
+}
+
+/// [`pki`] with the CA's certificate written as `ca`.crt.
+fn pki_as(dir: &Path, ca_name: &str) {
     use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "cwlab test CA");
+    ca.distinguished_name.push(rcgen::DnType::CommonName, format!("cwlab test {ca_name}"));
     let ca = ca.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+    std::fs::write(dir.join(format!("{ca_name}.crt")), ca.pem()).unwrap();
     let leaf = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose, signed: bool| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(sans).unwrap();
@@ -47,8 +52,13 @@ fn pki(dir: &Path) {
 
 /// A TLS client that trusts `dir/ca.crt` and shows the certificate `cert` (NAME) if given.
 fn client(dir: &Path, cert: Option<&str>) -> Arc<rustls::ClientConfig> {
+    client_of(dir, "ca", cert)
+}
+
+/// [`client`], trusting `dir/ca_name.crt`.
+fn client_of(dir: &Path, ca_name: &str, cert: Option<&str>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(dir.join("ca.crt")).unwrap() {
+    for c in CertificateDer::pem_file_iter(dir.join(format!("{ca_name}.crt"))).unwrap() {
         roots.add(c.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -225,6 +235,44 @@ fn issue_23_where_a_client_certificate_is_required_a_client_without_one_fails_th
     let a = ask_tls(&e.addr, &client(&dir, Some("client")), request).unwrap();
     assert!(a.starts_with("HTTP/1.1 200 OK\r\n"), "{a}");
     assert!(body(&a).lines().any(|x| x == close_wait_line(&l)), "{a}");
+}
+
+#[test]
+fn issue_23_a_renewed_certificate_is_served_without_a_restart() {
+    if !can_isolate("tls-renewal") {
+        return;
+    }
+    let l = leak(2);
+    settled(&l);
+    let dir = scratch("tls-renewal");
+    pki(&dir);
+    let yaml = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+    let e = tls_exporter(&l, &dir, yaml, &[]);
+    let request = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    let old = client(&dir, None);
+    assert!(ask_tls(&e.addr, &old, request).unwrap().starts_with("HTTP/1.1 200 OK"));
+    // A new CA and server certificate, moved in place as a renewal (or a Secret's update) does.
+    let next = dir.join("next");
+    std::fs::create_dir_all(&next).unwrap();
+    pki_as(&next, "renewed-ca");
+    std::fs::rename(next.join("renewed-ca.crt"), dir.join("renewed-ca.crt")).unwrap();
+    std::fs::rename(next.join("server.key"), dir.join("server.key")).unwrap();
+    std::fs::rename(next.join("server.crt"), dir.join("server.crt")).unwrap();
+    let new = client_of(&dir, "renewed-ca", None);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ask_tls(&e.addr, &new, request) {
+            Ok(a) => break assert!(a.starts_with("HTTP/1.1 200 OK"), "{a}"),
+            Err(err) => assert!(
+                Instant::now() < deadline,
+                "timeout while expecting the renewed certificate, last {err}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the exporter looks once a second
+    }
+    // A client of the old CA (with no session to resume) no longer trusts the server.
+    let err = ask_tls(&e.addr, &client(&dir, None), request).unwrap_err();
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 }
 
 /// `cwlab watch ARGS` to its end, killed if it is still running after 20 s (a file wrongly

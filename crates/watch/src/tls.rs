@@ -2,15 +2,17 @@
 //! the versions, cipher suites and curves by Go's names, and the client-certificate policies of
 //! Go's `tls.ClientAuthType`, with exporter-toolkit's `client_allowed_sans`.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{ring, CryptoProvider, SupportedKxGroup, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
     SupportedCipherSuite, SupportedProtocolVersion,
@@ -43,12 +45,18 @@ pub(crate) fn server_config(
     provider.kx_groups = curves(t.curve_preferences.as_deref(), notes);
     let provider = Arc::new(provider);
     let verifier = client_verifier(t, dir, &provider, notes)?;
+    let certified = CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| Problem::new("tls_server_config.key_file", key_mismatch(e)))?;
+    let files = match (&t.cert_file, &t.key_file) {
+        (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => Some((dir.join(c), dir.join(k))),
+        _ => None,
+    };
+    let resolver = Reloading::new(files, certified, provider.clone());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions(t, notes)?)
         .map_err(|e| Problem::new("tls_server_config.cipher_suites", e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| Problem::new("tls_server_config.key_file", key_mismatch(e)))?;
+        .with_cert_resolver(Arc::new(resolver));
     config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
     Ok(Some(Arc::new(config)))
 }
@@ -59,6 +67,77 @@ fn key_mismatch(e: rustls::Error) -> String {
             "the key is not the certificate's (its public key differs)".to_string()
         }
         e => format!("cannot use the key: {e}"),
+    }
+}
+
+/// The server's certificate and key, read again when their files change (looked at no more than
+/// once a second, when a client connects), as exporter-toolkit reads them for every connection:
+/// a renewed certificate is served without a restart. A pair that cannot be used leaves the last
+/// good one in place, and says so on stderr.
+#[derive(Debug)]
+struct Reloading {
+    /// `cert_file` and `key_file`; none where the PEM is inline.
+    files: Option<(PathBuf, PathBuf)>,
+    provider: Arc<CryptoProvider>,
+    state: Mutex<Loaded>,
+}
+
+/// The pair served, the files' modification times it was read at, and when they were looked at.
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    stamps: Option<(SystemTime, SystemTime)>,
+    looked: Instant,
+}
+
+impl Reloading {
+    fn new(
+        files: Option<(PathBuf, PathBuf)>,
+        key: CertifiedKey,
+        provider: Arc<CryptoProvider>,
+    ) -> Reloading {
+        let stamps = files.as_ref().and_then(stamps);
+        let loaded = Loaded { key: Arc::new(key), stamps, looked: Instant::now() };
+        Reloading { files, provider, state: Mutex::new(loaded) }
+    }
+
+    fn read(&self, (cert, key): &(PathBuf, PathBuf)) -> Result<CertifiedKey, String> {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        if chain.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", cert.display()));
+        }
+        let der =
+            PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+        CertifiedKey::from_der(chain, der, &self.provider).map_err(key_mismatch)
+    }
+}
+
+fn stamps((cert, key): &(PathBuf, PathBuf)) -> Option<(SystemTime, SystemTime)> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((modified(cert)?, modified(key)?))
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(files) = &self.files else { return Some(s.key.clone()) };
+        if s.looked.elapsed() < Duration::from_secs(1) {
+            return Some(s.key.clone());
+        }
+        s.looked = Instant::now();
+        let now = stamps(files);
+        if now.is_some() && now != s.stamps {
+            s.stamps = now;
+            match self.read(files) {
+                Ok(key) => s.key = Arc::new(key),
+                Err(e) => eprintln!(
+                    "cwlab watch: note: cannot reload the certificate ({e}): still serving the last one"
+                ),
+            }
+        }
+        Some(s.key.clone())
     }
 }
 

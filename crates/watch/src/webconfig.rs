@@ -28,7 +28,8 @@
 //! Where the toolkit's Go and rustls differ, the file is still accepted and a note says what is
 //! done instead: TLS 1.0 and 1.1, the CBC and RSA-key-exchange suites and the P-521 curve are not
 //! offered (rustls has none of them). Unknown keys are errors, as in the toolkit. Unlike the
-//! toolkit, which reads the file again for every request, the watch reads it once at start.
+//! toolkit, which reads the file again for every request, the watch reads it once at start; the
+//! certificate and key files alone are read again when they change (a renewal).
 
 use std::collections::BTreeMap;
 use std::fmt;
