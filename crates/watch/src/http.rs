@@ -394,4 +394,19 @@ mod tests {
         assert_eq!(dumps, vec![1; 10], "ten scrapes, one dump");
         assert_eq!(e.look(Instant::now()).await.1, 2, "a later scrape makes a new one");
     }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_rate_limit_answers_429_past_its_burst_and_headers_go_on_every_answer() {
+        let mut e = Exporter::new(Watcher::new(Namespaces::Own, vec![], 5).unwrap());
+        e.web.rate_limit =
+            Some(crate::webconfig::RateLimit { interval: Duration::from_secs(3600), burst: 2 });
+        e.web.headers = vec![("X-Frame-Options".into(), "deny".into())];
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(e.answer("GET / HTTP/1.1", Instant::now()).await.status);
+        }
+        assert_eq!(statuses, ["200 OK", "200 OK", "429 Too Many Requests"]);
+        let bytes = e.bytes(&Answer::new("200 OK", PLAIN, "x"));
+        assert!(String::from_utf8(bytes).unwrap().ends_with("X-Frame-Options: deny\r\n\r\nx"));
+    }
 }
