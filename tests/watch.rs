@@ -4,69 +4,19 @@
 //! Prometheus's own tools accept, and behave as an HTTP server should.
 
 mod util;
+mod watched;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cwlab_model::watch::Snapshot;
 use cwlab_model::TcpState;
 use util::{can_isolate, scratch, show};
-
-/// A leak of `n` connections held by this process, in a namespace of a thread of its own.
-struct Leak {
-    netns: PathBuf,
-    port: u16,
-    n: u32,
-    inode: u64,
-    _stop: std::sync::mpsc::Sender<()>,
-}
-
-fn leak(n: u32) -> Leak {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        cwlab_sampler::netns::enter_private().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let clients: Vec<TcpStream> =
-            (0..n).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
-        let accepted: Vec<TcpStream> = (0..n).map(|_| listener.accept().unwrap().0).collect();
-        drop(clients); // their FINs: the accepted ends go to CLOSE-WAIT, held here
-                       // SAFETY: gettid(2) takes nothing and cannot fail.
-        let tid = unsafe { libc::gettid() };
-        tx.send((tid, port)).unwrap();
-        let _ = stop_rx.recv();
-        drop(accepted);
-    });
-    let (tid, port) = rx.recv().unwrap();
-    let netns = PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id()));
-    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&netns).unwrap());
-    Leak { netns, port, n, inode, _stop: stop_tx }
-}
-
-fn watch(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cwlab")).arg("watch").args(args).output().unwrap()
-}
-
-/// Looks until the clients' FINs have all been acknowledged (their sockets in FIN-WAIT-2), to a
-/// deadline; the ACK of a FIN may be delayed.
-fn settled(l: &Leak) -> Snapshot {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let ns = l.netns.to_str().unwrap();
-        let out = watch(&["--netns", ns, "--once", "--json"]);
-        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-        let s: Snapshot = serde_json::from_slice(&out.stdout).unwrap();
-        let p = &s.namespaces[0].ports[0];
-        if p.client.get(&TcpState::FinWait2) == Some(&l.n) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "timeout while expecting FIN-WAIT-2, last {p:?}");
-    }
-}
+use watched::{
+    ask, body, exporter, leak, prometheus_installed, raise_nofile, settled, watch, Prometheus,
+};
 
 #[test]
 fn issue_13_watch_counts_a_leak_exactly_and_names_its_holder() {
@@ -186,56 +136,6 @@ fn issue_13_textfile_for_node_exporter_passes_promtool() {
     }
 }
 
-/// A running exporter and its address.
-struct Exporter {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn exporter(l: &Leak, extra: &[&str]) -> Exporter {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cwlab"))
-        .args(["watch", "--netns", l.netns.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while err.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    let line = String::from_utf8(line).unwrap();
-    let addr = line
-        .strip_prefix("cwlab watch: serving http://")
-        .and_then(|r| r.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_string();
-    Exporter { child, addr }
-}
-
-/// Sends `request` and reads the whole answer.
-fn ask(addr: &str, request: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    s.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn body(answer: &str) -> &str {
-    answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
-}
-
 #[test]
 fn issue_13_the_exporter_answers_as_an_http_server_should() {
     if !can_isolate("watch-http") {
@@ -322,12 +222,6 @@ fn issue_13_sigterm_ends_the_exporter_cleanly_and_a_taken_address_exits_2() {
     assert_eq!(status.code(), Some(0));
 }
 
-fn raise_nofile() {
-    let (_, hard) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
-}
-
 #[test]
 fn issue_13_the_alerting_rules_are_valid_and_their_unit_tests_pass() {
     let root = util::root();
@@ -342,22 +236,14 @@ fn issue_13_the_alerting_rules_are_valid_and_their_unit_tests_pass() {
     }
 }
 
-/// `GET path` on a local HTTP server, the body parsed as JSON.
-fn get_json(addr: &str, path: &str) -> serde_json::Value {
-    let a = ask(addr, &format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n"));
-    serde_json::from_str(body(&a)).unwrap_or(serde_json::Value::Null)
-}
-
 #[test]
 fn issue_13_a_real_prometheus_scrapes_the_exact_count_and_fires_the_alert() {
     if !can_isolate("watch-prometheus") {
         return;
     }
-    let Ok(version) = Command::new("prometheus").arg("--version").output() else {
-        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI installs prometheus");
-        return eprintln!("skipping: prometheus is not installed");
-    };
-    assert!(version.status.success());
+    if !prometheus_installed() {
+        return;
+    }
     let l = leak(25);
     settled(&l);
     let e = exporter(&l, &[]);
@@ -380,36 +266,12 @@ fn issue_13_a_real_prometheus_scrapes_the_exact_count_and_fires_the_alert() {
         ),
     )
     .unwrap();
-    let web = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
-    let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address={web}"))
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _prom = Kill(&mut prom);
+    let prom = Prometheus::start(&dir);
     let query =
         "/api/v1/query?query=cwlab_tcp_sockets%7Bside%3D%22server%22%2Cstate%3D%22close_wait%22%7D";
     let deadline = Instant::now() + Duration::from_secs(60);
     let value = loop {
-        let v = if TcpStream::connect(&web).is_ok() {
-            get_json(&web, query)
-        } else {
-            serde_json::Value::Null
-        };
+        let v = prom.get(query);
         if let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first()) {
             break r.clone();
         }
@@ -423,7 +285,7 @@ fn issue_13_a_real_prometheus_scrapes_the_exact_count_and_fires_the_alert() {
     assert_eq!(value["metric"]["port"], l.port.to_string());
     assert_eq!(value["metric"]["netns"], l.inode.to_string());
     let alert = loop {
-        let v = get_json(&web, "/api/v1/alerts");
+        let v = prom.get("/api/v1/alerts");
         let firing = v["data"]["alerts"].as_array().and_then(|a| {
             a.iter()
                 .find(|x| x["labels"]["alertname"] == "CloseWaitStuck" && x["state"] == "firing")

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cwlab_model::exit;
+use cwlab_watch::webconfig::WebConfig;
 use cwlab_watch::{Namespaces, Watcher};
 
 use crate::app::Failure;
@@ -49,9 +50,17 @@ pub struct Args {
     /// Look (or write) once and exit.
     #[arg(long)]
     once: bool,
-    /// How long an exporter client may take to send its request.
-    #[arg(long, default_value = "10s", value_parser = parse_duration, hide = true)]
+    /// TLS and basic auth for --listen, in Prometheus exporter-toolkit's web configuration
+    /// format (the file node_exporter's --web.config.file reads): docs/prometheus.md.
+    #[arg(long = "web.config.file", value_name = "FILE", requires = "listen")]
+    web_config: Option<PathBuf>,
+    /// How long an exporter client may take to send its request head (TLS handshake included).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, hide = true)]
     request_timeout: Duration,
+    /// Exporter connections open at once; past it the oldest still waiting for its request is
+    /// dropped.
+    #[arg(long, default_value_t = cwlab_watch::http::MAX_CONNECTIONS, hide = true)]
+    max_connections: usize,
 }
 
 pub fn main(a: &Args) -> Result<i32, Failure> {
@@ -62,10 +71,15 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     } else {
         Namespaces::These { paths: a.netns.clone(), pids: a.netns_pid.clone() }
     };
+    // The web configuration is checked whole before anything starts.
+    let web = match &a.web_config {
+        Some(path) => WebConfig::load(path).map_err(Failure::bad_input)?,
+        None => WebConfig::default(),
+    };
     let mut watcher = Watcher::new(which, a.ports.clone(), a.top).map_err(Failure::bad_input)?;
     cwlab_runner::signals::install().map_err(Failure::bad_input)?;
     if let Some(addr) = a.listen {
-        return serve(addr, watcher, a.request_timeout);
+        return serve(addr, watcher, web, a);
     }
     if let Some(dir) = &a.textfile {
         return textfile(dir, &mut watcher, a);
@@ -123,19 +137,25 @@ fn textfile(dir: &std::path::Path, watcher: &mut Watcher, a: &Args) -> Result<i3
     }
 }
 
-fn serve(addr: SocketAddr, watcher: Watcher, request_timeout: Duration) -> Result<i32, Failure> {
+fn serve(addr: SocketAddr, watcher: Watcher, web: WebConfig, a: &Args) -> Result<i32, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Failure::bad_input)?;
+    let file = a.web_config.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+    for note in &web.notes {
+        eprintln!("cwlab watch: note: {file}: {note}");
+    }
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
+        let listener = listen(addr)
             .map_err(|e| Failure::bad_input(format!("--listen {addr}: cannot listen: {e}")))?;
         let bound = listener.local_addr().map_err(Failure::bad_input)?;
-        eprintln!("cwlab watch: serving http://{bound}/metrics");
+        let scheme = if web.tls.is_some() { "https" } else { "http" };
+        eprintln!("cwlab watch: serving {scheme}://{bound}/metrics");
         let mut exporter = cwlab_watch::http::Exporter::new(watcher);
-        exporter.request_timeout = request_timeout;
+        exporter.request_timeout = a.request_timeout;
+        exporter.max_connections = connections(a.max_connections);
+        exporter.web = web;
         let stop = async {
             let Some(fd) = cwlab_runner::signals::wake() else {
                 return std::future::pending::<()>().await;
@@ -150,4 +170,36 @@ fn serve(addr: SocketAddr, watcher: Watcher, request_timeout: Duration) -> Resul
         std::sync::Arc::new(exporter).serve(listener, stop).await;
         Ok::<i32, Failure>(exit::PASS)
     })
+}
+
+/// The listening socket's queue of connections not yet accepted (the kernel caps it at
+/// net.core.somaxconn, 4096 by default): a burst of connections waits there instead of having
+/// its SYNs dropped, and retried a second later, while the exporter accepts.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Descriptors left for the watch's own files (namespaces, /proc, BPF) beside its connections.
+const OWN_FDS: u64 = 64;
+
+/// The connections the exporter may hold: `wanted`, within the descriptor limit once its soft
+/// value is raised to the hard one (as Go does for every Go exporter since 1.19): the cap, not
+/// EMFILE, decides which connection goes.
+fn connections(wanted: usize) -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return wanted };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    wanted.min(usize::try_from(soft.saturating_sub(OWN_FDS)).unwrap_or(usize::MAX)).max(1)
 }

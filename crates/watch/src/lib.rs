@@ -3,12 +3,16 @@
 //! [`Snapshot`](cwlab_model::watch::Snapshot): per service port, the sockets per state on each
 //! side, how long the oldest CLOSE-WAIT has waited, how fast CLOSE-WAIT grows, and who holds it.
 //! [`metrics`] turns a snapshot into Prometheus metrics and [`http`] serves them, built at scrape
-//! time; Prometheus does the rest (storage, many hosts, alerts).
+//! time, over TLS and behind basic auth when a [`webconfig`] (exporter-toolkit's
+//! `--web.config.file`) asks; Prometheus does the rest (storage, many hosts, alerts).
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod http;
 pub mod metrics;
 mod snapshot;
+mod tls;
+pub mod webconfig;
 
 pub use snapshot::{Namespaces, Watcher};
 
