@@ -64,6 +64,45 @@ fn server_closes_first_shutdown_matches_the_truth_table() {
     check_truth("server-closes-first-shutdown");
 }
 
+/// The client side of CLOSE-WAIT (issue 19): a pool that never notices the server's FIN holds
+/// a CLOSE-WAIT per request; a bounded one at most its size, cleared at each burst; a checked one
+/// none.
+#[test]
+fn issue_19_pools_match_the_truth_table_and_are_told_apart() {
+    for (name, kind) in
+        [("pool-leak", "pool-leak"), ("pool-bounded", "pool-bounded"), ("pool-fixed", "clean")]
+    {
+        let test = format!("truth-{name}");
+        if !can_isolate(&test) {
+            return;
+        }
+        let _one_at_a_time = serial();
+        let (out, r) = run(&root().join(format!("scenarios/{name}.toml")), &test);
+        check_truth_of(name, &out, &r);
+        let kinds: Vec<_> = r.diagnosis.findings.iter().map(|f| f.kind.name()).collect();
+        assert_eq!(kinds, [kind], "{name}");
+        let w = r.waves.as_ref().expect("bursts measured");
+        let after: Vec<u32> = w.waves.iter().map(|w| w.after.client_close_wait).collect();
+        let want: &[u32] = match name {
+            "pool-leak" => &[50, 100, 150],
+            "pool-bounded" => &[10, 10, 10],
+            _ => &[0, 0, 0],
+        };
+        assert_eq!(after, want, "{name}: client CLOSE-WAIT after each burst");
+        if name != "pool-fixed" {
+            let f = &r.diagnosis.findings[0];
+            assert_eq!(f.holders.len(), 1, "{name}: the client process holds them");
+            assert_eq!(
+                f.holders[0].pid,
+                r.holders
+                    .iter()
+                    .find_map(|h| h.pid.filter(|_| h.side == cwlab_model::report::Side::Client))
+                    .unwrap()
+            );
+        }
+    }
+}
+
 #[test]
 fn fork_worker_matches_the_truth_table() {
     check_truth("fork-worker");

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use cwlab_model::scenario::{Clients, PoolPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 /// A connection the `checked` pool keeps idle: a task watches it, and hands it back when asked.
@@ -59,44 +59,37 @@ impl Pool {
         Pool { addr, policy, size: size as usize, idle: Arc::default() }
     }
 
-    /// `n` requests, at most `c.concurrency` at once, each on a connection taken from the pool
-    /// (or a new one) and given back to it.
+    /// `n` requests at once, as a burst of traffic makes them: each takes a connection (an idle
+    /// one first, or a new one), sends its request and reads the echo; then every connection
+    /// goes back to the pool. Taken all before any goes back, so that no connection serves two
+    /// requests of one burst: the counts stay exact however slow the machine.
     pub async fn burst(&self, n: u32, c: &Clients) -> Burst {
-        let gate = Arc::new(Semaphore::new(c.concurrency as usize));
         let request = Arc::new(vec![b'x'; c.request_bytes as usize]);
+        let mut out = Burst::default();
         let mut set = JoinSet::new();
         for _ in 0..n {
-            let (gate, request, me) = (gate.clone(), request.clone(), self.handle());
-            set.spawn(async move {
-                let _permit = gate.acquire_owned().await.expect("the semaphore is never closed");
-                me.request(&request).await
-            });
-        }
-        let mut out = Burst::default();
-        while let Some(r) = set.join_next().await {
-            match r.expect("a request task panicked") {
-                Ok(()) => out.completed += 1,
-                Err(e) => {
-                    out.failed += 1;
-                    out.first_error.get_or_insert(e);
+            match self.take().await {
+                Ok(s) => {
+                    let request = request.clone();
+                    set.spawn(async move { exchange(s, &request).await });
                 }
+                Err(e) => out.fail(format!("connect to {}: {e}", self.addr)),
             }
         }
+        let mut back = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r.expect("a request task panicked") {
+                Ok(s) => {
+                    out.completed += 1;
+                    back.push(s);
+                }
+                Err(e) => out.fail(e),
+            }
+        }
+        for s in back {
+            self.give(s);
+        }
         out
-    }
-
-    fn handle(&self) -> Pool {
-        Pool { addr: self.addr, policy: self.policy, size: self.size, idle: self.idle.clone() }
-    }
-
-    /// One request: take, send, read the echo, give back.
-    async fn request(&self, request: &[u8]) -> Result<(), String> {
-        let mut s = self.take().await.map_err(|e| format!("connect to {}: {e}", self.addr))?;
-        s.write_all(request).await.map_err(|e| format!("send the request: {e}"))?;
-        let mut reply = vec![0u8; request.len()];
-        s.read_exact(&mut reply).await.map_err(|e| format!("read the reply: {e}"))?;
-        self.give(s);
-        Ok(())
     }
 
     /// A connection for a request: an idle one the pool still believes in, or a new one.
@@ -134,6 +127,21 @@ impl Pool {
             PoolPolicy::Bounded => drop(s),
             PoolPolicy::Checked => idle.watched.push(watch(s)),
         }
+    }
+}
+
+/// One request on `s`: send, read the echo; the connection back.
+async fn exchange(mut s: TcpStream, request: &[u8]) -> Result<TcpStream, String> {
+    s.write_all(request).await.map_err(|e| format!("send the request: {e}"))?;
+    let mut reply = vec![0u8; request.len()];
+    s.read_exact(&mut reply).await.map_err(|e| format!("read the reply: {e}"))?;
+    Ok(s)
+}
+
+impl Burst {
+    fn fail(&mut self, error: String) {
+        self.failed += 1;
+        self.first_error.get_or_insert(error);
     }
 }
 

@@ -218,10 +218,18 @@ impl Witness {
         let mut g = self.handle.take().and_then(|h| h.join().ok());
         let forks = g.as_mut().and_then(|g| g.forks.take());
         self._janitor.take();
-        let events: Vec<Transition> = match (&self.trace_note, &g) {
+        let mut events: Vec<Transition> = match (&self.trace_note, &g) {
             (None, Some(g)) => g.events.clone(),
             _ => Vec::new(),
         };
+        // The tracepoint sees every namespace, filtered by port alone: a run in another
+        // namespace whose client took the same ephemeral port would be counted too. The capture
+        // is this namespace's own: only connections it saw are the run's.
+        if let (None, Some(Some(tally))) = (&self.capture_note, g.as_ref().map(|g| &g.tally)) {
+            if !tally.connections.is_empty() {
+                events.retain(|e| tally.connections.contains_key(&e.client_port));
+            }
+        }
         let segments: &[Segment] = match (&self.capture_note, &g) {
             (None, Some(g)) => &g.segments,
             _ => &[],
