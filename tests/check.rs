@@ -259,6 +259,7 @@ examples! {
     issue_12_on_the_host_a_daemon_still_goes => "python-daemonizes-on-the-host",
     issue_12_python_closes_first_keeps_copy => "python-closes-first-keeps-copy",
     issue_18_java_close_with_resources => "java-close-with-resources",
+    issue_18_java_close_with_resources_compiled => "java-close-with-resources-compiled",
     issue_18_java_thread_leak => "java-thread-leak",
     issue_18_node_half_open_leak => "node-half-open-leak",
     issue_18_node_closes => "node-closes",

@@ -322,7 +322,7 @@ pub fn fds_leaked(r: &Report) -> Option<i64> {
 
 /// "+1.00 descriptor and +1.00 CLOSE-WAIT per connection over 2 waves of 48": what the waves
 /// measured, per connection.
-fn wave_evidence(r: &Report) -> Option<String> {
+fn wave_evidence(r: &Report, fds: bool) -> Option<String> {
     let w = r.waves.as_ref()?;
     let growth = w.growth();
     let n = f64::from(w.connections());
@@ -330,7 +330,7 @@ fn wave_evidence(r: &Report) -> Option<String> {
         return None;
     }
     let cw: i64 = growth.iter().map(|g| g.close_wait).sum();
-    let fds: Option<i64> = growth.iter().map(|g| g.fds).sum();
+    let fds: Option<i64> = if fds { growth.iter().map(|g| g.fds).sum() } else { None };
     let per = |v: i64| format!("{:+.2}", v as f64 / n);
     if w.bursts {
         let client: i64 = growth.iter().map(|g| g.client_close_wait).sum();
@@ -448,7 +448,8 @@ fn close_wait(r: &Report, held: &[Held], exhausted: bool, out: &mut Vec<Finding>
         let mut f = held_finding(r, h, &mut nums);
         f.numbers = numbers(&nums);
         f.holders = h.processes.clone();
-        f.evidence = wave_evidence(r);
+        // The listening process's descriptors say something only when it holds the sockets.
+        f.evidence = wave_evidence(r, h.role == Role::Acceptor);
         out.push(f);
     }
 }
@@ -486,7 +487,11 @@ fn held_finding(r: &Report, h: &Held, nums: &mut Vec<(&str, i64)>) -> Finding {
         Role::Handler => f(
             FindingKind::HandlerHolds,
             format!("handlers still open: {n} CLOSE-WAIT held by handlers"),
-            format!("{n} closed connections are still held by the {} that serve them: they have not closed yet", if user { "processes" } else { "handlers" }),
+            if user {
+                format!("{n} closed connections are held by the forks of the server that accepted and served them (a pool of workers): they read the EOF and never close")
+            } else {
+                format!("{n} closed connections are still held by the handlers that serve them: they have not closed yet")
+            },
         )
         .with_fix(Shape::HandlerHolds, r),
         Role::Nobody => {
@@ -549,7 +554,7 @@ fn client_close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
             )
             .with_text_fix("none needed: to shorten the wait, evict idle connections before the server's keep-alive timeout")
         };
-        out.push(Finding { holders: h.processes.clone(), evidence: wave_evidence(r), ..f });
+        out.push(Finding { holders: h.processes.clone(), evidence: wave_evidence(r, true), ..f });
     }
 }
 
@@ -658,7 +663,7 @@ fn hidden(r: &Report, out: &mut Vec<Finding>) {
         )
         .with_fix(Shape::ParentKeepsCopyHidden, r)
     };
-    out.push(Finding { evidence: wave_evidence(r), ..f });
+    out.push(Finding { evidence: wave_evidence(r, true), ..f });
 }
 
 fn accept_errors(r: &Report, out: &mut Vec<Finding>) {
@@ -733,7 +738,7 @@ fn clean(r: &Report) -> Finding {
         nums.push(("acceptor_fds_grew", g));
     }
     Finding {
-        evidence: wave_evidence(r),
+        evidence: wave_evidence(r, true),
         ..finding(
             FindingKind::Clean,
             "clean: no CLOSE-WAIT, no descriptor left".into(),
@@ -783,9 +788,16 @@ fn queue_note(r: &Report, notes: &mut Vec<String>) {
         return;
     }
     let peak = r.samples.iter().map(|s| s.queued).max().unwrap_or(0);
-    let serving = r.samples.iter().map(|s| s.serving).max().unwrap_or(0);
+    // How many the server was serving while clients waited: the most frequent count then (a
+    // dump is no snapshot, and may see one connection just before its worker closes it and the
+    // worker's next one just after it was accepted).
+    let mut seen: BTreeMap<u32, u32> = BTreeMap::new();
+    for s in r.samples.iter().filter(|s| s.queued > 0) {
+        *seen.entry(s.serving).or_insert(0) += 1;
+    }
+    let serving = seen.iter().max_by_key(|(n, times)| (**times, **n)).map_or(0, |(n, _)| *n);
     notes.push(format!(
-        "clients waited in the accept queue (up to {peak} at once, for {:.1} s in all): the server served at most {serving} at a time",
+        "clients waited in the accept queue (up to {peak} at once, for {:.1} s in all) while the server served {serving} at a time",
         waited_ms as f64 / 1000.0
     ));
 }
