@@ -516,23 +516,74 @@ fn held_finding(r: &Report, h: &Held, nums: &mut Vec<(&str, i64)>) -> Finding {
     }
 }
 
+/// How a client's pool treats the connections the server closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolReading {
+    /// No client-side CLOSE-WAIT stayed beyond a moment.
+    Clean,
+    /// It grows with the requests, or outlives `--stuck` without being closed or reused.
+    Leak,
+    /// It stays bounded and is cleared when the pool next takes its connections.
+    Bounded,
+}
+
+/// The client side of a run. With bursts (a pool's, or the rounds of a user's client): one that
+/// grew with every burst is a leak, one that did not a bounded pool. A user's client
+/// (`cwlab check --client`) whose CLOSE-WAIT never lasted `--stuck` is clean; with a single
+/// round, one that outlived it and was never closed is a leak. Without bursts, client-side
+/// CLOSE-WAIT held at the end is taken for a leak.
+pub fn pool_reading(r: &Report) -> PoolReading {
+    let held = held_sockets(r.holders.iter().filter(|h| {
+        h.side == Side::Client && h.state == TcpState::CloseWait && h.role != Role::Nobody
+    }));
+    let bursts: Vec<crate::report::Growth> =
+        r.waves.as_ref().filter(|w| w.bursts).map(|w| w.growth()).unwrap_or_default();
+    let grows = !bursts.is_empty()
+        && bursts.iter().all(|g| grows_with(g.client_close_wait, g.connections))
+        && (bursts.len() >= 2 || r.client.is_none());
+    match &r.client {
+        _ if held == 0 => PoolReading::Clean,
+        None if grows || bursts.is_empty() => PoolReading::Leak,
+        None => PoolReading::Bounded,
+        Some(_) if grows => PoolReading::Leak,
+        Some(c) if c.stuck == 0 => PoolReading::Clean,
+        Some(c) if bursts.len() < 2 && c.cleared == 0 => PoolReading::Leak,
+        Some(_) => PoolReading::Bounded,
+    }
+}
+
+/// Client-side CLOSE-WAIT a pool leaked (the `client CLOSE-WAIT leaked` quantity): every socket
+/// a process holds there when [`pool_reading`] says leak, else 0.
+pub fn client_close_wait_leaked(r: &Report) -> i64 {
+    match pool_reading(r) {
+        PoolReading::Leak => i64::from(held_sockets(r.holders.iter().filter(|h| {
+            h.side == Side::Client && h.state == TcpState::CloseWait && h.role != Role::Nobody
+        }))),
+        _ => 0,
+    }
+}
+
 /// CLOSE-WAIT on the client's side held by a process: a pool that keeps connections the server
-/// closed. With bursts, one that grew with every burst is a leak and one that did not a bounded
-/// pool; without, whatever stays to the end is taken for a leak.
+/// closed, read by [`pool_reading`].
 fn client_close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
     let groups = held.iter().filter(|h| {
         h.side == Side::Client && h.state == TcpState::CloseWait && h.role != Role::Nobody
     });
+    let reading = pool_reading(r);
+    if reading == PoolReading::Clean {
+        return;
+    }
     for h in groups {
         let n = h.sockets;
         let who = match h.processes.as_slice() {
             [p] => format!("pid {} `{}`", p.pid, p.name.as_deref().unwrap_or("?")),
             many => format!("{} processes", many.len()),
         };
-        let bursts: Vec<crate::report::Growth> =
-            r.waves.as_ref().filter(|w| w.bursts).map(|w| w.growth()).unwrap_or_default();
-        let grows = bursts.iter().all(|g| grows_with(g.client_close_wait, g.connections));
-        let cleared = r.transitions.count(Side::Client, TcpState::CloseWait, TcpState::LastAck);
+        let grows = reading == PoolReading::Leak;
+        let cleared = match &r.client {
+            Some(c) => u64::from(c.cleared),
+            None => r.transitions.count(Side::Client, TcpState::CloseWait, TcpState::LastAck),
+        };
         let nums = [("close_wait", i64::from(n)), ("cleared", cleared as i64)];
         let f = if grows {
             finding(

@@ -11,6 +11,8 @@
 //!                                            grew with its connections, else 0 (end only)
 //!              | "hung clients"              served clients whose reply or EOF never came (end only)
 //!              | "unaccepted clients"        clients whose connection was never accepted (end only)
+//!              | "client CLOSE-WAIT leaked"  client-side CLOSE-WAIT a pool leaked: held there and
+//!                                            growing with the requests, or stuck (end only)
 //!              | "accepted"                  connections the acceptor accepted (end only)
 //!              | "accept errors"             accept() calls that failed (end only)
 //!              | ROLE "fds"                  descriptors open in processes of that role: handler,
@@ -33,7 +35,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::diagnosis::{fds_leaked, held_sockets};
+use crate::diagnosis::{client_close_wait_leaked, fds_leaked, held_sockets};
 use crate::duration;
 use crate::report::{ExpectationResult, Report, Role, Sample, Side};
 use crate::state::TcpState;
@@ -55,6 +57,8 @@ pub enum Quantity {
     HungClients,
     /// Clients whose connection the server never accepted (known at the end only).
     UnacceptedClients,
+    /// Client-side CLOSE-WAIT a pool leaked ([`client_close_wait_leaked`]; at the end only).
+    ClientCloseWaitLeaked,
     /// Connections the acceptor accepted (known at the end only).
     Accepted,
     /// accept() calls that failed (known at the end only).
@@ -335,6 +339,13 @@ fn parse_quantity(toks: &mut Tokens<'_>) -> Result<(Quantity, bool), ParseError>
         offset: at,
         message: e.to_string(),
     })?;
+    if side == Side::Client
+        && state == TcpState::CloseWait
+        && toks.peek().is_some_and(|(_, t)| t.eq_ignore_ascii_case("leaked"))
+    {
+        toks.next += 1;
+        return Ok((Quantity::ClientCloseWaitLeaked, false));
+    }
     if toks.peek().is_some_and(|(_, t)| t.eq_ignore_ascii_case("held")) {
         toks.next += 1;
         toks.keyword("by")?;
@@ -411,6 +422,7 @@ impl fmt::Display for Quantity {
             Quantity::AcceptorFdsLeaked => f.write_str("acceptor fds leaked"),
             Quantity::HungClients => f.write_str("hung clients"),
             Quantity::UnacceptedClients => f.write_str("unaccepted clients"),
+            Quantity::ClientCloseWaitLeaked => f.write_str("client CLOSE-WAIT leaked"),
             Quantity::Accepted => f.write_str("accepted"),
             Quantity::AcceptErrors => f.write_str("accept errors"),
             Quantity::RoleFds(role) => write!(f, "{role} fds"),
@@ -487,6 +499,7 @@ impl<'a> Evidence<'a> {
             Quantity::AcceptorFdsLeaked => fds_leaked(r)?,
             Quantity::HungClients => i64::from(r.client_outcome.hung),
             Quantity::UnacceptedClients => i64::from(r.client_outcome.unaccepted),
+            Quantity::ClientCloseWaitLeaked => client_close_wait_leaked(r),
             Quantity::Accepted => r.server.accepted as i64,
             Quantity::AcceptErrors => r.server.accept_errors as i64,
             Quantity::RoleFds(role) => r.fds_by_role.get(&role).copied().unwrap_or(0) as i64,

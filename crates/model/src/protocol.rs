@@ -12,6 +12,7 @@
 //! {"event":"listening","port":40123}    // ready: the listener is bound and listening
 //! {"event":"accepted","count":1}        // after each accept
 //! {"event":"accept-error","errno":24}   // after each failed accept
+//! {"event":"served"}                    // a keep-alive handler answered a request
 //! ```
 //!
 //! A server of the user's own runs under `cwlab contain '{"command":{…},"port":P,…}'`, whose
@@ -107,6 +108,8 @@ pub enum ServerMessage {
         /// Connections accepted so far.
         count: u64,
     },
+    /// A handler of the keep-alive behaviours answered one request.
+    Served,
     /// accept() failed.
     AcceptError {
         /// Its errno (24 is EMFILE).

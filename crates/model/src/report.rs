@@ -231,6 +231,9 @@ pub struct Report {
     /// clients come all at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waves: Option<Waves>,
+    /// What `cwlab check --client` saw of the user's client (schema 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<ClientRun>,
     /// What the acceptor reported.
     pub server: ServerOutcome,
     /// The last lines the server printed (stderr; for a command, stdout too), kept when the run
@@ -292,6 +295,7 @@ impl Report {
             holders: Vec::new(),
             client_outcome: ClientOutcome::default(),
             waves: None,
+            client: None,
             server: ServerOutcome::default(),
             server_output: Vec::new(),
             fds_by_role: BTreeMap::new(),
@@ -482,6 +486,10 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 impl Sample {
     /// Both sides' counts.
     pub fn counts(&self) -> SideCounts {
@@ -649,6 +657,30 @@ impl ClientOutcome {
     }
 }
 
+/// What `cwlab check --client` saw of a client of the user's own, watched while it ran.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRun {
+    /// Its command line, the server's address in it.
+    pub command: Vec<String>,
+    /// The runtime its executable is.
+    pub runtime: Option<Runtime>,
+    /// How it ended (`exit status 0`), or that it was stopped at the timeout.
+    pub exited: Option<String>,
+    /// Requests the lab's server answered.
+    pub requests: u64,
+    /// The most client-side CLOSE-WAIT sockets at once.
+    pub peak: u32,
+    /// Client-side CLOSE-WAIT sockets that lasted `stuck_ms` or more.
+    pub stuck: u32,
+    /// Client-side CLOSE-WAIT sockets the client closed while it ran.
+    pub cleared: u32,
+    /// The longest one lasted, in ms.
+    pub oldest_ms: u64,
+    /// How long one may last before it is stuck (`--stuck`), in ms.
+    pub stuck_ms: u64,
+}
+
 /// How `cwlab check` drove its clients: a few connections to warm the server up (a runtime's
 /// lazy descriptors, a log file, a thread pool), then waves, each measured once its connections
 /// settled. A leak grows with every wave; a one-time cost shows in the warm-up or once.
@@ -745,6 +777,9 @@ pub struct ServerOutcome {
     pub accept_errors: u64,
     /// errno of the last failed accept(), if any (24 is EMFILE).
     pub accept_errno: Option<i32>,
+    /// Requests a keep-alive handler answered (schema 4).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub served: u64,
     /// A command's first process ended, and how (`exit status 0`): only for a user's server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exited: Option<String>,

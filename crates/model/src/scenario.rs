@@ -89,11 +89,15 @@ pub enum Behaviour {
     /// acceptor closes its copy. The server closes first: its FIN reaches the client's
     /// connection pool, which may or may not notice.
     KeepAlive,
+    /// `keep-alive` speaking HTTP/1.1: each request's head (and body, by Content-Length) read,
+    /// a small `200 OK` with `Connection: keep-alive` written; `Connection: close` honoured. The
+    /// server `cwlab check --client` runs.
+    HttpKeepAlive,
 }
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 15] = [
+    pub const ALL: [Behaviour; 16] = [
         Behaviour::CloseOnly,
         Behaviour::ShutdownClose,
         Behaviour::ParentCloses,
@@ -109,6 +113,7 @@ impl Behaviour {
         Behaviour::Simultaneous,
         Behaviour::SlowClose,
         Behaviour::KeepAlive,
+        Behaviour::HttpKeepAlive,
     ];
 
     /// The name scenario files use.
@@ -129,6 +134,7 @@ impl Behaviour {
             Behaviour::Simultaneous => "simultaneous",
             Behaviour::SlowClose => "slow-close",
             Behaviour::KeepAlive => "keep-alive",
+            Behaviour::HttpKeepAlive => "http-keep-alive",
         }
     }
 
@@ -584,9 +590,61 @@ impl Scenario {
                 .collect(),
             require: Vec::new(),
             topology: Topology::Loopback,
+            client_command: None,
+        }
+    }
+
+    /// The scenario `cwlab check --client` runs: the lab's keep-alive server, closing each
+    /// connection once it has been idle for `idle_close`, and the user's command as its client,
+    /// watched while it runs.
+    pub fn check_client(c: ClientCheckSettings) -> Scenario {
+        let line = c.command.argv.join(" ");
+        let behaviour = if c.http { Behaviour::HttpKeepAlive } else { Behaviour::KeepAlive };
+        Scenario {
+            file: PathBuf::from("cwlab check --client"),
+            name: "check-client".into(),
+            story: format!(
+                "Your client, `{line}`, against the lab's server, which answers each request and closes a connection once it has been idle for {} (a keep-alive timeout): the lab watches the client's sockets while it runs and names who keeps the ones the server closed.",
+                duration::format(c.idle_close)
+            ),
+            program: ServerProgram::Lab(behaviour),
+            port: 0,
+            server: ServerLimits { idle_ms: Some(c.idle_close.as_millis() as u64), ..ServerLimits::default() },
+            clients: Clients {
+                count: 0,
+                count_position: (0, 0),
+                concurrency: 1,
+                request_bytes: 0,
+                request: None,
+                read: ClientRead::None,
+                reply_timeout: None,
+                close: ClientClose::Close,
+                closing: Closing::Each,
+                waves: None,
+                pool: None,
+                sndbuf: None,
+                rcvbuf: None,
+            },
+            sample_interval: DEFAULT_SAMPLE_INTERVAL,
+            hold: Duration::ZERO,
+            timeout: c.timeout + Duration::from_secs(60),
+            expectations: CHECK_CLIENT_EXPECTATIONS
+                .iter()
+                .map(|e| Expectation::parse(e).expect("the client check's expectations parse"))
+                .collect(),
+            require: Vec::new(),
+            topology: Topology::Loopback,
+            client_command: Some(ClientCommand {
+                command: c.command,
+                stuck: c.stuck,
+                timeout: c.timeout,
+            }),
         }
     }
 }
+
+/// The expectations of `cwlab check --client`: a client whose pool notices the server's FIN.
+pub const CHECK_CLIENT_EXPECTATIONS: [&str; 1] = ["client CLOSE-WAIT leaked == 0"];
 
 /// A scenario, read and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -618,6 +676,53 @@ pub struct Scenario {
     pub require: Vec<Witness>,
     /// One host or two.
     pub topology: Topology,
+    /// For `cwlab check --client`: the user's client, run against the lab's server.
+    pub client_command: Option<ClientCommand>,
+}
+
+/// A client of the user's own (`cwlab check --client`): a program and its arguments, where
+/// `{url}`, `{host}` and `{port}` stand for the lab's server (also in `URL`, `HOST`, `PORT`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCommand {
+    /// The program, its arguments, environment and folder.
+    pub command: ServerCommand,
+    /// How long a client-side CLOSE-WAIT may last before it counts as stuck.
+    pub stuck: Duration,
+    /// How long the client may run.
+    pub timeout: Duration,
+}
+
+impl ClientCommand {
+    /// The arguments with `{url}`, `{host}` and `{port}` replaced, and the environment with
+    /// `URL`, `HOST` and `PORT` set.
+    pub fn for_server(&self, url: &str, host: &str, port: u16) -> ServerCommand {
+        let mut c = self.command.clone();
+        c.argv = c
+            .argv
+            .iter()
+            .map(|a| {
+                a.replace("{url}", url).replace("{host}", host).replace("{port}", &port.to_string())
+            })
+            .collect();
+        c.env.insert("URL".into(), url.into());
+        c.env.insert("HOST".into(), host.into());
+        c
+    }
+}
+
+/// What `cwlab check --client` was told.
+#[derive(Debug, Clone)]
+pub struct ClientCheckSettings {
+    /// The client's command.
+    pub command: ServerCommand,
+    /// HTTP/1.1 (`http-keep-alive`) or a line echo (`keep-alive`).
+    pub http: bool,
+    /// The server's keep-alive timeout.
+    pub idle_close: Duration,
+    /// How long a client-side CLOSE-WAIT may last before it is stuck.
+    pub stuck: Duration,
+    /// How long the client may run.
+    pub timeout: Duration,
 }
 
 impl Scenario {
@@ -627,6 +732,11 @@ impl Scenario {
             ServerProgram::Lab(b) => Some(*b),
             ServerProgram::Command(_) => None,
         }
+    }
+
+    /// The user's client, for `cwlab check --client`.
+    pub fn client_command(&self) -> Option<&ClientCommand> {
+        self.client_command.as_ref()
     }
 
     /// The first line of the story.
@@ -840,6 +950,7 @@ impl Scenario {
             expectations.push(expectation(&src, e, hold)?);
         }
         Ok(Scenario {
+            client_command: None,
             file: file.to_path_buf(),
             name: raw.name,
             story: raw.story.trim().to_string(),

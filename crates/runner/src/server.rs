@@ -40,9 +40,23 @@ pub struct Server {
     pub stats: Arc<Mutex<ServerOutcome>>,
     /// The number of connections accepted so far, as it changes.
     pub accepted: tokio::sync::watch::Receiver<u64>,
+    /// When each request was answered (the keep-alive behaviours).
+    pub served_at: Arc<Mutex<Vec<Instant>>>,
+    /// When a command's first process ended.
+    pub ended_at: Arc<Mutex<Option<Instant>>>,
+    /// Why a command could not be executed, when it could not.
+    pub cannot_run: Arc<Mutex<Option<String>>>,
     /// For a command: where its LISTEN socket is, as the clients dial it (a wildcard address as
     /// the loopback of its family).
     pub address: Option<SocketAddr>,
+}
+
+/// What the server's messages tell, shared with the thread that reads them.
+struct Seen {
+    stats: Arc<Mutex<ServerOutcome>>,
+    served_at: Arc<Mutex<Vec<Instant>>>,
+    ended_at: Arc<Mutex<Option<Instant>>>,
+    cannot_run: Arc<Mutex<Option<String>>>,
 }
 
 /// How long a server may listen on other ports only before the run says so: a server that
@@ -115,6 +129,9 @@ pub enum Program {
     Lab(ServeOptions),
     /// The user's: `cwlab contain OPTIONS`.
     Command(ContainOptions),
+    /// The user's client (`cwlab check --client`), contained the same way, watched from the
+    /// moment it starts: nothing to wait for.
+    Client(ContainOptions),
 }
 
 /// How to start the server.
@@ -190,7 +207,7 @@ impl Server {
     pub fn start(l: &Launch<'_>) -> Result<Server, RunError> {
         let (sub, arg, pid_namespace) = match &l.program {
             Program::Lab(o) => ("serve", o.to_arg(), o.pid_namespace),
-            Program::Command(o) => ("contain", o.to_arg(), o.pid_namespace),
+            Program::Command(o) | Program::Client(o) => ("contain", o.to_arg(), o.pid_namespace),
         };
         let mut cmd = Command::new(l.exe);
         cmd.arg(sub)
@@ -224,18 +241,27 @@ impl Server {
             lifeline,
             reader: None,
             output,
-            contained: matches!(l.program, Program::Command(_)),
+            contained: matches!(l.program, Program::Command(_) | Program::Client(_)),
             port: 0,
             stats: Arc::default(),
             accepted: accepted_rx,
+            served_at: Arc::default(),
+            ended_at: Arc::default(),
+            cannot_run: Arc::default(),
             address: None,
         };
         let lines = match &l.program {
             Program::Lab(_) => server.lab_ready(lines, pid_namespace, l.deadline)?,
             Program::Command(o) => server.command_ready(lines, o.port, l.deadline)?,
+            Program::Client(_) => lines,
         };
-        let stats = server.stats.clone();
-        server.reader = Some(std::thread::spawn(move || follow(lines, &stats, &accepted_tx)));
+        let seen = Seen {
+            stats: server.stats.clone(),
+            served_at: server.served_at.clone(),
+            ended_at: server.ended_at.clone(),
+            cannot_run: server.cannot_run.clone(),
+        };
+        server.reader = Some(std::thread::spawn(move || follow(lines, &seen, &accepted_tx)));
         Ok(server)
     }
 
@@ -468,11 +494,8 @@ fn wait_for_exit(pid: u32, limit: Duration) {
 }
 
 /// Reads the server's events until it exits.
-fn follow(
-    mut lines: LineReader,
-    stats: &Mutex<ServerOutcome>,
-    accepted: &tokio::sync::watch::Sender<u64>,
-) {
+fn follow(mut lines: LineReader, seen: &Seen, accepted: &tokio::sync::watch::Sender<u64>) {
+    let Seen { stats, served_at, ended_at, cannot_run } = seen;
     while let Ok(Some(line)) = lines.next_line_blocking() {
         let mut s = stats.lock().unwrap();
         match ServerMessage::parse(&line) {
@@ -480,11 +503,21 @@ fn follow(
                 s.accepted = count;
                 accepted.send_replace(count);
             }
+            Some(ServerMessage::Served) => {
+                s.served += 1;
+                served_at.lock().unwrap().push(Instant::now());
+            }
             Some(ServerMessage::AcceptError { errno }) => {
                 s.accept_errors += 1;
                 s.accept_errno = Some(errno);
             }
-            Some(ServerMessage::Exited { status }) => s.exited = Some(status),
+            Some(ServerMessage::Exited { status }) => {
+                s.exited = Some(status);
+                *ended_at.lock().unwrap() = Some(Instant::now());
+            }
+            Some(ServerMessage::CannotRun { program, reason }) => {
+                *cannot_run.lock().unwrap() = Some(format!("{program}: {reason}"));
+            }
             Some(ServerMessage::Empty) => s.gone = true,
             _ => {}
         }

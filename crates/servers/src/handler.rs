@@ -5,6 +5,7 @@ use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
+use cwlab_model::protocol::ServerMessage;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use socket2::Socket;
@@ -23,9 +24,14 @@ pub fn handle(behaviour: Behaviour, idle: Duration, conn: Socket) -> i32 {
             drop(conn);
             code
         }
-        Behaviour::KeepAlive => {
+        Behaviour::KeepAlive | Behaviour::HttpKeepAlive => {
+            // The event pipe, kept to say each request was answered (a line is one write, whole
+            // however many handlers write at once).
+            let events =
+                std::io::stdout().as_fd().try_clone_to_owned().ok().map(std::fs::File::from);
             process::detach_stdio(false);
-            let code = status(echo_while_busy(&conn, idle));
+            let http = behaviour == Behaviour::HttpKeepAlive;
+            let code = status(serve_while_busy(&conn, idle, http, events));
             drop(conn);
             code
         }
@@ -83,7 +89,8 @@ fn end(behaviour: Behaviour, conn: Socket) -> i32 {
         | Behaviour::ExecCloexec
         | Behaviour::ForkWorker
         | Behaviour::NoAccept
-        | Behaviour::KeepAlive => {
+        | Behaviour::KeepAlive
+        | Behaviour::HttpKeepAlive => {
             unreachable!("{behaviour} has no handler of this kind")
         }
     }
@@ -137,10 +144,17 @@ fn echo_until_eof(mut conn: &Socket) -> std::io::Result<()> {
     }
 }
 
-/// Echoes request after request until the peer's EOF, or until nothing came for `idle` (a
-/// keep-alive timeout).
-fn echo_while_busy(mut conn: &Socket, idle: Duration) -> std::io::Result<()> {
+/// Answers request after request until the peer's EOF, or until nothing came for `idle` (a
+/// keep-alive timeout): an echo of what came, or with `http` a `200 OK` for each request's head
+/// and body. Each answer is told on `events`.
+fn serve_while_busy(
+    mut conn: &Socket,
+    idle: Duration,
+    http: bool,
+    mut events: Option<std::fs::File>,
+) -> std::io::Result<()> {
     let mut buf = [0u8; 16 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
     let ms = PollTimeout::try_from(idle.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
     loop {
         let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
@@ -156,7 +170,71 @@ fn echo_while_busy(mut conn: &Socket, idle: Duration) -> std::io::Result<()> {
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        conn.write_all(&buf[..n])?;
+        if !http {
+            conn.write_all(&buf[..n])?;
+            served(&mut events);
+            continue;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(req) = http_request(&pending) {
+            pending.drain(..req.len);
+            conn.write_all(HTTP_OK)?;
+            served(&mut events);
+            if req.close {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The answer to every HTTP request.
+const HTTP_OK: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n";
+
+/// One whole HTTP request at the start of a buffer.
+struct HttpRequest {
+    /// Its bytes: head and body.
+    len: usize,
+    /// It asked for `Connection: close`.
+    close: bool,
+}
+
+/// The first request in `b`, once its head and its body (Content-Length) are all there.
+fn http_request(b: &[u8]) -> Option<HttpRequest> {
+    let head = b.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = String::from_utf8_lossy(&b[..head]).to_ascii_lowercase();
+    let header =
+        |name: &str| text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()));
+    let body: usize = header("content-length:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let close = header("connection:").is_some_and(|v| v == "close")
+        || text.lines().next().is_some_and(|l| l.ends_with("http/1.0"))
+            && header("connection:").map_or(true, |v| v != "keep-alive");
+    (b.len() >= head + body).then_some(HttpRequest { len: head + body, close })
+}
+
+fn served(events: &mut Option<std::fs::File>) {
+    if let Some(f) = events {
+        let _ = f.write_all(ServerMessage::Served.line().as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_request_is_whole_once_its_head_and_body_are_there() {
+        assert!(http_request(b"GET / HTTP/1.1\r\nHost: x\r\n").is_none());
+        let r = http_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET").unwrap();
+        assert_eq!((r.len, r.close), (27, false));
+        let post = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhel";
+        assert!(http_request(post).is_none());
+        let mut whole = post.to_vec();
+        whole.extend_from_slice(b"lo");
+        let r = http_request(&whole).unwrap();
+        assert_eq!((r.len, r.close), (whole.len(), true));
+        assert!(http_request(b"GET / HTTP/1.0\r\n\r\n").unwrap().close);
+        assert!(!http_request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().close);
     }
 }
 
