@@ -455,7 +455,7 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         let Some((agreed, by_kernel, by_proc, its, listed)) = outcome else {
-            return eprintln!("no BPF task-file iterator here: /proc only");
+            return crate::bpf::sys::missing("the task-file BPF iterator", "/proc only");
         };
         assert!(
             agreed,
