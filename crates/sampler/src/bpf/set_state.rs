@@ -43,18 +43,17 @@ pub struct Event {
 impl Event {
     /// A record as the program wrote it, or `None` for one too short.
     pub(crate) fn decode(r: &[u8]) -> Option<Event> {
+        fn at<const N: usize>(r: &[u8], offset: usize) -> [u8; N] {
+            r[offset..offset + N].try_into().expect("a whole record")
+        }
         let r = r.get(..size_of::<Event>())?;
-        let u64_at = |at: usize| u64::from_ne_bytes(r[at..at + 8].try_into().expect("8 bytes"));
-        let u16_at = |at: usize| [r[at], r[at + 1]];
         Some(Event {
-            cookie: u64_at(offset_of!(Event, cookie)),
-            at_ns: u64_at(offset_of!(Event, at_ns)),
-            inode: u64_at(offset_of!(Event, inode)),
-            netns: u32::from_ne_bytes(
-                r[offset_of!(Event, netns)..][..4].try_into().expect("4 bytes"),
-            ),
-            local_port: u16::from_ne_bytes(u16_at(offset_of!(Event, local_port))),
-            remote_port: u16::from_be_bytes(u16_at(offset_of!(Event, remote_port))),
+            cookie: u64::from_ne_bytes(at(r, offset_of!(Event, cookie))),
+            at_ns: u64::from_ne_bytes(at(r, offset_of!(Event, at_ns))),
+            inode: u64::from_ne_bytes(at(r, offset_of!(Event, inode))),
+            netns: u32::from_ne_bytes(at(r, offset_of!(Event, netns))),
+            local_port: u16::from_ne_bytes(at(r, offset_of!(Event, local_port))),
+            remote_port: u16::from_be_bytes(at(r, offset_of!(Event, remote_port))),
             state: r[offset_of!(Event, state)],
             old: r[offset_of!(Event, old)],
         })

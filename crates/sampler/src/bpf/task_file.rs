@@ -37,11 +37,13 @@ pub struct Descriptor {
 impl Descriptor {
     /// A record as the program wrote it.
     fn decode(r: &[u8]) -> Descriptor {
-        let at = |offset: usize, len: usize| &r[offset..offset + len];
+        fn at<const N: usize>(r: &[u8], offset: usize) -> [u8; N] {
+            r[offset..offset + N].try_into().expect("a whole record")
+        }
         Descriptor {
-            pid: u32::from_ne_bytes(at(offset_of!(Descriptor, pid), 4).try_into().expect("4")),
-            fd: i32::from_ne_bytes(at(offset_of!(Descriptor, fd), 4).try_into().expect("4")),
-            inode: u64::from_ne_bytes(at(offset_of!(Descriptor, inode), 8).try_into().expect("8")),
+            pid: u32::from_ne_bytes(at(r, offset_of!(Descriptor, pid))),
+            fd: i32::from_ne_bytes(at(r, offset_of!(Descriptor, fd))),
+            inode: u64::from_ne_bytes(at(r, offset_of!(Descriptor, inode))),
         }
     }
 }
