@@ -184,16 +184,27 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| *k as u32 == n)
     }
 
-    /// How many bytes follow a type's head for this kind, with `vlen` entries: a `u32` (INT),
-    /// a `btf_array`, `btf_member`s, `btf_enum`s, `btf_param`s, a `btf_var`,
-    /// `btf_var_secinfo`s, a `btf_decl_tag` or `btf_enum64`s; nothing for the others.
+    /// How many bytes follow a type's head for this kind, with `vlen` entries.
     fn trailing(self, vlen: usize) -> usize {
+        // The sizes of the records that follow (include/uapi/linux/btf.h).
+        const INT_ENCODING: usize = 4; // a u32: the encoding, offset and bits of an INT
+        const BTF_ARRAY: usize = 12;
+        const BTF_ENUM: usize = 8;
+        const BTF_PARAM: usize = 8;
+        const BTF_VAR: usize = 4;
+        const BTF_VAR_SECINFO: usize = 12;
+        const BTF_DECL_TAG: usize = 4;
+        const BTF_ENUM64: usize = 12;
         match self {
-            Kind::Int | Kind::Var | Kind::DeclTag => 4,
-            Kind::Array => 12,
+            Kind::Int => INT_ENCODING,
+            Kind::Array => BTF_ARRAY,
             Kind::Struct | Kind::Union => vlen * size_of::<BtfMember>(),
-            Kind::Datasec | Kind::Enum64 => 12 * vlen,
-            Kind::Enum | Kind::FuncProto => 8 * vlen,
+            Kind::Enum => vlen * BTF_ENUM,
+            Kind::FuncProto => vlen * BTF_PARAM,
+            Kind::Var => BTF_VAR,
+            Kind::Datasec => vlen * BTF_VAR_SECINFO,
+            Kind::DeclTag => BTF_DECL_TAG,
+            Kind::Enum64 => vlen * BTF_ENUM64,
             Kind::Ptr
             | Kind::Fwd
             | Kind::Typedef
@@ -231,13 +242,19 @@ pub(crate) struct Head {
 }
 
 impl Head {
+    /// The head with `info` unpacked as `BTF_INFO_KIND`, `BTF_INFO_VLEN` and `BTF_INFO_KFLAG`
+    /// do.
     fn of(name_off: u32, info: u32, size_or_type: u32) -> Head {
+        const KIND_SHIFT: u32 = 24;
+        const KIND_MASK: u32 = 0x1f;
+        const VLEN_MASK: u32 = 0xffff;
+        const KFLAG_SHIFT: u32 = 31;
         Head {
-            kind: Kind::of((info >> 24) & 0x1f),
+            kind: Kind::of((info >> KIND_SHIFT) & KIND_MASK),
             name_off,
             size_or_type,
-            vlen: (info & 0xffff) as usize,
-            kind_flag: info >> 31 == 1,
+            vlen: (info & VLEN_MASK) as usize,
+            kind_flag: info >> KFLAG_SHIFT == 1,
         }
     }
 }

@@ -195,7 +195,8 @@ pub(crate) struct Counters(OwnedFd);
 impl Counters {
     /// `n` counters, all 0.
     pub(crate) fn new(n: u32) -> io::Result<Counters> {
-        map_create(MapType::Array, 4, 8, n).map(Counters)
+        let (key, value) = (size_of::<u32>() as u32, size_of::<u64>() as u32);
+        map_create(MapType::Array, key, value, n).map(Counters)
     }
 
     /// The map, to name in a program.
