@@ -180,8 +180,9 @@ impl Kind {
         Kind::Enum64,
     ];
 
+    /// The kind numbered `n` (`ALL` is in their order, from 1).
     fn of(n: u32) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| *k as u32 == n)
+        Kind::ALL.get((n as usize).checked_sub(1)?).copied()
     }
 
     /// How many bytes follow a type's head for this kind, with `vlen` entries.
