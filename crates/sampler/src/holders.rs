@@ -435,13 +435,15 @@ mod tests {
         let set: HashSet<u64> = inodes.iter().copied().collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let outcome = loop {
-            let exec_done =
-                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep");
             let Some((found, counts)) = from_kernel(&set) else { break None };
             let (by_kernel, _) = assemble(found, &counts, false);
             let (by_proc, _) = walk_proc(&set, false);
             let its = counts.iter().find(|(p, _)| *p == pid).map(|c| c.1);
             let listed = fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u32).ok();
+            // Asked after the reads (spawn may return before the exec, and a read on a loaded
+            // machine can outlast the deadline): before it, the child holds each socket twice.
+            let exec_done =
+                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep");
             let agreed = exec_done
                 && by_kernel.by_inode == by_proc.by_inode
                 && by_kernel.by_inode.iter().all(|(i, h)| wanted.get(i) == Some(h))
@@ -455,7 +457,7 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         let Some((agreed, by_kernel, by_proc, its, listed)) = outcome else {
-            return eprintln!("no BPF task-file iterator here: /proc only");
+            return crate::bpf::sys::missing("the task-file BPF iterator", "/proc only");
         };
         assert!(
             agreed,
