@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::ValueEnum;
 use cwlab_model::events::{Reporter, Reporters};
 use cwlab_model::report::Verdict;
-use cwlab_model::scenario::{CheckSettings, ClientRead, Closing, ServerCommand, WavePlan};
+use cwlab_model::scenario::{
+    CheckSettings, ClientCheckSettings, ClientRead, Closing, ServerCommand, WavePlan,
+};
 use cwlab_model::{exit, Scenario};
 use cwlab_runner::Options;
 
@@ -87,9 +89,34 @@ pub struct Args {
     pcap: Option<Option<PathBuf>>,
     #[command(flatten)]
     figures: crate::figures::Figures,
-    /// The server: a program and its arguments; `{port}` stands for the port.
+    /// Check a client of yours instead of a server: CMD runs against the lab's server, which
+    /// answers each request and closes a connection once it has been idle for --idle-close;
+    /// `{url}`, `{host}`, `{port}` in CMD and URL, HOST, PORT in its environment point at it.
+    #[arg(long)]
+    client: bool,
+    /// With --client: http (HTTP/1.1 with keep-alive) or raw (each line echoed).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Http)]
+    protocol: ProtocolArg,
+    /// With --client: how long the server keeps an idle connection open (its keep-alive
+    /// timeout).
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    idle_close: Duration,
+    /// With --client: how long a client-side CLOSE-WAIT may last before it counts as stuck.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    stuck: Duration,
+    /// With --client: how long the client may run before it is stopped.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// The server (with --client: the client): a program and its arguments; `{port}` stands
+    /// for the port.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Http,
+    Raw,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -106,6 +133,23 @@ enum ReadArg {
 }
 
 pub fn main(a: &Args) -> Result<i32, Failure> {
+    let scenario = if a.client { client_scenario(a) } else { server_scenario(a)? };
+    judge(a, &scenario)
+}
+
+/// `cwlab check --client`: the user's command is a client of the lab's keep-alive server.
+fn client_scenario(a: &Args) -> Scenario {
+    Scenario::check_client(ClientCheckSettings {
+        command: ServerCommand { argv: a.command.clone(), env: Default::default(), cwd: None },
+        http: matches!(a.protocol, ProtocolArg::Http),
+        idle_close: a.idle_close,
+        stuck: a.stuck,
+        timeout: a.timeout,
+    })
+}
+
+/// `cwlab check`: the user's command is the server.
+fn server_scenario(a: &Args) -> Result<Scenario, Failure> {
     if a.clients == 0 {
         return Err(Failure::bad_input("--clients: expected at least 1 client, found 0"));
     }
@@ -137,6 +181,11 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         hold: a.hold,
         timeout: a.ready_timeout + a.hold + a.reply_timeout + Duration::from_secs(60),
     });
+    Ok(scenario)
+}
+
+/// Runs a check's scenario under every face asked for; the exit code is its diagnosis's.
+fn judge(a: &Args, scenario: &Scenario) -> Result<i32, Failure> {
     let path = a.report.clone().unwrap_or_else(|| PathBuf::from("reports/check.json"));
     let mut made = MadeFolders::default();
     if a.figures.ladder && a.json {
@@ -176,7 +225,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     }
     faces.extend(a.figures.reporters(true));
     let mut faces = Reporters(faces);
-    let report = crate::run::run_one(&scenario, &opts, &mut faces, &path)?;
+    let report = crate::run::run_one(scenario, &opts, &mut faces, &path)?;
     faces.close().map_err(Failure::bad_input)?;
     if report.interrupted {
         if let Some(sig) = cwlab_runner::signals::received() {

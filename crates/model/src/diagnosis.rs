@@ -390,8 +390,12 @@ fn finding(
 }
 
 impl Finding {
-    fn with_fix(mut self, shape: Shape, r: &Report) -> Finding {
-        let f = fix::for_shape(shape, r.acceptor.runtime);
+    fn with_fix(self, shape: Shape, r: &Report) -> Finding {
+        self.with_fix_for(shape, r.acceptor.runtime)
+    }
+
+    fn with_fix_for(mut self, shape: Shape, runtime: Option<Runtime>) -> Finding {
+        let f = fix::for_shape(shape, runtime);
         (self.fix, self.idiom) = (Some(f.text), f.idiom);
         self
     }
@@ -579,6 +583,10 @@ fn client_close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
             [p] => format!("pid {} `{}`", p.pid, p.name.as_deref().unwrap_or("?")),
             many => format!("{} processes", many.len()),
         };
+        let oldest = match &r.client {
+            Some(c) => format!(" (the oldest {:.1} s)", c.oldest_ms as f64 / 1000.0),
+            None => String::new(),
+        };
         let grows = reading == PoolReading::Leak;
         let cleared = match &r.client {
             Some(c) => u64::from(c.cleared),
@@ -591,17 +599,19 @@ fn client_close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
                 format!("pool leak: {n} CLOSE-WAIT held by the client"),
                 n,
                 &nums,
-                format!("{who} holds {n} connections the server has closed: its pool keeps them and never notices their FIN, so each stays half-closed for as long as the process lives"),
+                format!("{who} holds {n} connections the server has closed{oldest}: its pool keeps them and never notices their FIN, so each stays half-closed for as long as the process lives"),
             )
-            .with_fix(Shape::PoolIgnoresFin, r)
+            .with_fix_for(Shape::PoolIgnoresFin, r.client.as_ref().and_then(|c| c.runtime))
         } else {
             let peak = r.samples.iter().map(|s| s.get(Side::Client, TcpState::CloseWait)).max();
+            let peak = peak.unwrap_or(n).max(r.client.as_ref().map_or(0, |c| c.peak));
+            let noun = if peak == 1 { "connection" } else { "connections" };
             finding(
                 FindingKind::PoolBounded,
-                format!("bounded pool: at most {} CLOSE-WAIT, cleared at the next burst", peak.unwrap_or(n)),
+                format!("bounded pool: at most {peak} CLOSE-WAIT, cleared at the next burst"),
                 n,
                 &nums,
-                format!("up to {} connections the server closed waited in CLOSE-WAIT in {who}'s pool, and {cleared} were closed when it next took them: a bounded pool that finds the FIN on its next use. Under control, not a leak", peak.unwrap_or(n)),
+                format!("up to {peak} {noun} the server closed waited in CLOSE-WAIT in {who}'s pool{oldest}, and {cleared} were closed when it next took them: a bounded pool that finds the FIN on its next use. Under control, not a leak"),
             )
             .with_text_fix("none needed: to shorten the wait, evict idle connections before the server's keep-alive timeout")
         };

@@ -679,6 +679,9 @@ pub struct ClientRun {
     pub oldest_ms: u64,
     /// How long one may last before it is stuck (`--stuck`), in ms.
     pub stuck_ms: u64,
+    /// Its last lines of output, kept when it made no request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
 }
 
 /// How `cwlab check` drove its clients: a few connections to warm the server up (a runtime's

@@ -72,12 +72,28 @@ pub fn render_with(r: &Report, report_path: &Path, ladder: Option<bool>) -> Stri
         (Some(a), None) => a.clone(),
         (None, _) => format!("port {}", r.port),
     };
-    let _ = writeln!(
-        s,
-        "\n  server {server} · {} · {at} · {}",
-        r.client_outcome.summary(r.clients),
-        r.isolation
-    );
+    match &r.client {
+        Some(c) => {
+            let rt = c.runtime.map_or(String::new(), |rt| format!(" ({rt})"));
+            let _ = writeln!(
+                s,
+                "\n  client `{}`{rt} · {} requests answered · {} · the lab's {server} server on port {} · {}",
+                c.command.join(" "),
+                c.requests,
+                c.exited.as_deref().unwrap_or("still running"),
+                r.port,
+                r.isolation
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "\n  server {server} · {} · {at} · {}",
+                r.client_outcome.summary(r.clients),
+                r.isolation
+            );
+        }
+    }
     if let Some(note) = &r.isolation_note {
         let _ = writeln!(s, "  note: {note}");
     }
@@ -177,6 +193,10 @@ fn fds(s: &mut String, r: &Report) {
     let (Some(before), Some(after)) = (r.acceptor.fds_baseline, r.acceptor.fds_end) else {
         return;
     };
+    if r.client.is_some() {
+        // The lab's own server: its descriptors are not what a client check is about.
+        return;
+    }
     let grew = i64::from(after) - i64::from(before);
     let _ = writeln!(
         s,

@@ -7,6 +7,7 @@
 //! lifecycle and the checklist for adding a scenario.
 #![warn(missing_docs)]
 
+mod client_check;
 mod clients;
 mod hosts;
 mod isolation;

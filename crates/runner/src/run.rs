@@ -13,16 +13,17 @@ use cwlab_model::events::{PhaseStart, Reporter, RunEvent, Started, Waiting};
 use cwlab_model::expect::{evaluate, Evidence};
 use cwlab_model::protocol::{ContainOptions, ServeOptions};
 use cwlab_model::report::{
-    ClientOutcome, Isolation, Measure, Phase, PhaseMark, Report, Sample, ScenarioRef, Side,
-    Verdict, Wave, Waves,
+    ClientOutcome, ClientRun, Holder, Isolation, Measure, Phase, PhaseMark, Report, Sample,
+    ScenarioRef, Side, Verdict, Wave, Waves,
 };
 use cwlab_model::scenario::{
-    self, Closing, Pool, ServerCommand, ServerProgram, Topology, WavePlan,
+    self, Behaviour, Closing, Pool, ServerCommand, ServerProgram, Topology, WavePlan,
 };
 use cwlab_model::{duration, Scenario, TcpState};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::client_check;
 use crate::clients::Exchange;
 use crate::isolation::{self, IsolationMode};
 use crate::sampling::{PhaseCell, Probe, Sampler};
@@ -212,12 +213,34 @@ struct Work<'a> {
     /// A client-side pool's connections, kept to the end of the run.
     pool: Option<pool::Pool>,
     t0: Instant,
+    /// How to start a client of the user's own (`cwlab check --client`).
+    launch: ClientLaunch<'a>,
+    /// What that client did.
+    client: Option<ClientSeen>,
+}
+
+/// What starting a client of the user's own takes.
+struct ClientLaunch<'a> {
+    exe: &'a std::path::Path,
+    mark: &'a str,
+    pid_namespace: bool,
+    grace: Duration,
+}
+
+/// What `cwlab check --client` saw of the client.
+struct ClientSeen {
+    run: ClientRun,
+    holders: Vec<Holder>,
+    rounds: Waves,
+    /// Why it could not run, when it could not.
+    error: Option<String>,
 }
 
 impl Work<'_> {
     async fn act(&mut self, act: Act) {
         match act {
             Act::Connect => match (self.scenario.clients.waves, self.scenario.clients.pool) {
+                _ if self.scenario.client_command().is_some() => self.watch_client().await,
                 (_, Some(pool)) => self.bursts(pool).await,
                 (Some(plan), None) => self.in_waves(plan).await,
                 (None, None) => self.wave(self.scenario.clients.count, None).await,
@@ -299,6 +322,72 @@ impl Work<'_> {
         }
         // Every client is closed: the close phase has nothing left to do.
         self.waves = Some(waves);
+    }
+
+    /// `cwlab check --client`: runs the user's client against the server and follows its
+    /// client-side CLOSE-WAIT sockets, look by look, until it exits or its timeout passes.
+    async fn watch_client(&mut self) {
+        let cc = self.scenario.client_command().expect("a client check").clone();
+        let (host, port) = (self.target.ip().to_string(), self.target.port());
+        let url = match self.scenario.behaviour() {
+            Some(Behaviour::HttpKeepAlive) => format!("http://{}/", self.target),
+            _ => format!("tcp://{}", self.target),
+        };
+        let command = cc.for_server(&url, &host, port);
+        let argv = command.argv.clone();
+        let program = Program::Client(ContainOptions {
+            command,
+            port,
+            pid_namespace: self.launch.pid_namespace,
+            grace_ms: self.launch.grace.as_millis() as u64,
+        });
+        let deadline = Instant::now() + cc.timeout;
+        let l = Launch { exe: self.launch.exe, program, mark: self.launch.mark, deadline };
+        let mut client = match Server::start(&l) {
+            Ok(c) => c,
+            Err(e) => return self.client = Some(ClientSeen::failed(e.to_string())),
+        };
+        let mut track = client_check::Tracker::default();
+        let interval = self.scenario.sample_interval;
+        let timed_out = loop {
+            if client.outcome().gone || client.cannot_run.lock().unwrap().is_some() {
+                break false;
+            }
+            if Instant::now() >= deadline {
+                break true;
+            }
+            let t_ms = self.t0.elapsed().as_millis() as u64;
+            if let Ok((_, records)) = self.probe.sample(t_ms, Phase::Connect) {
+                track.look(&records, port, t_ms, client.pid());
+            }
+            // A look every sample interval: a watch, to the client's end or its timeout.
+            tokio::time::sleep(interval).await;
+        };
+        let ms = |t: Instant| t.saturating_duration_since(self.t0).as_millis() as u64;
+        let ended_ms = (*client.ended_at.lock().unwrap()).map_or_else(|| ms(Instant::now()), ms);
+        client.stop(self.launch.grace);
+        let cannot_run = client.cannot_run.lock().unwrap().clone();
+        let served: Vec<u64> =
+            self.server.served_at.lock().unwrap().iter().map(|t| ms(*t)).collect();
+        let holders = track.holders();
+        let mut run = track.run(ended_ms, interval.as_millis() as u64, cc.stuck);
+        run.runtime = Some(client_check::runtime(&holders, &argv));
+        run.command = argv;
+        run.requests = served.len() as u64;
+        if served.is_empty() {
+            run.output = client.output.lines();
+        }
+        run.exited = match (timed_out, client.outcome().exited) {
+            (true, _) => Some(format!("stopped at its timeout ({})", duration::format(cc.timeout))),
+            (false, e) => e,
+        };
+        let rounds = track.rounds(
+            &served,
+            self.scenario.server.idle(),
+            ended_ms,
+            interval.as_millis() as u64,
+        );
+        self.client = Some(ClientSeen { run, holders, rounds, error: cannot_run });
     }
 
     /// A pool's requests, in bursts: each burst, then until the server's keep-alive timeout has
@@ -394,6 +483,17 @@ impl Work<'_> {
             before = Some(s.acceptor_fds);
             // A look every 20 ms: a wait for a condition, to a deadline.
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl ClientSeen {
+    fn failed(error: String) -> ClientSeen {
+        ClientSeen {
+            run: ClientRun::default(),
+            holders: Vec::new(),
+            rounds: Waves::default(),
+            error: Some(error),
         }
     }
 }
@@ -580,6 +680,13 @@ pub fn run(
         probe: Probe::open(port, server.acceptor, server_ns)?,
         pool: None,
         t0: rec.t0,
+        launch: ClientLaunch {
+            exe: &opts.exe,
+            mark: &opts.run_id,
+            pid_namespace,
+            grace: opts.grace,
+        },
+        client: None,
     };
     let clients_from = stuck::now_ticks();
     rt.block_on(async {
@@ -633,6 +740,19 @@ pub fn run(
     (rec.report.holders, rec.report.fds_by_role) = (end.holders, end.fds_by_role);
     rec.report.client_outcome = outcome(&mut work, &records, port);
     rec.report.waves = work.waves.take();
+    if let Some(seen) = work.client.take() {
+        if let Some(e) = seen.error {
+            drop(work);
+            server.stop(Duration::ZERO);
+            return Err(RunError::BadInput(e));
+        }
+        rec.report.holders.extend(seen.holders);
+        rec.report.holders.sort_by_key(|h| (h.side, h.state, h.pid, h.fd));
+        rec.report.clients = seen.run.requests as u32;
+        rec.report.client_outcome.completed = rec.report.clients;
+        rec.report.waves = Some(seen.rounds);
+        rec.report.client = Some(seen.run);
+    }
     drop(work);
     server.stop(opts.grace);
     rec.report.server = server.outcome();
@@ -702,6 +822,18 @@ fn too_few(r: &Report) -> Option<String> {
         o.happened(),
         r.clients
     ))
+}
+
+/// A user's client (`cwlab check --client`) that never reached the lab's server: nothing to
+/// judge.
+fn no_requests(r: &Report) -> Option<String> {
+    let c = r.client.as_ref().filter(|c| c.requests == 0)?;
+    let how = c.exited.as_deref().unwrap_or("it did not end");
+    let last = match c.output.as_slice() {
+        [] => "; it printed nothing".to_string(),
+        lines => format!("; its last lines:\n  {}", lines.join("\n  ")),
+    };
+    Some(format!("the client made no request to the lab's server on port {} ({how}){last}", r.port))
 }
 
 /// CLOCK_MONOTONIC in microseconds: the clock the tracepoint instance stamps with.
@@ -785,7 +917,8 @@ fn finish(rec: Record<'_>, scenario: &Scenario, timeout: Duration) -> Report {
             ),
         })
         .or_else(|| (!missing.is_empty()).then(|| missing.join("; ")))
-        .or_else(|| too_few(&r));
+        .or_else(|| too_few(&r))
+        .or_else(|| no_requests(&r));
     r.verdict = if r.error.is_some() {
         Verdict::Error
     } else if r.expectations.iter().filter(|e| e.observable).all(|e| e.passed) {

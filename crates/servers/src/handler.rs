@@ -208,33 +208,13 @@ fn http_request(b: &[u8]) -> Option<HttpRequest> {
     let body: usize = header("content-length:").and_then(|v| v.parse().ok()).unwrap_or(0);
     let close = header("connection:").is_some_and(|v| v == "close")
         || text.lines().next().is_some_and(|l| l.ends_with("http/1.0"))
-            && header("connection:").map_or(true, |v| v != "keep-alive");
+            && header("connection:").is_none_or(|v| v != "keep-alive");
     (b.len() >= head + body).then_some(HttpRequest { len: head + body, close })
 }
 
 fn served(events: &mut Option<std::fs::File>) {
     if let Some(f) = events {
         let _ = f.write_all(ServerMessage::Served.line().as_bytes());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_http_request_is_whole_once_its_head_and_body_are_there() {
-        assert!(http_request(b"GET / HTTP/1.1\r\nHost: x\r\n").is_none());
-        let r = http_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET").unwrap();
-        assert_eq!((r.len, r.close), (27, false));
-        let post = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhel";
-        assert!(http_request(post).is_none());
-        let mut whole = post.to_vec();
-        whole.extend_from_slice(b"lo");
-        let r = http_request(&whole).unwrap();
-        assert_eq!((r.len, r.close), (whole.len(), true));
-        assert!(http_request(b"GET / HTTP/1.0\r\n\r\n").unwrap().close);
-        assert!(!http_request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().close);
     }
 }
 
@@ -269,5 +249,25 @@ fn fill(mut conn: &Socket) -> std::io::Result<()> {
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_http_request_is_whole_once_its_head_and_body_are_there() {
+        assert!(http_request(b"GET / HTTP/1.1\r\nHost: x\r\n").is_none());
+        let r = http_request(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET").unwrap();
+        assert_eq!((r.len, r.close), (27, false));
+        let post = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhel";
+        assert!(http_request(post).is_none());
+        let mut whole = post.to_vec();
+        whole.extend_from_slice(b"lo");
+        let r = http_request(&whole).unwrap();
+        assert_eq!((r.len, r.close), (whole.len(), true));
+        assert!(http_request(b"GET / HTTP/1.0\r\n\r\n").unwrap().close);
+        assert!(!http_request(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().close);
     }
 }
