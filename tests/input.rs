@@ -68,7 +68,7 @@ fn unknown_behaviour() {
     refused(
         "unknown-behaviour",
         &text,
-        &format!("{l}:13: unknown server behaviour `close-sometimes` (expected one of close-only, shutdown-close, parent-closes, exec-inherit, exec-cloexec, fork-worker, no-accept, reply-close, reply-shutdown, server-first, no-read, fill-close, simultaneous, slow-close)"),
+        &format!("{l}:13: unknown server behaviour `close-sometimes` (expected one of close-only, shutdown-close, parent-closes, exec-inherit, exec-cloexec, fork-worker, no-accept, reply-close, reply-shutdown, server-first, no-read, fill-close, simultaneous, slow-close, keep-alive, http-keep-alive)"),
     );
 }
 

@@ -1267,7 +1267,7 @@ hold = "1500ms"
         let e = err(&GOOD.replace("close-only", "close-maybe"));
         assert_eq!(
             e,
-            "scenarios/t.toml:11:13: unknown server behaviour `close-maybe` (expected one of close-only, shutdown-close, parent-closes, exec-inherit, exec-cloexec, fork-worker, no-accept, reply-close, reply-shutdown, server-first, no-read, fill-close, simultaneous, slow-close)"
+            "scenarios/t.toml:11:13: unknown server behaviour `close-maybe` (expected one of close-only, shutdown-close, parent-closes, exec-inherit, exec-cloexec, fork-worker, no-accept, reply-close, reply-shutdown, server-first, no-read, fill-close, simultaneous, slow-close, keep-alive, http-keep-alive)"
         );
     }
 
