@@ -76,7 +76,7 @@ case " $STAGES " in *" check "*)
   spin & s1=$!; spin & s2=$!
   trap 'kill $s1 $s2 2>/dev/null' EXIT
   for i in $(seq 1 "$CHECK_ROUNDS"); do
-    cargo test --quiet --test check -- --test-threads 1 > "$out/check-$i.txt" 2>&1
+    cargo test --test check -- --test-threads 1 > "$out/check-$i.txt" 2>&1
     while read -r test result; do
       row_total[$test]=$(( ${row_total[$test]:-0} + 1 ))
       if [ "$result" = ok ]; then row_pass[$test]=$(( ${row_pass[$test]:-0} + 1 )); else failed=1; fi

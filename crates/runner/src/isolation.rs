@@ -23,7 +23,10 @@ pub fn enter(mode: IsolationMode) -> Result<(Isolation, Option<String>), RunErro
     match mode {
         IsolationMode::Host => Ok((Isolation::Host, Some("asked for the host's loopback".into()))),
         IsolationMode::Netns | IsolationMode::Auto => match cwlab_sampler::netns::enter_private() {
-            Ok(()) => Ok((Isolation::Netns, None)),
+            Ok(()) => {
+                no_timewait_reuse();
+                Ok((Isolation::Netns, None))
+            }
             Err(e) if mode == IsolationMode::Netns => Err(RunError::Environment(format!(
                 "cannot make a private network namespace ({e}); run as root, or drop `--isolation netns` to fall back to the host's loopback"
             ))),
@@ -35,4 +38,13 @@ pub fn enter(mode: IsolationMode) -> Result<(Isolation, Option<String>), RunErro
             )),
         },
     }
+}
+
+/// Turns off `tcp_tw_reuse` in the run's own namespace (its default, 2, lets a new connection on
+/// loopback take the port of one still in TIME-WAIT): every connection of a run keeps a client
+/// port of its own, which is how the witnesses tell connections apart. A namespace that refuses
+/// keeps its setting; nothing else depends on it.
+fn no_timewait_reuse() {
+    // The file is this thread's namespace's: the thread has just entered it.
+    let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "0");
 }
