@@ -611,7 +611,7 @@ fn client_close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
                 format!("bounded pool: at most {peak} CLOSE-WAIT, cleared at the next burst"),
                 n,
                 &nums,
-                format!("up to {peak} {noun} the server closed waited in CLOSE-WAIT in {who}'s pool{oldest}, and {cleared} were closed when it next took them: a bounded pool that finds the FIN on its next use. Under control, not a leak"),
+                format!("up to {peak} {noun} the server closed waited in CLOSE-WAIT in {who}'s pool{oldest}, and {cleared} were closed by the client while it ran: a bounded pool that finds the FIN on its next use. Under control, not a leak"),
             )
             .with_text_fix("none needed: to shorten the wait, evict idle connections before the server's keep-alive timeout")
         };

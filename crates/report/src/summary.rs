@@ -212,6 +212,10 @@ fn waves(s: &mut String, r: &Report) {
     if w.waves.is_empty() {
         return;
     }
+    if r.client.is_some() {
+        // No descriptor line above it: the lab's server is not what is checked.
+        s.push('\n');
+    }
     if w.bursts {
         let after = std::iter::once(&w.baseline).chain(w.waves.iter().map(|w| &w.after));
         let cw: Vec<String> = after.map(|m| m.client_close_wait.to_string()).collect();
