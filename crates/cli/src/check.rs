@@ -133,6 +133,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         ready_timeout: Some(a.ready_timeout),
         pace: None,
         conn: a.figures.conn,
+        spread: Duration::ZERO,
     };
     let mut faces: Vec<Box<dyn Reporter>> = vec![Box::new(cwlab_report::Progress::new())];
     faces.push(if a.json {

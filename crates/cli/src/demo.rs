@@ -2,6 +2,7 @@
 //! `cwlab_report::live`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cwlab_model::Scenario;
 
@@ -14,6 +15,10 @@ pub struct Args {
     /// Stop before each phase with a line saying what is about to happen and what to watch.
     #[arg(long)]
     step: bool,
+    /// How fast the connect and the close go: 1 spreads each over 3 seconds, so a room sees the
+    /// sockets move state by state; 2 takes half as long; `max` runs at the lab's own pace.
+    #[arg(long, default_value = "1", value_parser = parse_speed)]
+    speed: Speed,
     /// Where scenario names are looked up.
     #[arg(long, default_value = "scenarios")]
     dir: PathBuf,
@@ -34,5 +39,28 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         };
         scenarios.push(Scenario::load(&path).map_err(Failure::bad_input)?);
     }
-    cwlab_report::live::show(scenarios, a.step).map_err(Failure::bad_input)
+    let spread = match a.speed {
+        Speed::Max => Duration::ZERO,
+        Speed::Times(x) => PACE.div_f64(x),
+    };
+    cwlab_report::live::show(scenarios, a.step, spread).map_err(Failure::bad_input)
+}
+
+/// How long the connect and the close each take at `--speed 1`.
+const PACE: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Copy)]
+enum Speed {
+    Times(f64),
+    Max,
+}
+
+fn parse_speed(s: &str) -> Result<Speed, String> {
+    match s {
+        "max" => Ok(Speed::Max),
+        _ => match s.parse::<f64>() {
+            Ok(x) if x > 0.0 && x.is_finite() => Ok(Speed::Times(x)),
+            _ => Err(format!("`{s}` is not a speed: a number above 0 (1, 2, 0.5) or `max`")),
+        },
+    }
 }

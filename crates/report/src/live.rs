@@ -60,22 +60,31 @@ impl Panel {
     }
 }
 
-/// Runs `scenarios` side by side and shows them; returns the exit code (the worst verdict, or
-/// 130 when the view was quit before the runs ended).
-pub fn show(scenarios: Vec<Scenario>, step: bool) -> Result<i32, Failure> {
+/// Runs `scenarios` side by side and shows them, each run's connect and close spread over
+/// `spread` (a room's pace); returns the exit code (the worst verdict, or 130 when the view was
+/// quit before the runs ended).
+pub fn show(scenarios: Vec<Scenario>, step: bool, spread: Duration) -> Result<i32, Failure> {
     let (tx, rx) = channel();
     let mut panels: Vec<Panel> = scenarios.into_iter().map(Panel::new).collect();
-    start_all(&mut panels, step, &tx)?;
+    let runs = Runs { step, spread };
+    start_all(&mut panels, runs, &tx)?;
     if std::io::stdout().is_terminal() {
-        live(&mut panels, step, &tx, &rx)
+        live(&mut panels, runs, &tx, &rx)
     } else {
         plain(&mut panels, step, &rx)
     }
 }
 
+/// How the view starts its runs.
+#[derive(Debug, Clone, Copy)]
+struct Runs {
+    step: bool,
+    spread: Duration,
+}
+
 fn start_all(
     panels: &mut [Panel],
-    step: bool,
+    Runs { step, spread }: Runs,
     tx: &Sender<(usize, Option<RunEvent>)>,
 ) -> Result<(), Failure> {
     let exe = std::env::current_exe()?;
@@ -85,6 +94,9 @@ fn start_all(
         cmd.arg("run").arg(&p.scenario.file).arg("--events").arg("--report").arg(report);
         if step {
             cmd.arg("--step");
+        }
+        if !spread.is_zero() {
+            cmd.arg("--spread").arg(format!("{}ms", spread.as_millis()));
         }
         let mut child = cmd
             .stdin(if step { Stdio::piped() } else { Stdio::null() })

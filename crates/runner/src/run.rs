@@ -49,6 +49,10 @@ pub struct Options {
     pub pace: Option<Pace>,
     /// A connection (the client's port) to keep step by step besides the representatives.
     pub conn: Option<u16>,
+    /// A room's pace: the connect phase starts its clients evenly over this long, and the close
+    /// phase closes them evenly over as long (zero: all at once, the lab's own pace). The
+    /// deadline grows by twice as much.
+    pub spread: Duration,
 }
 
 /// Go-aheads for a paced run, shared by every run of one invocation.
@@ -194,6 +198,8 @@ struct Work<'a> {
     /// Sockets the clients keep until the end (a half-close).
     kept: Vec<std::net::TcpStream>,
     outcome: ClientOutcome,
+    /// How long the connect and the close each take at the least ([`Options::spread`]).
+    spread: Duration,
 }
 
 impl Work<'_> {
@@ -201,11 +207,18 @@ impl Work<'_> {
         match act {
             Act::Connect => {
                 (self.streams, self.outcome) =
-                    clients::connect_all(self.target, &self.scenario.clients).await;
+                    clients::connect_all(self.target, &self.scenario.clients, self.spread).await;
             }
             Act::Close => {
                 let streams = std::mem::take(&mut self.streams);
-                let (closed, kept) = clients::close_all(streams, self.scenario.clients.close);
+                let how = self.scenario.clients.close;
+                let (mut closed, mut kept) = (0, Vec::new());
+                for (when, batch) in spread(streams, self.spread) {
+                    tokio::time::sleep_until(when).await;
+                    let (n, k) = clients::close_all(batch, how);
+                    closed += n;
+                    kept.extend(k);
+                }
                 self.outcome.completed = closed;
                 self.kept = kept;
             }
@@ -223,6 +236,17 @@ impl Work<'_> {
             }
         }
     }
+}
+
+/// `items` in batches due evenly over `over` from now: one batch at once when `over` is zero,
+/// else one per item, the last due at `over`.
+fn spread<T>(items: Vec<T>, over: Duration) -> Vec<(tokio::time::Instant, Vec<T>)> {
+    let now = tokio::time::Instant::now();
+    if over.is_zero() || items.len() < 2 {
+        return vec![(now, items)];
+    }
+    let gaps = items.len() as u32 - 1;
+    items.into_iter().enumerate().map(|(i, x)| (now + over * i as u32 / gaps, vec![x])).collect()
 }
 
 /// How long a server gets to exit after SIGTERM before SIGKILL, by default. The lab's own
@@ -248,6 +272,7 @@ pub fn run(
     let timeout = opts.timeout.unwrap_or(scenario.timeout);
     let timeout =
         if opts.pace.is_some() { timeout.max(Duration::from_secs(3600)) } else { timeout };
+    let timeout = timeout + 2 * opts.spread;
     let deadline = started + timeout;
     let _stamping = crate::witness::keep_stamping();
     descriptors(scenario)?;
@@ -377,6 +402,7 @@ pub fn run(
         streams: Vec::new(),
         kept: Vec::new(),
         outcome: ClientOutcome::default(),
+        spread: opts.spread,
     };
     rt.block_on(async {
         let wake = match signals::wake() {
