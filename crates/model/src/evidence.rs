@@ -116,7 +116,9 @@ pub fn levels(events: &[Transition]) -> Vec<Level> {
         }
     }
     deltas.sort_by_key(|d| d.0);
-    let mut series: BTreeMap<(Side, TcpState), (i64, Vec<(i64, u32)>)> = BTreeMap::new();
+    // Each series: its running count, and its points.
+    type Running = (i64, Vec<(i64, u32)>);
+    let mut series: BTreeMap<(Side, TcpState), Running> = BTreeMap::new();
     for (t, side, state, d) in deltas {
         let (n, points) = series.entry((side, state)).or_insert((0, Vec::new()));
         *n += i64::from(d);

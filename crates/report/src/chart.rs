@@ -55,7 +55,7 @@ impl Reporter for Svg {
 const PANEL_W: f64 = 640.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 110.0;
+const TOP: f64 = 128.0;
 /// The rows of a panel: the server's sockets, the clients', the acceptor's descriptors.
 const ROW_H: [f64; 3] = [150.0, 150.0, 90.0];
 const ROW_GAP: f64 = 28.0;
@@ -218,6 +218,12 @@ fn panel(s: &mut String, r: &Report, x0: f64, scale: Scale) {
     let ox = x0 + LEFT;
     let bands = bands(r, ox, pw);
     let _ = writeln!(s, r#"<g class="panel" data-scenario="{}">"#, esc(&r.scenario.name));
+    // The panel's own box: what it says stays in it.
+    let _ = writeln!(
+        s,
+        r#"<rect class="panel-box" x="{x0}" y="0" width="{PANEL_W}" height="{}" fill="none"/>"#,
+        rows_bottom() + AXIS_H
+    );
     head(s, r, ox);
     phases(s, &bands);
     let acceptor = if r.scenario.command.is_some() { "listener's fds" } else { "acceptor's fds" };
@@ -272,13 +278,24 @@ fn head(s: &mut String, r: &Report, ox: f64) {
         r.verdict
     );
     if let Some(f) = r.diagnosis.primary() {
-        let _ = writeln!(
-            s,
-            r##"<text class="finding" data-kind="{}" x="{ox}" y="74" font-size="16" font-weight="bold" fill="{}">{}</text>"##,
-            f.kind,
-            if f.kind.is_leak() { "#d62728" } else { "#2ca02c" },
-            esc(&f.title)
-        );
+        // In two lines at most, each within the panel in the widest renderer.
+        let per_line = ((PANEL_W - LEFT - 10.0) / crate::diagram::text_w(1, 16.0)) as usize;
+        let mut lines = crate::text::wrap(&f.title, per_line);
+        if lines.len() > 2 {
+            let rest = lines.split_off(1).join(" ");
+            let cut: String = rest.chars().take(per_line - 1).collect();
+            lines.push(format!("{cut}…"));
+        }
+        for (i, line) in lines.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                r##"<text class="finding" data-kind="{}" x="{ox}" y="{}" font-size="16" font-weight="bold" fill="{}">{}</text>"##,
+                f.kind,
+                74.0 + 20.0 * i as f64,
+                if f.kind.is_leak() { "#d62728" } else { "#2ca02c" },
+                esc(line)
+            );
+        }
     }
 }
 
