@@ -49,7 +49,13 @@ impl Tmux {
     }
 
     /// The screen once `cond` holds of it, or a panic with the last screen at the deadline.
-    fn wait(&self, name: &str, what: &str, within: Duration, cond: impl Fn(&str) -> bool) -> String {
+    fn wait(
+        &self,
+        name: &str,
+        what: &str,
+        within: Duration,
+        cond: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + within;
         loop {
             let s = self.screen(name);

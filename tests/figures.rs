@@ -423,6 +423,14 @@ fn issue_21_the_pictures_never_contradict_themselves() {
         let svg = std::fs::read_to_string(dir.join(format!("machine-{s}.svg"))).unwrap();
         assert_eq!(imbalance(&svg), Vec::<String>::new(), "{s}");
     }
+    // The page leads with the verdicts in words, then the runs side by side, then each run.
+    let page = std::fs::read_to_string(dir.join("page.html")).unwrap();
+    let at = |what: &str| page.find(what).unwrap_or_else(|| panic!("{what} in the page"));
+    assert!(at("<section class=\"compare\">") < at("<section class=\"run\""));
+    let leak = at("data-outcome=\"leak\">leak reproduced: 9 of 9 expectations held</span>");
+    assert!(leak > at("<section class=\"run\" data-scenario=\"leak\">"));
+    at("data-outcome=\"clean\">no leak, as expected: 7 of 7 expectations held</span>");
+    assert!(!page.contains(">PASS<"), "no green PASS over a leak");
     // Every SVG, in both renderers: each text in its box, crossed by no line.
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()

@@ -270,12 +270,16 @@ fn head(s: &mut String, r: &Report, ox: f64) {
         r#"<text x="{ox}" y="30" font-size="26" font-weight="bold">{}</text>"#,
         esc(&r.scenario.name)
     );
+    let (held, of) = r.expectations_held();
+    let judged = match r.verdict {
+        cwlab_model::report::Verdict::Error => "no verdict".to_string(),
+        _ => format!("{held} of {of} expectations held"),
+    };
     let _ = writeln!(
         s,
-        r##"<text x="{ox}" y="52" font-size="15" fill="#444">server {} · {} clients · {}</text>"##,
+        r##"<text x="{ox}" y="52" font-size="15" fill="#444">server {} · {} clients · {judged}</text>"##,
         esc(&r.scenario.behaviour),
         r.clients,
-        r.verdict
     );
     if let Some(f) = r.diagnosis.primary() {
         // In two lines at most, each within the panel in the widest renderer.
