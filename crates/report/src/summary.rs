@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use cwlab_model::diagnosis::Held;
 use cwlab_model::events::Reporter;
-use cwlab_model::report::{Report, Role, Side};
+use cwlab_model::report::{Report, Role, Side, Verdict};
 use cwlab_model::scenario::Topology;
 use cwlab_model::TcpState;
 
@@ -22,12 +22,14 @@ pub struct Summary {
     paths: VecDeque<PathBuf>,
     printed: usize,
     ladder: bool,
+    /// Runs that passed, and those that did not (failed or could not finish).
+    tally: (usize, usize),
 }
 
 impl Summary {
     /// A summary for runs whose reports go to `paths`, in order.
     pub fn new(paths: Vec<PathBuf>) -> Summary {
-        Summary { paths: paths.into(), printed: 0, ladder: true }
+        Summary { paths: paths.into(), printed: 0, ladder: true, tally: (0, 0) }
     }
 
     /// Without the ladder of the representative connection (`--ladder` prints the ladders).
@@ -45,7 +47,22 @@ impl Reporter for Summary {
         let mut out = io::stdout().lock();
         let colour = crate::palette::terminal_colour();
         write!(out, "{sep}{}", render_with(r, &path, self.ladder.then_some(colour)))?;
+        match r.verdict {
+            Verdict::Pass => self.tally.0 += 1,
+            _ => self.tally.1 += 1,
+        }
         out.flush()
+    }
+
+    /// Several runs end with one line that counts them: `scenarios: 19 passed, 1 failed` (a run
+    /// that could not finish counts as failed).
+    fn close(&mut self) -> io::Result<()> {
+        if self.printed > 1 {
+            let mut out = io::stdout().lock();
+            writeln!(out, "\nscenarios: {} passed, {} failed", self.tally.0, self.tally.1)?;
+            out.flush()?;
+        }
+        Ok(())
     }
 }
 
