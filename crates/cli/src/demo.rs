@@ -17,8 +17,9 @@ pub struct Args {
     step: bool,
     /// How fast the connect and the close go: 1 spreads each over 3 seconds, so a room sees the
     /// sockets move state by state; 2 takes half as long; `max` runs at the lab's own pace.
-    #[arg(long, default_value = "1", value_parser = parse_speed)]
-    speed: Speed,
+    /// Default: 1 on a terminal, `max` for plain lines to a pipe.
+    #[arg(long, value_parser = parse_speed)]
+    speed: Option<Speed>,
     /// Where scenario names are looked up.
     #[arg(long, default_value = "scenarios")]
     dir: PathBuf,
@@ -39,7 +40,13 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         };
         scenarios.push(Scenario::load(&path).map_err(Failure::bad_input)?);
     }
-    let spread = match a.speed {
+    use std::io::IsTerminal;
+    let speed = a.speed.unwrap_or(if std::io::stdout().is_terminal() {
+        Speed::Times(1.0)
+    } else {
+        Speed::Max
+    });
+    let spread = match speed {
         Speed::Max => Duration::ZERO,
         Speed::Times(x) => PACE.div_f64(x),
     };
@@ -62,5 +69,20 @@ fn parse_speed(s: &str) -> Result<Speed, String> {
             Ok(x) if x > 0.0 && x.is_finite() => Ok(Speed::Times(x)),
             _ => Err(format!("`{s}` is not a speed: a number above 0 (1, 2, 0.5) or `max`")),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue_21_a_speed_is_a_factor_above_zero_or_max() {
+        assert!(matches!(parse_speed("2"), Ok(Speed::Times(x)) if x == 2.0));
+        assert!(matches!(parse_speed("max"), Ok(Speed::Max)));
+        for bad in ["0", "-1", "fast", "inf"] {
+            let e = parse_speed(bad).err().unwrap();
+            assert_eq!(e, format!("`{bad}` is not a speed: a number above 0 (1, 2, 0.5) or `max`"));
+        }
     }
 }

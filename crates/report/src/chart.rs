@@ -432,7 +432,7 @@ fn time_axis(s: &mut String, r: &Report, bands: &[Band], ox: f64, pw: f64) {
     );
     let _ = writeln!(
         s,
-        r#"<text class="axis-label" x="{}" y="{}" font-size="14" text-anchor="middle">seconds since LISTEN (each phase at least {:.0}% of the width)</text>"#,
+        r#"<text class="axis-label" x="{}" y="{}" font-size="14" text-anchor="middle">seconds since the server listened (each phase at least {:.0}% wide)</text>"#,
         ox + pw / 2.0,
         oy + 40.0,
         MIN_PHASE_SHARE * 100.0
