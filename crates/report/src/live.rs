@@ -562,7 +562,13 @@ fn counts_lines(p: &Panel, width: usize, view: View) -> Vec<Line<'static>> {
         if a + b == 0 {
             continue;
         }
-        let cell = |side, n: u32| if stuck(side, *st) { format!("{n} ✗") } else { n.to_string() };
+        let cell = |side, n: u32| {
+            if n > 0 && stuck(side, *st) {
+                format!("{n} ✗")
+            } else {
+                n.to_string()
+            }
+        };
         let bar_w = width.saturating_sub(27);
         let bar = "█".repeat(((a.max(b) as usize * bar_w) / clients as usize).min(bar_w));
         let c = Color::Indexed(crate::palette::ansi(*st));
