@@ -11,21 +11,27 @@ RELEASE_ENV := RUSTFLAGS="$(strip $(RUSTFLAGS) $(STATIC))"
 CWLAB := target/$(HOST)/release/cwlab
 SCENARIOS := $(sort $(basename $(notdir $(wildcard scenarios/*.toml))))
 
-.PHONY: help build fmt fmt-check lint test doc bench soak scenarios list demo charts clean $(addprefix scenario-,$(SCENARIOS))
+PREFIX ?= /usr/local
+
+.PHONY: help build install fmt fmt-check lint test doc bench soak scenarios list demo charts clean $(addprefix scenario-,$(SCENARIOS))
 
 help:
 	@echo "make scenario-leak       the leak: CLOSE-WAIT piles up, held by the acceptor"
 	@echo "make scenario-fixed      shutdown() before close(): no CLOSE-WAIT, the fd leak stays"
 	@echo "make scenario-NAME       any scenario in scenarios/ ($(SCENARIOS))"
-	@echo "make scenarios           every scenario; fails if any fails"
+	@echo "make scenarios           every scenario, then N passed, N failed; fails if any fails"
+	@echo "make install             cwlab to $(PREFIX)/bin (PREFIX=~/.local for ~/.local/bin)"
 	@echo "make test                unit and end-to-end tests (root: private network namespaces)"
-	@echo "make demo                leak and fixed side by side, live (q quits, space pauses, r reruns)"
+	@echo "make demo                leak and fixed side by side, live, at a room's pace (q quits, space pauses, r reruns)"
 	@echo "make charts              docs/charts/: timelines, ladders, state machines, an HTML page"
 	@echo "make soak                every scenario 50x, 8 at once, 50x with both cores busy; check's table 3x busy"
 	@echo "make fmt | lint | doc | bench | list"
 
 build:
 	$(RELEASE_ENV) $(CARGO) build --release --quiet --target $(HOST) -p cwlab
+
+install: build
+	install -D -m 755 $(CWLAB) $(DESTDIR)$(PREFIX)/bin/cwlab
 
 $(addprefix scenario-,$(SCENARIOS)): scenario-%: build
 	$(CWLAB) run scenarios/$*.toml
@@ -36,7 +42,8 @@ scenarios: build
 list: build
 	$(CWLAB) list
 
-# The live side-by-side view for a workshop (q quits, space pauses, r reruns).
+# The live side-by-side view for a workshop, connect and close each spread over 3 s
+# (`cwlab demo --speed 2` twice as fast; q quits, space pauses, r reruns).
 demo: build
 	$(CWLAB) demo
 

@@ -498,7 +498,7 @@ fn issue_7_charts_of_the_leak_and_the_fix_differ_where_they_should() {
     // on the bottom of the server's row.
     if let Some(cw) = series("fixed").into_iter().find(|s| s.0 == "server CLOSE-WAIT") {
         assert_ne!(cw.1, "100");
-        assert_eq!(cw.2.split(',').nth(1), Some("260.0"), "back on the x axis at the end");
+        assert_eq!(cw.2.split(',').nth(1), Some("278.0"), "back on the x axis at the end");
     }
     assert!(series("fixed").iter().any(|s| s.0 == "client TIME-WAIT" && s.1 == "100"));
     // Issue 14: fixed and parent-closes look alike in sockets; the descriptor row tells them
@@ -536,7 +536,8 @@ fn issue_7_charts_of_the_leak_and_the_fix_differ_where_they_should() {
         .filter(|n| n.attribute("class") == Some("legend-item"))
         .filter_map(|n| n.text())
         .collect();
-    assert!(!legend.contains(&"LAST-ACK") && !legend.contains(&"CLOSING"), "{legend:?}");
+    // Issue 21: drawn from the transitions, fixed's brief LAST-ACK is there; CLOSING never was.
+    assert!(legend.contains(&"LAST-ACK") && !legend.contains(&"CLOSING"), "{legend:?}");
     assert!(legend.contains(&"CLOSE-WAIT") && legend.contains(&"descriptors"), "{legend:?}");
     let out = cwlab(&["chart", svg.to_str().unwrap(), "-o", dir.join("x.svg").to_str().unwrap()]);
     assert_exit!(out, 2);

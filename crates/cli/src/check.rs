@@ -210,6 +210,7 @@ fn judge(a: &Args, scenario: &Scenario) -> Result<i32, Failure> {
         pace: None,
         conn: a.figures.conn,
         dial: a.address,
+        spread: Duration::ZERO,
     };
     let mut faces: Vec<Box<dyn Reporter>> = vec![Box::new(cwlab_report::Progress::new())];
     faces.push(if a.json {

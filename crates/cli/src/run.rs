@@ -44,6 +44,10 @@ pub struct Args {
     /// Stop before each phase, say what is about to happen, and wait for Enter.
     #[arg(long)]
     step: bool,
+    /// A room's pace: start the clients evenly over DURATION, and close them evenly over as
+    /// long (e.g. 3s; `cwlab demo` sets it).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    spread: Option<Duration>,
     /// Write JUnit XML for CI (GitLab, Jenkins, test-report actions): one test case per
     /// expectation, failures with the observed value.
     #[arg(long, value_name = "FILE")]
@@ -102,6 +106,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         pace: a.step.then(cwlab_report::step::enter_keys),
         conn: a.figures.conn,
         dial: None,
+        spread: a.spread.unwrap_or_default(),
     };
     let mut faces = reporters(a, &paths);
     let mut worst = exit::PASS;

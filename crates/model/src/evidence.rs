@@ -43,6 +43,122 @@ pub struct Transitions {
     pub paths: Vec<PathCount>,
     /// For each side and state left, how long connections spent in it.
     pub durations: Vec<StateDuration>,
+    /// For each side and state, its sockets after every change, as the table shows them
+    /// (issue 21: what the timeline is drawn from). Absent from reports before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub levels: Vec<Level>,
+}
+
+/// One side's sockets in one state over the run: the count after each change.
+///
+/// Full sockets come and go with the kernel's transitions. A closing socket handed to a timewait
+/// socket (FIN-WAIT-1, FIN-WAIT-2 or CLOSING → CLOSE) counts on as the table shows it: in
+/// TIME-WAIT, or in FIN-WAIT-2 where the peer had not closed yet (an orphan's timewait socket),
+/// until the peer closes (its transition to FIN-WAIT-1 or LAST-ACK sends the FIN), then in
+/// TIME-WAIT. A timewait socket lives 60 s, longer than a run: none ends here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Level {
+    /// The side.
+    pub side: Side,
+    /// The state.
+    pub state: TcpState,
+    /// `[µs since LISTEN, sockets]` after each change, in time order; changes in the same µs are
+    /// one point. A run of more than [`LEVEL_POINTS`] changes keeps, per slice of time, the
+    /// highest and the last count, so that peaks stay exact.
+    pub points: Vec<(i64, u32)>,
+}
+
+/// The most points a [`Level`] keeps as they are.
+pub const LEVEL_POINTS: usize = 2000;
+
+impl Level {
+    /// The highest count.
+    pub fn peak(&self) -> u32 {
+        self.points.iter().map(|(_, n)| *n).max().unwrap_or(0)
+    }
+}
+
+/// The [`Level`]s of a run from its transitions (any order).
+pub fn levels(events: &[Transition]) -> Vec<Level> {
+    use TcpState::*;
+    let mut events: Vec<&Transition> = events.iter().collect();
+    events.sort_by_key(|e| e.t_us);
+    // When each side of each connection closed (sent its FIN), as the peer's FIN arrival.
+    let mut closed: BTreeMap<(Side, u16), i64> = BTreeMap::new();
+    for e in &events {
+        if matches!(e.to, FinWait1 | LastAck) {
+            closed.entry((e.side, e.client_port)).or_insert(e.t_us);
+        }
+    }
+    let peer = |side: Side| if side == Side::Server { Side::Client } else { Side::Server };
+    let mut deltas: Vec<(i64, Side, TcpState, i32)> = Vec::new();
+    for e in &events {
+        if !matches!(e.from, Listen | Close) {
+            deltas.push((e.t_us, e.side, e.from, -1));
+        }
+        let handed = e.to == Close && matches!(e.from, FinWait1 | FinWait2 | Closing);
+        if !handed {
+            if e.to != Close {
+                deltas.push((e.t_us, e.side, e.to, 1));
+            }
+            continue;
+        }
+        let fin = closed.get(&(peer(e.side), e.client_port)).copied();
+        match fin {
+            Some(t) if t > e.t_us && e.from == FinWait2 => {
+                deltas.push((e.t_us, e.side, FinWait2, 1));
+                deltas.push((t, e.side, FinWait2, -1));
+                deltas.push((t, e.side, TimeWait, 1));
+            }
+            None if e.from == FinWait2 => deltas.push((e.t_us, e.side, FinWait2, 1)),
+            _ => deltas.push((e.t_us, e.side, TimeWait, 1)),
+        }
+    }
+    deltas.sort_by_key(|d| d.0);
+    // Each series: its running count, and its points.
+    type Running = (i64, Vec<(i64, u32)>);
+    let mut series: BTreeMap<(Side, TcpState), Running> = BTreeMap::new();
+    for (t, side, state, d) in deltas {
+        let (n, points) = series.entry((side, state)).or_insert((0, Vec::new()));
+        *n += i64::from(d);
+        let now = (*n).max(0) as u32;
+        match points.last_mut() {
+            Some(last) if last.0 == t => last.1 = now,
+            _ => points.push((t, now)),
+        }
+    }
+    series
+        .into_iter()
+        .filter(|(_, (_, p))| p.iter().any(|(_, n)| *n > 0))
+        .map(|((side, state), (_, points))| Level { side, state, points: thin(points) })
+        .collect()
+}
+
+/// At most about [`LEVEL_POINTS`] points: per slice of time, the highest and the last.
+fn thin(points: Vec<(i64, u32)>) -> Vec<(i64, u32)> {
+    if points.len() <= LEVEL_POINTS {
+        return points;
+    }
+    let slices = LEVEL_POINTS / 2;
+    let (t0, t1) = (points[0].0, points[points.len() - 1].0);
+    let span = (t1 - t0).max(1) as f64;
+    let slice = |t: i64| (((t - t0) as f64 / span) * (slices - 1) as f64) as usize;
+    let mut out: Vec<(i64, u32)> = Vec::new();
+    let mut i = 0;
+    while i < points.len() {
+        let k = slice(points[i].0);
+        let j = (i..points.len()).find(|&j| slice(points[j].0) != k).unwrap_or(points.len());
+        let group = &points[i..j];
+        let high = *group.iter().max_by_key(|(_, n)| *n).expect("a slice has a point");
+        let last = group[group.len() - 1];
+        out.push(high);
+        if last != high {
+            out.push(last);
+        }
+        i = j;
+    }
+    out
 }
 
 /// How many connections made one transition on one side.
@@ -118,6 +234,7 @@ impl Transitions {
 /// Computes paths, counts and durations from the transitions, in time order.
 pub fn analyse(mut events: Vec<Transition>, lost: u64) -> Transitions {
     events.sort_by_key(|e| e.t_us);
+    let levels = levels(&events);
     let mut by_conn: BTreeMap<(Side, u16), Vec<&Transition>> = BTreeMap::new();
     for e in &events {
         by_conn.entry((e.side, e.client_port)).or_default().push(e);
@@ -168,6 +285,7 @@ pub fn analyse(mut events: Vec<Transition>, lost: u64) -> Transitions {
                 }
             })
             .collect(),
+        levels,
     }
 }
 
@@ -421,5 +539,62 @@ mod tests {
         let est =
             tr.durations.iter().find(|d| d.state == Established && d.side == Side::Server).unwrap();
         assert_eq!((est.connections, est.min_ms, est.max_ms), (2, 0.99, 2.98));
+    }
+
+    /// `n` connections one after another, 10 µs apart: the clients connect, then each closes;
+    /// the server closes too where `server_closes`, 5 µs after the client.
+    fn closes(n: u16, server_closes: bool) -> Vec<Transition> {
+        let mut v = Vec::new();
+        for i in 0..n {
+            let (p, t0) = (40000 + i, i64::from(i) * 10);
+            v.push(t(t0, Side::Client, p, Close, SynSent));
+            v.push(t(t0 + 1, Side::Server, p, Listen, SynRecv));
+            v.push(t(t0 + 1, Side::Server, p, SynRecv, Established));
+            v.push(t(t0 + 1, Side::Client, p, SynSent, Established));
+            let c = i64::from(n) * 10 + 950 + i64::from(i) * 10;
+            v.push(t(c, Side::Client, p, Established, FinWait1));
+            v.push(t(c + 1, Side::Server, p, Established, CloseWait));
+            v.push(t(c + 1, Side::Client, p, FinWait1, FinWait2));
+            if server_closes {
+                v.push(t(c + 5, Side::Server, p, CloseWait, LastAck));
+                v.push(t(c + 6, Side::Server, p, LastAck, Close));
+                v.push(t(c + 6, Side::Client, p, FinWait2, Close));
+            } else {
+                v.push(t(c + 1, Side::Client, p, FinWait2, Close));
+            }
+        }
+        v
+    }
+
+    fn level(ls: &[Level], side: Side, state: TcpState) -> &Level {
+        ls.iter().find(|l| l.side == side && l.state == state).unwrap()
+    }
+
+    #[test]
+    fn issue_21_levels_count_every_socket_where_the_table_shows_it() {
+        let leak = levels(&closes(5, false));
+        let estab = level(&leak, Side::Client, Established);
+        assert_eq!(estab.peak(), 5, "every connection open at once: {estab:?}");
+        assert_eq!(estab.points.iter().find(|p| p.1 == 5).unwrap().0, 41, "when the 5th came");
+        let cw = level(&leak, Side::Server, CloseWait);
+        assert_eq!(cw.points.first(), Some(&(1001, 1)), "nothing before it happened");
+        assert_eq!(cw.points.last(), Some(&(1041, 5)));
+        // The client's socket was handed to a FIN-WAIT-2 timewait socket: the table's count.
+        assert_eq!(level(&leak, Side::Client, FinWait2).points.last().unwrap().1, 5);
+        assert!(!leak.iter().any(|l| l.state == TimeWait));
+        let fixed = levels(&closes(5, true));
+        assert_eq!(level(&fixed, Side::Client, TimeWait).points.last().unwrap().1, 5);
+        assert_eq!(level(&fixed, Side::Client, FinWait2).points.last().unwrap().1, 0);
+        assert_eq!(level(&fixed, Side::Server, LastAck).peak(), 1);
+        assert!(!fixed.iter().any(|l| l.state == Listen || l.state == Close));
+    }
+
+    #[test]
+    fn a_long_level_keeps_its_peak() {
+        let v = closes(3000, false);
+        let ls = levels(&v);
+        let estab = level(&ls, Side::Client, Established);
+        assert!(estab.points.len() <= LEVEL_POINTS + 2, "{}", estab.points.len());
+        assert_eq!(estab.peak(), 3000);
     }
 }

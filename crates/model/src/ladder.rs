@@ -284,12 +284,13 @@ fn rows(steps: &[Step]) -> Vec<Row> {
                     }
                 } else {
                     // Every other state answers the segment just received. Two changes on one
-                    // segment (a FIN,ACK takes FIN-WAIT-1 through FIN-WAIT-2 to TIME-WAIT) show
-                    // the last, as the textbook's arrow does.
+                    // segment (a FIN,ACK takes FIN-WAIT-1 through FIN-WAIT-2 to TIME-WAIT, as the
+                    // kernel reports it) show both: the second on a row of its own.
                     if let Some(row) = rows.last_mut() {
                         let received = row.arrow.as_ref().is_some_and(|a| a.from != *side);
                         let close = *t_us - (row.t_ms * 1000.0).round() as i64 <= SAME_ROW_US;
-                        if received && close && pending[s].is_none() {
+                        let free = row.state(*side).is_none_or(|st| st == shown);
+                        if received && close && free && pending[s].is_none() {
                             *row.slot(*side) = Some(shown);
                             continue;
                         }

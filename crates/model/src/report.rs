@@ -78,6 +78,9 @@
 //!         "median_ms": 54.248,
 //!         "max_ms": 57.338
 //!       }
+//!     ],
+//!     "levels": [
+//!       {"side": "server", "state": "CLOSE-WAIT", "points": [[80326, 1], [121170, 100]]}
 //!     ]
 //!   },
 //!   "packets": {
@@ -159,6 +162,9 @@
 //! (schema 2) is [`Diagnosis`]: `findings[].kind` is one of `fork-leak`, `exec-inherited`,
 //! `worker-inherited`, `handler-holds`, `held-elsewhere`, `hidden-leak`, `accept-failing`,
 //! `backlog`, `hung-clients`, `clean`; `held` groups the stuck sockets by side, state and role.
+//! `transitions.levels` (absent from older reports) are each side's sockets per state after
+//! every change, `[µs since LISTEN, sockets]`, timewait sockets counted as the table shows them:
+//! what the timeline is drawn from ([`Level`](crate::evidence::Level)).
 //! `connections` (schema 3) are [`ConnectionTrace`]s: one connection of each way the run's
 //! connections went (`like_it` of them went that way), then the earliest, each step a `segment`
 //! (its sender, flags, payload bytes) or a `state` (the side, the state left and entered), in µs

@@ -9,8 +9,14 @@
 //! to a hold of seconds; each phase is labelled in its own band. Only the states that occur are
 //! drawn and listed; a state has the same colour everywhere ([`crate::palette`]).
 //!
-//! Each series is a `<polyline>` with `data-series="SIDE STATE"` (or `acceptor fds`) and
-//! `data-max="N"`. Each panel's subtitle is the title of the run's first finding.
+//! The sockets are drawn from the kernel's transitions where the run has them (the report's
+//! [`Level`]s: every change, exact, stamped), as steps: a count holds until it changes, so
+//! nothing climbs before it happened and a peak between two samples is drawn at its height.
+//! Without the tracepoint they are the samples, as steps too. The descriptors are samples.
+//!
+//! Each series is a `<polyline>` with `data-series="SIDE STATE"` (or `acceptor fds`),
+//! `data-max="N"` and `data-from="transitions"` or `"samples"`. Each panel's subtitle is the
+//! title of the run's first finding.
 
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -18,6 +24,7 @@ use std::io;
 use std::path::PathBuf;
 
 use cwlab_model::events::Reporter;
+use cwlab_model::evidence::Level;
 use cwlab_model::report::{Phase, Report, Side};
 use cwlab_model::TcpState;
 
@@ -48,7 +55,7 @@ impl Reporter for Svg {
 const PANEL_W: f64 = 640.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 110.0;
+const TOP: f64 = 128.0;
 /// The rows of a panel: the server's sockets, the clients', the acceptor's descriptors.
 const ROW_H: [f64; 3] = [150.0, 150.0, 90.0];
 const ROW_GAP: f64 = 28.0;
@@ -61,8 +68,26 @@ pub const MIN_PHASE_SHARE: f64 = 0.14;
 use crate::palette::{colour, DESCRIPTORS};
 use crate::text::esc;
 
-/// The states of a report with a socket in some sample, per side, LISTEN aside.
-fn series(r: &Report) -> BTreeSet<(Side, TcpState)> {
+/// A series as drawn: `(ms since LISTEN, sockets)` after each change.
+type Steps = Vec<(f64, u32)>;
+
+/// The sockets of each side and state with a socket at some time, LISTEN aside: from the
+/// transitions where the run has them, else from the samples.
+fn series(r: &Report) -> Vec<((Side, TcpState), Steps)> {
+    if !r.transitions.levels.is_empty() {
+        let mut out: Vec<((Side, TcpState), Steps)> = r
+            .transitions
+            .levels
+            .iter()
+            .filter(|l| l.state != TcpState::Listen && l.peak() > 0)
+            .map(|l: &Level| {
+                let steps = l.points.iter().map(|&(t, n)| (t as f64 / 1000.0, n)).collect();
+                ((l.side, l.state), steps)
+            })
+            .collect();
+        out.sort_by_key(|(k, _)| *k);
+        return out;
+    }
     let mut set = BTreeSet::new();
     for s in &r.samples {
         for (side, counts) in [(Side::Server, &s.server), (Side::Client, &s.client)] {
@@ -73,7 +98,16 @@ fn series(r: &Report) -> BTreeSet<(Side, TcpState)> {
             }
         }
     }
-    set
+    set.into_iter()
+        .map(|(side, st)| {
+            ((side, st), r.samples.iter().map(|s| (s.t_ms as f64, s.get(side, st))).collect())
+        })
+        .collect()
+}
+
+/// Whether a report's sockets are drawn from its transitions.
+fn from_transitions(r: &Report) -> bool {
+    !r.transitions.levels.is_empty()
 }
 
 fn rows_bottom() -> f64 {
@@ -84,11 +118,8 @@ fn rows_bottom() -> f64 {
 pub fn render(reports: &[Report]) -> String {
     let y_max = reports
         .iter()
-        .flat_map(|r| &r.samples)
-        .flat_map(|s| {
-            s.server.iter().chain(s.client.iter()).filter(|(st, _)| **st != TcpState::Listen)
-        })
-        .map(|(_, n)| *n)
+        .flat_map(series)
+        .flat_map(|(_, steps)| steps.into_iter().map(|(_, n)| n))
         .max()
         .unwrap_or(1)
         .max(1);
@@ -100,7 +131,8 @@ pub fn render(reports: &[Report]) -> String {
         .unwrap_or(1)
         .max(1);
     let scale = Scale { sockets: nice(y_max), fds: nice(fd_max) };
-    let states: BTreeSet<TcpState> = reports.iter().flat_map(series).map(|(_, st)| st).collect();
+    let states: BTreeSet<TcpState> =
+        reports.iter().flat_map(series).map(|((_, st), _)| st).collect();
     let width = PANEL_W * reports.len().max(1) as f64;
     let legend_rows = (states.len() + 1).div_ceil(3).max(1) as f64;
     let height = rows_bottom() + AXIS_H + LEGEND_H * legend_rows + 10.0;
@@ -138,9 +170,12 @@ fn nice(n: u32) -> u32 {
     }
 }
 
+/// A phase's band on the time axis: (phase, start ms, end ms, x0, x1).
+pub type Band = (Phase, u64, u64, f64, f64);
+
 /// The time axis: each phase a band of [`MIN_PHASE_SHARE`] of the width, plus a share of the
-/// rest in proportion to its length. Returns the bands (phase, start ms, end ms, x0, x1).
-pub fn bands(r: &Report, x0: f64, width: f64) -> Vec<(Phase, u64, u64, f64, f64)> {
+/// rest in proportion to its length. Returns the bands.
+pub fn bands(r: &Report, x0: f64, width: f64) -> Vec<Band> {
     let end = r.samples.last().map_or(1, |s| s.t_ms).max(1);
     let mut marks: Vec<(Phase, u64)> = r.phases.iter().map(|m| (m.phase, m.t_ms)).collect();
     marks.retain(|(p, _)| *p != Phase::End);
@@ -165,63 +200,32 @@ pub fn bands(r: &Report, x0: f64, width: f64) -> Vec<(Phase, u64, u64, f64, f64)
         .collect()
 }
 
-/// Where time `t` falls on the axis of `bands`.
-fn at(bands: &[(Phase, u64, u64, f64, f64)], t: u64) -> f64 {
+/// Where time `t` (ms) falls on the axis of `bands`.
+fn at(bands: &[Band], t: f64) -> f64 {
     for &(_, a, b, x0, x1) in bands {
+        let (a, b) = (a as f64, b as f64);
         if t <= b {
-            let f = if b > a { (t.saturating_sub(a)) as f64 / (b - a) as f64 } else { 0.0 };
+            let f = if b > a { (t - a).max(0.0) / (b - a) } else { 0.0 };
             return x0 + (x1 - x0) * f;
         }
     }
     bands.last().map_or(0.0, |b| b.4)
 }
 
+/// One run's panel: its title, the phases, the three rows, the time axis.
 fn panel(s: &mut String, r: &Report, x0: f64, scale: Scale) {
     let pw = PANEL_W - LEFT - RIGHT;
     let ox = x0 + LEFT;
     let bands = bands(r, ox, pw);
-    let x = |t: u64| at(&bands, t);
     let _ = writeln!(s, r#"<g class="panel" data-scenario="{}">"#, esc(&r.scenario.name));
+    // The panel's own box: what it says stays in it.
     let _ = writeln!(
         s,
-        r#"<text x="{ox}" y="30" font-size="26" font-weight="bold">{}</text>"#,
-        esc(&r.scenario.name)
+        r#"<rect class="panel-box" x="{x0}" y="0" width="{PANEL_W}" height="{}" fill="none"/>"#,
+        rows_bottom() + AXIS_H
     );
-    let _ = writeln!(
-        s,
-        r##"<text x="{ox}" y="52" font-size="15" fill="#444">server {} · {} clients · {}</text>"##,
-        esc(&r.scenario.behaviour),
-        r.clients,
-        r.verdict
-    );
-    if let Some(f) = r.diagnosis.primary() {
-        let _ = writeln!(
-            s,
-            r##"<text class="finding" data-kind="{}" x="{ox}" y="74" font-size="16" font-weight="bold" fill="{}">{}</text>"##,
-            f.kind,
-            if f.kind.is_leak() { "#d62728" } else { "#2ca02c" },
-            esc(&f.title)
-        );
-    }
-    // The phases: shaded bands, each labelled in its own middle.
-    let bottom = rows_bottom();
-    for (i, &(p, _, _, bx0, bx1)) in bands.iter().enumerate() {
-        if i % 2 == 1 {
-            let _ = writeln!(
-                s,
-                r##"<rect x="{bx0:.1}" y="{}" width="{:.1}" height="{}" fill="#f3f3f3"/>"##,
-                TOP - 18.0,
-                bx1 - bx0,
-                bottom - TOP + 18.0
-            );
-        }
-        let _ = writeln!(
-            s,
-            r##"<text class="phase-label" data-phase="{p}" x="{:.1}" y="{}" font-size="14" fill="#555" text-anchor="middle">{p}</text>"##,
-            (bx0 + bx1) / 2.0,
-            TOP - 4.0
-        );
-    }
+    head(s, r, ox);
+    phases(s, &bands);
     let acceptor = if r.scenario.command.is_some() { "listener's fds" } else { "acceptor's fds" };
     let mut y0 = TOP;
     for (row, h) in ROW_H.iter().enumerate() {
@@ -230,75 +234,184 @@ fn panel(s: &mut String, r: &Report, x0: f64, scale: Scale) {
             1 => (scale.sockets, "clients"),
             _ => (scale.fds, acceptor),
         };
-        let oy = y0 + h;
-        let y = |n: u32| oy - h * f64::from(n) / f64::from(top);
-        let _ = writeln!(
-            s,
-            r#"<line x1="{ox}" y1="{oy}" x2="{}" y2="{oy}" stroke="black" stroke-width="1.5"/><line x1="{ox}" y1="{oy}" x2="{ox}" y2="{y0}" stroke="black" stroke-width="1.5"/>"#,
-            ox + pw
-        );
-        for k in [0, 2, 4] {
-            let n = top * k / 4;
-            let _ = writeln!(
-                s,
-                r##"<text class="tick" x="{}" y="{}" font-size="13" text-anchor="end">{n}</text><line x1="{ox}" y1="{2}" x2="{3}" y2="{2}" stroke="#ddd"/>"##,
-                ox - 6.0,
-                y(n) + 4.0,
-                y(n),
-                ox + pw
-            );
+        let row_at = Row { x0, ox, pw, y0, h: *h, top };
+        row_axes(s, &row_at, name);
+        match row {
+            0 => sockets(s, r, Side::Server, &row_at, &bands),
+            1 => sockets(s, r, Side::Client, &row_at, &bands),
+            _ => descriptors(s, r, &row_at, &bands),
         }
-        let _ = writeln!(
-            s,
-            r#"<text class="row-label" x="{}" y="{}" font-size="14" font-weight="bold" text-anchor="middle" transform="rotate(-90 {0} {1})">{name}</text>"#,
-            x0 + 24.0,
-            y0 + h / 2.0
-        );
-        if row < 2 {
-            let side = if row == 0 { Side::Server } else { Side::Client };
-            for (sd, st) in series(r).into_iter().filter(|(sd, _)| *sd == side) {
-                let pts: Vec<String> = r
-                    .samples
-                    .iter()
-                    .map(|smp| format!("{:.1},{:.1}", x(smp.t_ms), y(smp.get(sd, st))))
-                    .collect();
-                let max = r.samples.iter().map(|smp| smp.get(sd, st)).max().unwrap_or(0);
-                let _ = writeln!(
-                    s,
-                    r#"<polyline data-series="{sd} {st}" data-max="{max}" fill="none" stroke="{}" stroke-width="3.5" points="{}"/>"#,
-                    colour(st),
-                    pts.join(" ")
-                );
-            }
-        } else {
-            let pts: Vec<String> = r
-                .samples
-                .iter()
-                .filter_map(|smp| Some(format!("{:.1},{:.1}", x(smp.t_ms), y(smp.acceptor_fds?))))
-                .collect();
-            let fds: Vec<u32> = r.samples.iter().filter_map(|smp| smp.acceptor_fds).collect();
-            let (first, max) =
-                (fds.first().copied().unwrap_or(0), fds.iter().max().copied().unwrap_or(0));
-            let _ = writeln!(
-                s,
-                r#"<polyline data-series="acceptor fds" data-first="{first}" data-max="{max}" fill="none" stroke="{DESCRIPTORS}" stroke-width="3" points="{}"/>"#,
-                pts.join(" ")
-            );
-            if let (Some(a), Some(b)) = (fds.first(), fds.last()) {
-                let _ = writeln!(
-                    s,
-                    r#"<text class="fds-note" x="{}" y="{}" font-size="13" text-anchor="end">{a} → {b}</text>"#,
-                    ox + pw - 4.0,
-                    y0 + 14.0
-                );
-            }
-        }
-        y0 = oy + ROW_GAP;
+        y0 += h + ROW_GAP;
     }
-    // The time axis: a tick at each phase's start, in seconds.
-    let oy = bottom;
+    time_axis(s, r, &bands, ox, pw);
+    s.push_str("</g>\n");
+}
+
+/// Where one row of a panel is drawn, and its axis's top.
+struct Row {
+    x0: f64,
+    ox: f64,
+    pw: f64,
+    y0: f64,
+    h: f64,
+    top: u32,
+}
+
+impl Row {
+    fn y(&self, n: u32) -> f64 {
+        self.y0 + self.h - self.h * f64::from(n) / f64::from(self.top)
+    }
+}
+
+/// The panel's title, what ran, and its first finding.
+fn head(s: &mut String, r: &Report, ox: f64) {
+    let _ = writeln!(
+        s,
+        r#"<text x="{ox}" y="30" font-size="26" font-weight="bold">{}</text>"#,
+        esc(&r.scenario.name)
+    );
+    let (held, of) = r.expectations_held();
+    let judged = match r.verdict {
+        cwlab_model::report::Verdict::Error => "no verdict".to_string(),
+        _ => format!("{held} of {of} expectations held"),
+    };
+    let _ = writeln!(
+        s,
+        r##"<text x="{ox}" y="52" font-size="15" fill="#444">server {} · {} clients · {judged}</text>"##,
+        esc(&r.scenario.behaviour),
+        r.clients,
+    );
+    if let Some(f) = r.diagnosis.primary() {
+        // In two lines at most, each within the panel in the widest renderer.
+        let per_line = ((PANEL_W - LEFT - 10.0) / crate::diagram::text_w(1, 16.0)) as usize;
+        let mut lines = crate::text::wrap(&f.title, per_line);
+        if lines.len() > 2 {
+            let rest = lines.split_off(1).join(" ");
+            let cut: String = rest.chars().take(per_line - 1).collect();
+            lines.push(format!("{cut}…"));
+        }
+        for (i, line) in lines.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                r##"<text class="finding" data-kind="{}" x="{ox}" y="{}" font-size="16" font-weight="bold" fill="{}">{}</text>"##,
+                f.kind,
+                74.0 + 20.0 * i as f64,
+                if f.kind.is_leak() { "#d62728" } else { "#2ca02c" },
+                esc(line)
+            );
+        }
+    }
+}
+
+/// The phases: shaded bands, each labelled in its own middle.
+fn phases(s: &mut String, bands: &[Band]) {
+    let bottom = rows_bottom();
+    for (i, &(p, _, _, bx0, bx1)) in bands.iter().enumerate() {
+        if i % 2 == 1 {
+            let _ = writeln!(
+                s,
+                r##"<rect x="{bx0:.1}" y="{}" width="{:.1}" height="{}" fill="#f3f3f3"/>"##,
+                TOP - 24.0,
+                bx1 - bx0,
+                bottom - TOP + 24.0
+            );
+        }
+        let _ = writeln!(
+            s,
+            r##"<text class="phase-label" data-phase="{p}" x="{:.1}" y="{}" font-size="14" fill="#555" text-anchor="middle">{p}</text>"##,
+            (bx0 + bx1) / 2.0,
+            TOP - 8.0
+        );
+    }
+}
+
+/// A row's axes, its ticks and its name.
+fn row_axes(s: &mut String, row: &Row, name: &str) {
+    let (ox, oy, right) = (row.ox, row.y0 + row.h, row.ox + row.pw);
+    let _ = writeln!(
+        s,
+        r#"<line x1="{ox}" y1="{oy}" x2="{right}" y2="{oy}" stroke="black" stroke-width="1.5"/><line x1="{ox}" y1="{oy}" x2="{ox}" y2="{}" stroke="black" stroke-width="1.5"/>"#,
+        row.y0
+    );
+    for k in [0, 2, 4] {
+        let n = row.top * k / 4;
+        let _ = writeln!(
+            s,
+            r##"<text class="tick" x="{}" y="{}" font-size="13" text-anchor="end">{n}</text><line x1="{ox}" y1="{2}" x2="{right}" y2="{2}" stroke="#ddd"/>"##,
+            ox - 6.0,
+            row.y(n) + 4.0,
+            row.y(n),
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<text class="row-label" x="{}" y="{}" font-size="14" font-weight="bold" text-anchor="middle" transform="rotate(-90 {0} {1})">{name}</text>"#,
+        row.x0 + 24.0,
+        row.y0 + row.h / 2.0
+    );
+}
+
+/// One side's sockets per state, as steps.
+fn sockets(s: &mut String, r: &Report, side: Side, row: &Row, bands: &[Band]) {
+    let end = r.samples.last().map_or(0.0, |s| s.t_ms as f64);
+    let from = if from_transitions(r) { "transitions" } else { "samples" };
+    for ((sd, st), steps) in series(r).into_iter().filter(|((sd, _), _)| *sd == side) {
+        let max = steps.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            r#"<polyline data-series="{sd} {st}" data-max="{max}" data-from="{from}" fill="none" stroke="{}" stroke-width="3.5" stroke-linejoin="round" points="{}"/>"#,
+            colour(st),
+            step_points(&steps, 0, end, bands, row)
+        );
+    }
+}
+
+/// A series as a step line from `start` at LISTEN: each count held until the next change, the
+/// last to `end`.
+fn step_points(steps: &[(f64, u32)], start: u32, end: f64, bands: &[Band], row: &Row) -> String {
+    let mut pts = vec![format!("{:.1},{:.1}", at(bands, 0.0), row.y(start))];
+    let mut prev = start;
+    for &(t, n) in steps {
+        let x = at(bands, t);
+        pts.push(format!("{x:.1},{:.1}", row.y(prev)));
+        pts.push(format!("{x:.1},{:.1}", row.y(n)));
+        prev = n;
+    }
+    pts.push(format!("{:.1},{:.1}", at(bands, end), row.y(prev)));
+    pts.join(" ")
+}
+
+/// The acceptor's (or listener's) open descriptors, sampled, as steps, with first → last.
+fn descriptors(s: &mut String, r: &Report, row: &Row, bands: &[Band]) {
+    let steps: Vec<(f64, u32)> =
+        r.samples.iter().filter_map(|smp| Some((smp.t_ms as f64, smp.acceptor_fds?))).collect();
+    let (first, max) =
+        (steps.first().map_or(0, |(_, n)| *n), steps.iter().map(|(_, n)| *n).max().unwrap_or(0));
+    let end = r.samples.last().map_or(0.0, |s| s.t_ms as f64);
+    // Before the first sample the count is the first sample's, not zero.
+    let points =
+        if steps.is_empty() { String::new() } else { step_points(&steps, first, end, bands, row) };
+    let _ = writeln!(
+        s,
+        r#"<polyline data-series="acceptor fds" data-first="{first}" data-max="{max}" data-from="samples" fill="none" stroke="{DESCRIPTORS}" stroke-width="3" points="{points}"/>"#
+    );
+    if let (Some(a), Some(b)) = (steps.first(), steps.last()) {
+        let _ = writeln!(
+            s,
+            r#"<text class="fds-note" x="{}" y="{}" font-size="13" text-anchor="end">{} → {}</text>"#,
+            row.ox + row.pw - 4.0,
+            row.y0 - 4.0,
+            a.1,
+            b.1
+        );
+    }
+}
+
+/// The time axis: a tick at each phase's start and at the end, in seconds, and its label.
+fn time_axis(s: &mut String, r: &Report, bands: &[Band], ox: f64, pw: f64) {
+    let oy = rows_bottom();
     let mut last_x = f64::NEG_INFINITY;
-    for &(_, a, _, bx0, _) in &bands {
+    for &(_, a, _, bx0, _) in bands {
         if bx0 - last_x >= 36.0 {
             let _ = writeln!(
                 s,
@@ -319,12 +432,11 @@ fn panel(s: &mut String, r: &Report, x0: f64, scale: Scale) {
     );
     let _ = writeln!(
         s,
-        r#"<text class="axis-label" x="{}" y="{}" font-size="14" text-anchor="middle">seconds since the server listened (each phase gets {:.0}% of the width, the rest by length)</text>"#,
+        r#"<text class="axis-label" x="{}" y="{}" font-size="14" text-anchor="middle">seconds since the server listened (each phase at least {:.0}% wide)</text>"#,
         ox + pw / 2.0,
         oy + 40.0,
         MIN_PHASE_SHARE * 100.0
     );
-    s.push_str("</g>\n");
 }
 
 fn legend(s: &mut String, states: &BTreeSet<TcpState>, y0: f64) {

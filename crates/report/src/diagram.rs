@@ -1,34 +1,47 @@
 //! The close half of TCP's state machine with a run's counts, drawn: one panel per side, each
-//! state a box with its sockets at the end (thick and marked where sockets are stuck), each arrow
+//! box a state with its sockets at the end (thick and marked where sockets are stuck), each arrow
 //! with the transitions the kernel made along it (grey where none did; dashed where the textbook
-//! draws no arrow). What the numbers are is [`cwlab_model::machine::Machine`]'s.
+//! draws no arrow). The timewait sockets the kernel hands a closing connection to (TIME-WAIT,
+//! and FIN-WAIT-2 before the peer's FIN) sit in a frame of their own, so the counts in the boxes
+//! and on the arrows add up. What the numbers are is [`cwlab_model::machine::Machine`]'s.
 
 use std::fmt::Write;
 
-use cwlab_model::machine::{Edge, Machine};
+use cwlab_model::machine::{Edge, Machine, Node, Place, TIMEWAIT_LIFE};
 use cwlab_model::report::Side;
 use cwlab_model::TcpState;
 
 use crate::palette::{self, paint};
 use crate::text::esc;
 
-const PANEL_W: f64 = 540.0;
-const PANEL_H: f64 = 470.0;
+const PANEL_W: f64 = 660.0;
+const PANEL_H: f64 = 530.0;
 const BOX_W: f64 = 112.0;
 const BOX_H: f64 = 44.0;
+/// The columns and rows of the boxes.
+const COL: [f64; 3] = [100.0, 330.0, 560.0];
+const ROW: [f64; 4] = [80.0, 190.0, 310.0, 450.0];
 
-/// Where each state's box sits in a panel.
-fn at(s: TcpState) -> (f64, f64) {
-    match s {
-        TcpState::Established => (270.0, 60.0),
-        TcpState::FinWait1 => (80.0, 150.0),
-        TcpState::CloseWait => (460.0, 150.0),
-        TcpState::FinWait2 => (80.0, 255.0),
-        TcpState::Closing => (280.0, 255.0),
-        TcpState::LastAck => (460.0, 255.0),
-        TcpState::TimeWait => (280.0, 360.0),
-        _ => (460.0, 360.0),
+/// Where each box sits in a panel.
+fn at(p: Place) -> (f64, f64) {
+    use TcpState::*;
+    match p {
+        Place::Full(Established) => (COL[1], ROW[0]),
+        Place::Full(FinWait1) => (COL[0], ROW[1]),
+        Place::Full(CloseWait) => (COL[2], ROW[1]),
+        Place::Full(FinWait2) => (COL[0], ROW[2]),
+        Place::Full(Closing) => (COL[1], ROW[2]),
+        Place::Full(LastAck) => (COL[2], ROW[2]),
+        Place::Timewait(FinWait2) => (COL[0], ROW[3]),
+        Place::Timewait(_) | Place::Full(TimeWait) => (COL[1], ROW[3]),
+        Place::Full(_) => (COL[2], ROW[3]),
     }
+}
+
+/// A width that holds `chars` characters of sans-serif at `size` px in any renderer (DejaVu
+/// Sans, the widest usual default, averages under 0.62 em; capitals and digits under 0.72).
+pub fn text_w(chars: usize, size: f64) -> f64 {
+    chars as f64 * size * 0.72
 }
 
 /// The machine as an SVG document: the server's panel, then the client's.
@@ -98,56 +111,82 @@ fn panel(s: &mut String, m: &Machine, side: Side, x0: f64, y0: f64) {
         x0 + 20.0,
         y0 + 22.0
     );
+    timewait_frame(s, x0, y0);
+    opened(s, m.opened(side), x0, y0);
     for e in &m.edges {
         edge(s, e, side, x0, y0);
     }
     for n in &m.nodes {
-        let (cx, cy) = at(n.state);
-        let (cx, cy) = (x0 + cx, y0 + cy);
-        let count = if side == Side::Server { n.server } else { n.client };
-        let stuck = if side == Side::Server { n.stuck_server } else { n.stuck_client };
-        let c = palette::colour(n.state);
-        let (stroke_w, fill_op) = if stuck {
-            (4.0, 0.25)
-        } else if count > 0 {
-            (2.5, 0.15)
-        } else {
-            (1.5, 0.05)
-        };
-        let _ = writeln!(
-            s,
-            r#"<g class="state" data-state="{}" data-count="{count}" data-stuck="{stuck}"><rect x="{}" y="{}" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{c}" fill-opacity="{fill_op}" stroke="{c}" stroke-width="{stroke_w}"/><text x="{cx}" y="{}" font-size="14" font-weight="bold" text-anchor="middle" fill="{c}">{}</text><text x="{cx}" y="{}" font-size="15" text-anchor="middle">{}{}</text></g>"#,
-            n.state.name(),
-            cx - BOX_W / 2.0,
-            cy - BOX_H / 2.0,
-            cy - 4.0,
-            n.state.name(),
-            cy + 15.0,
-            count,
-            if stuck { " stuck" } else { "" }
-        );
+        node(s, n, side, x0, y0);
     }
     s.push_str("</g>\n");
 }
 
+/// The frame around the timewait sockets, with what they are and how long they live.
+fn timewait_frame(s: &mut String, x0: f64, y0: f64) {
+    let (left, right) = (x0 + COL[0] - BOX_W / 2.0 - 14.0, x0 + COL[1] + BOX_W / 2.0 + 14.0);
+    let (top, bottom) = (y0 + ROW[3] - BOX_H / 2.0 - 14.0, y0 + ROW[3] + BOX_H / 2.0 + 34.0);
+    let _ = writeln!(
+        s,
+        r##"<g class="timewait"><rect x="{left}" y="{top}" width="{}" height="{}" rx="10" fill="none" stroke="#888" stroke-width="1.2" stroke-dasharray="4 3"/><text x="{}" y="{}" font-size="12" fill="#555" text-anchor="middle">timewait sockets · each lives {TIMEWAIT_LIFE}</text></g>"##,
+        right - left,
+        bottom - top,
+        (left + right) / 2.0,
+        bottom - 10.0
+    );
+}
+
+/// The arrow into ESTAB: the connections opened.
+fn opened(s: &mut String, n: u64, x0: f64, y0: f64) {
+    let (x, y) = (x0 + COL[1], y0 + ROW[0] - BOX_H / 2.0 - 3.0);
+    let (stroke, tip) = if n > 0 { ("#333", "tip") } else { ("#bbb", "tip-idle") };
+    let _ = writeln!(
+        s,
+        r##"<g class="edge" data-edge="opened ESTAB" data-count="{n}"><line x1="{x}" y1="{}" x2="{x}" y2="{y}" stroke="{stroke}" stroke-width="2" marker-end="url(#{tip})"/><text x="{}" y="{}" font-size="13" font-weight="bold">{n} opened</text></g>"##,
+        y - 26.0,
+        x + 10.0,
+        y - 10.0
+    );
+}
+
+fn node(s: &mut String, n: &Node, side: Side, x0: f64, y0: f64) {
+    let (cx, cy) = at(n.place);
+    let (cx, cy) = (x0 + cx, y0 + cy);
+    let (count, stuck) = n.on(side);
+    let c = palette::colour(n.state());
+    let (stroke_w, fill_op) = if stuck {
+        (4.0, 0.25)
+    } else if count > 0 {
+        (2.5, 0.15)
+    } else {
+        (1.5, 0.05)
+    };
+    let timewait = matches!(n.place, Place::Timewait(_));
+    let _ = writeln!(
+        s,
+        r#"<g class="state" data-state="{}" data-timewait="{timewait}" data-count="{count}" data-stuck="{stuck}"><rect x="{}" y="{}" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{c}" fill-opacity="{fill_op}" stroke="{c}" stroke-width="{stroke_w}"/><text x="{cx}" y="{}" font-size="14" font-weight="bold" text-anchor="middle" fill="{c}">{}</text><text x="{cx}" y="{}" font-size="15" text-anchor="middle">{}{}</text></g>"#,
+        n.state().name(),
+        cx - BOX_W / 2.0,
+        cy - BOX_H / 2.0,
+        cy - 4.0,
+        n.state().name(),
+        cy + 15.0,
+        count,
+        if stuck { " stuck" } else { "" }
+    );
+}
+
 fn edge(s: &mut String, e: &Edge, side: Side, x0: f64, y0: f64) {
-    let n = if side == Side::Server { e.server } else { e.client };
+    let n = e.on(side);
     let (ax, ay) = at(e.from);
     let (bx, by) = at(e.to);
     let (ax, ay, bx, by) = (x0 + ax, y0 + ay, x0 + bx, y0 + by);
-    // Straight where the boxes see each other; the kernel's own arrows bent below the rest.
-    let bend = match (e.from, e.to) {
-        (TcpState::FinWait2, TcpState::Close) => Some(175.0),
-        _ if !e.textbook => Some(60.0),
-        _ => None,
-    };
+    // Straight where the boxes see each other; the kernel's own arrows bent aside.
+    let bend = if e.textbook || matches!(e.to, Place::Timewait(_)) { 0.0 } else { 60.0 };
     let (mx, my) = ((ax + bx) / 2.0, (ay + by) / 2.0);
     let (dx, dy) = (bx - ax, by - ay);
     let len = (dx * dx + dy * dy).sqrt().max(1.0);
-    let (cx, cy) = match bend {
-        Some(b) => (mx - dy / len * b, my + dx / len * b),
-        None => (mx, my),
-    };
+    let (cx, cy) = (mx - dy / len * bend, my + dx / len * bend);
     let (sx, sy) = clip(ax, ay, cx - ax, cy - ay);
     let (ex, ey) = clip(bx, by, cx - bx, cy - by);
     let (stroke, width, tip) = if n > 0 { ("#333", 2.5, "tip") } else { ("#bbb", 1.2, "tip-idle") };
@@ -161,14 +200,13 @@ fn edge(s: &mut String, e: &Edge, side: Side, x0: f64, y0: f64) {
     // The label at the curve's middle, on a white ground so lines under it do not cross it:
     // the count, and under it what moves a socket along the arrow.
     let (lx, ly) = (0.25 * sx + 0.5 * cx + 0.25 * ex, 0.25 * sy + 0.5 * cy + 0.25 * ey);
-    let widest = n.to_string().len().max(e.label.chars().count());
-    let tw = widest as f64 * 6.0 + 8.0;
+    let tw = text_w(n.to_string().len(), 13.0).max(text_w(e.label.chars().count(), 11.0)) + 8.0;
     let (colour, weight) = if n > 0 { ("#000", "bold") } else { ("#999", "normal") };
     let _ = writeln!(
         s,
-        r##"<rect x="{:.1}" y="{:.1}" width="{tw:.1}" height="28" fill="white" fill-opacity="0.9"/><text x="{lx:.1}" y="{:.1}" font-size="13" font-weight="{weight}" text-anchor="middle" fill="{colour}">{n}</text><text x="{lx:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#888">{}</text></g>"##,
+        r##"<rect x="{:.1}" y="{:.1}" width="{tw:.1}" height="30" fill="white" fill-opacity="0.92"/><text x="{lx:.1}" y="{:.1}" font-size="13" font-weight="{weight}" text-anchor="middle" fill="{colour}">{n}</text><text x="{lx:.1}" y="{:.1}" font-size="11" text-anchor="middle" fill="#888">{}</text></g>"##,
         lx - tw / 2.0,
-        ly - 14.0,
+        ly - 15.0,
         ly - 2.0,
         ly + 11.0,
         esc(&e.label)
@@ -183,45 +221,99 @@ fn clip(x: f64, y: f64, dx: f64, dy: f64) -> (f64, f64) {
     (x + dx * t, y + dy * t)
 }
 
-/// The machine as text: for each state, its sockets now on each side, then each arrow out of it
-/// with its transitions; states and arrows where nothing happened on either side are left out,
-/// unless `all`. At most 60 columns.
+/// One line of the machine as text: a box with its sockets, or an arrow out of the box above it
+/// with its transitions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextRow {
+    /// The box's name, or `  → NAME (why)` for an arrow.
+    pub name: String,
+    /// Why the arrow is taken, apart (dropped first where the width is short).
+    pub why: String,
+    /// The box's state (for its colour); `None` for an arrow.
+    pub state: Option<TcpState>,
+    /// The server's cell: a count, `100 ✗` where stuck.
+    pub server: String,
+    /// The client's cell.
+    pub client: String,
+    /// Sockets are stuck here: a row to keep in view.
+    pub stuck: bool,
+}
+
+/// The machine's rows: for each box, its sockets at the end on each side, then each arrow out
+/// of it with its transitions; boxes and arrows where nothing happened on either side are left
+/// out, unless `all`.
+pub fn text_rows(m: &Machine, all: bool) -> Vec<TextRow> {
+    let mut rows = Vec::new();
+    for n in &m.nodes {
+        let out: Vec<&Edge> = m.edges.iter().filter(|e| e.from == n.place).collect();
+        let busy = n.server + n.client > 0 || out.iter().any(|e| e.server + e.client > 0);
+        if !busy && !all {
+            continue;
+        }
+        let mark = |stuck: bool, v: u32| if stuck { format!("{v} ✗") } else { v.to_string() };
+        rows.push(TextRow {
+            name: n.place.name(),
+            why: String::new(),
+            state: Some(n.state()),
+            server: mark(n.stuck_server, n.server),
+            client: mark(n.stuck_client, n.client),
+            stuck: n.stuck_server || n.stuck_client,
+        });
+        for e in out.into_iter().filter(|e| all || e.server + e.client > 0) {
+            rows.push(TextRow {
+                name: format!("  → {}", e.to.name()),
+                why: if e.label.is_empty() { String::new() } else { format!(" ({})", e.label) },
+                state: None,
+                server: e.server.to_string(),
+                client: e.client.to_string(),
+                stuck: false,
+            });
+        }
+    }
+    rows
+}
+
+/// The machine as text ([`text_rows`]), at most 60 columns; `colour` paints the states.
 pub fn text(m: &Machine, colour: bool, all: bool) -> String {
     text_cols(m, colour, all, 34, 8)
 }
 
 /// The machine as plain text in at most `width` columns (the live view's pane).
 pub fn text_in(m: &Machine, all: bool, width: usize) -> String {
-    let name = width.saturating_sub(2 + 2 * 7).clamp(14, 34);
-    text_cols(m, false, all, name, 6)
+    let (name, cell) = text_widths(width);
+    text_cols(m, false, all, name, cell)
+}
+
+/// The name column's width and the cells' for `width` columns in all.
+pub fn text_widths(width: usize) -> (usize, usize) {
+    (width.saturating_sub(2 + 2 * 7).clamp(14, 34), 6)
+}
+
+/// One row in columns `w` (the name) and `c` (each cell): the reason goes where it does not fit.
+pub fn text_line(r: &TextRow, colour: bool, w: usize, c: usize) -> String {
+    let short = r.name.replace(" (timewait)", " tw");
+    let fits = [format!("{}{}", r.name, r.why), format!("{short}{}", r.why)];
+    let cell = match fits.into_iter().find(|c| c.chars().count() <= w) {
+        Some(c) => c,
+        None => short.chars().take(w).collect(),
+    };
+    let cell = match r.state {
+        Some(st) => paint(&format!("{cell:<w$}"), st, colour),
+        None => format!("{cell:<w$}"),
+    };
+    format!("  {cell} {:>c$} {:>c$}", r.server, r.client)
+}
+
+/// The header line of the text.
+pub fn text_header(w: usize, c: usize) -> String {
+    format!("  {:<w$} {:>c$} {:>c$}", "state / → transition", "server", "client")
 }
 
 fn text_cols(m: &Machine, colour: bool, all: bool, w: usize, c: usize) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "  {:<w$} {:>c$} {:>c$}", "state / → transition", "server", "client");
-    for n in &m.nodes {
-        let out: Vec<&Edge> = m.edges.iter().filter(|e| e.from == n.state).collect();
-        let busy = n.server + n.client > 0 || out.iter().any(|e| e.server + e.client > 0);
-        if !busy && !all {
-            continue;
-        }
-        let mark = |stuck: bool, v: u32| if stuck { format!("{v} ✗") } else { v.to_string() };
-        let name = paint(&format!("{:<w$}", n.state.name()), n.state, colour);
-        let _ = writeln!(
-            s,
-            "  {name} {:>c$} {:>c$}",
-            mark(n.stuck_server, n.server),
-            mark(n.stuck_client, n.client)
-        );
-        for e in out {
-            if e.server + e.client == 0 && !all {
-                continue;
-            }
-            let label = format!("  → {}", e.to.name());
-            let why = if e.label.is_empty() { String::new() } else { format!(" ({})", e.label) };
-            let cell: String = format!("{label}{why}").chars().take(w).collect();
-            let _ = writeln!(s, "  {cell:<w$} {:>c$} {:>c$}", e.server, e.client);
-        }
+    let _ = writeln!(s, "{}", text_header(w, c));
+    for r in text_rows(m, all) {
+        let _ = writeln!(s, "{}", text_line(&r, colour, w, c));
     }
     if !m.transitions {
         let _ = writeln!(s, "  (no transitions: tracefs could not be used)");
@@ -232,42 +324,25 @@ fn text_cols(m: &Machine, colour: bool, all: bool, w: usize, c: usize) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cwlab_model::evidence::{TransitionCount, Transitions};
+    use cwlab_model::evidence::TransitionCount;
     use TcpState::*;
 
     fn leak() -> Machine {
-        let t = Transitions {
-            available: true,
-            counts: vec![
-                TransitionCount {
-                    side: Side::Server,
-                    from: Established,
-                    to: CloseWait,
-                    connections: 100,
-                },
-                TransitionCount {
-                    side: Side::Client,
-                    from: Established,
-                    to: FinWait1,
-                    connections: 100,
-                },
-                TransitionCount {
-                    side: Side::Client,
-                    from: FinWait1,
-                    to: FinWait2,
-                    connections: 100,
-                },
-                TransitionCount { side: Side::Client, from: FinWait2, to: Close, connections: 100 },
-            ],
-            ..Transitions::default()
-        };
+        let t = |side, from, to| TransitionCount { side, from, to, connections: 100 };
+        let counts = vec![
+            t(Side::Server, SynRecv, Established),
+            t(Side::Server, Established, CloseWait),
+            t(Side::Client, SynSent, Established),
+            t(Side::Client, Established, FinWait1),
+            t(Side::Client, FinWait1, FinWait2),
+            t(Side::Client, FinWait2, Close),
+        ];
         Machine::build(
             |side, st| match (side, st) {
                 (Side::Server, CloseWait) | (Side::Client, FinWait2) => 100,
                 _ => 0,
             },
-            |side, from, to| t.count(side, from, to),
-            t.counts.iter().map(|c| (c.from, c.to)),
+            &counts,
             true,
             0,
         )
@@ -287,16 +362,17 @@ mod tests {
         };
         assert_eq!(edge("server", "ESTAB CLOSE-WAIT").as_deref(), Some("100"));
         assert_eq!(edge("client", "ESTAB CLOSE-WAIT").as_deref(), Some("0"));
-        assert_eq!(edge("client", "FIN-WAIT-2 CLOSE").as_deref(), Some("100"));
-        let stuck: Vec<(&str, &str)> = doc
+        assert_eq!(edge("client", "FIN-WAIT-2 FIN-WAIT-2 (timewait)").as_deref(), Some("100"));
+        assert_eq!(edge("client", "opened ESTAB").as_deref(), Some("100"));
+        let stuck: Vec<(&str, &str, &str)> = doc
             .descendants()
             .filter(|n| n.attribute("data-stuck") == Some("true"))
             .map(|n| {
                 let side = n.ancestors().find_map(|a| a.attribute("data-side")).unwrap();
-                (side, n.attribute("data-state").unwrap())
+                (side, n.attribute("data-state").unwrap(), n.attribute("data-timewait").unwrap())
             })
             .collect();
-        assert_eq!(stuck, [("server", "CLOSE-WAIT"), ("client", "FIN-WAIT-2")]);
+        assert_eq!(stuck, [("server", "CLOSE-WAIT", "false"), ("client", "FIN-WAIT-2", "true")]);
     }
 
     #[test]
@@ -305,11 +381,23 @@ mod tests {
         assert!(t.contains(&format!("{:<34} {:>8} {:>8}", "CLOSE-WAIT", "100 ✗", 0)), "{t}");
         let arrow = format!("{:<34} {:>8} {:>8}", "  → CLOSE-WAIT (FIN / ACK)", 100, 0);
         assert!(t.contains(&arrow), "{t}");
-        let handed = format!("{:<34} {:>8} {:>8}", "  → CLOSE (to a timewait socket)", 0, 100);
+        let handed = format!("{:<34} {:>8} {:>8}", "  → FIN-WAIT-2 tw (orphaned)", 0, 100);
         assert!(t.contains(&handed), "{t}");
+        let waits = format!("{:<34} {:>8} {:>8}", "FIN-WAIT-2 (timewait)", 0, "100 ✗");
+        assert!(t.contains(&waits), "{t}");
         assert!(!t.contains("LAST-ACK"), "{t}");
         for line in t.lines() {
             assert!(line.chars().count() <= 60, "{line}");
+        }
+    }
+
+    #[test]
+    fn issue_21_narrow_text_drops_the_reason_not_the_state() {
+        let t = text_in(&leak(), false, 38);
+        assert!(t.contains("  → FIN-WAIT-1 "), "{t}");
+        assert!(!t.contains("(close"), "a cut reason is left out whole: {t}");
+        for line in t.lines() {
+            assert!(line.chars().count() <= 38, "{line}");
         }
     }
 }

@@ -7,6 +7,12 @@
 //! Elements a reader (or a test) can find: `section.run[data-scenario]`, `.verdict[data-verdict]`,
 //! `.finding[data-kind]`, `table.expectations`, `table.holders`, `figure.chart svg`,
 //! `figure.machine svg`, `figure.ladder svg`.
+//!
+//! Each run leads with its verdict in words (`.verdict[data-outcome]`: "leak reproduced: 9 of 9
+//! expectations held", not a green PASS over a leak), coloured by what the run found (red a
+//! leak, green none, grey no verdict). With several runs the page opens with them side by side
+//! (`section.compare`: a table of what each found, and their timelines on one scale), then each
+//! run in detail.
 
 use std::fmt::Write;
 use std::io;
@@ -49,7 +55,8 @@ impl Reporter for Html {
 const STYLE: &str = "body{font-family:sans-serif;max-width:1040px;margin:2em auto;padding:0 1em;color:#222}\
 h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em}\
 .verdict{display:inline-block;padding:.1em .6em;border-radius:.3em;color:white;font-size:.8em;vertical-align:middle}\
-.verdict.pass{background:#2ca02c}.verdict.fail{background:#d62728}.verdict.error{background:#7f7f7f}\
+.verdict.clean{background:#2ca02c}.verdict.leak{background:#d62728}.verdict.error{background:#7f7f7f}\
+table.compare td.leak{color:#d62728;font-weight:bold}table.compare td.clean{color:#2ca02c;font-weight:bold}\
 .finding{border-left:6px solid #2ca02c;padding:.2em 1em;margin:1em 0;background:#f6fbf6}\
 .finding.leak{border-color:#d62728;background:#fdf4f4}.fix{font-weight:bold}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}\
@@ -67,6 +74,9 @@ pub fn page(reports: &[Report], check: bool) -> String {
         esc(&names.join(", ")),
         esc(&names.join(", "))
     );
+    if reports.len() > 1 {
+        compare(&mut s, reports, check);
+    }
     for r in reports {
         run(&mut s, r, check);
     }
@@ -88,14 +98,87 @@ fn verdict(r: &Report, check: bool) -> Verdict {
     }
 }
 
+/// What a run came to, in words, and the class that colours it: `leak`, `clean` or `error`.
+pub fn said(r: &Report, check: bool) -> (String, &'static str) {
+    let leak = r.diagnosis.findings.iter().any(|f| f.kind.is_leak());
+    let (held, of) = r.expectations_held();
+    match verdict(r, check) {
+        Verdict::Error => ("no verdict: the run could not finish".into(), "error"),
+        _ if check && leak => ("leak found".into(), "leak"),
+        _ if check => ("no leak found".into(), "clean"),
+        Verdict::Pass if leak => {
+            (format!("leak reproduced: {held} of {of} expectations held"), "leak")
+        }
+        Verdict::Pass => {
+            (format!("no leak, as expected: {held} of {of} expectations held"), "clean")
+        }
+        Verdict::Fail => {
+            let class = if leak { "leak" } else { "clean" };
+            (format!("not as expected: {} of {of} expectations failed", of - held), class)
+        }
+    }
+}
+
+/// Several runs side by side, before the details: what each found and its numbers at the end,
+/// then their timelines on one scale.
+fn compare(s: &mut String, reports: &[Report], check: bool) {
+    use cwlab_model::report::Side;
+    use cwlab_model::TcpState;
+    let _ = writeln!(
+        s,
+        "<section class=\"compare\">\n<h2>Side by side</h2>\n<table class=\"compare\">"
+    );
+    let row = |s: &mut String, head: &str, cells: Vec<(String, &str)>| {
+        let _ = write!(s, "<tr><th>{head}</th>");
+        for (c, class) in cells {
+            let _ = write!(s, "<td class=\"{class}\">{c}</td>");
+        }
+        s.push_str("</tr>\n");
+    };
+    let each = |f: &dyn Fn(&Report) -> String| -> Vec<(String, &str)> {
+        reports.iter().map(|r| (f(r), "")).collect()
+    };
+    row(s, "", each(&|r| format!("<b>{}</b>", esc(&r.scenario.name))));
+    let verdicts = reports.iter().map(|r| {
+        let (words, class) = said(r, check);
+        (esc(&words), class)
+    });
+    row(s, "verdict", verdicts.collect());
+    row(s, "finding", each(&|r| r.diagnosis.primary().map_or(String::new(), |f| esc(&f.title))));
+    for (side, st) in [
+        (Side::Server, TcpState::CloseWait),
+        (Side::Client, TcpState::FinWait2),
+        (Side::Client, TcpState::TimeWait),
+    ] {
+        let head = format!("{side} {st} at the end");
+        row(s, &head, each(&|r| r.final_counts.get(side, st).to_string()));
+    }
+    row(
+        s,
+        "acceptor fds",
+        each(&|r| match (r.acceptor.fds_baseline, r.acceptor.fds_end) {
+            (Some(a), Some(b)) => format!("{a} → {b}"),
+            _ => "—".into(),
+        }),
+    );
+    s.push_str("</table>\n");
+    let _ = writeln!(
+        s,
+        "<figure class=\"chart compare\">{}<figcaption>Their timelines on one scale.</figcaption></figure>\n</section>",
+        chart::render(reports)
+    );
+}
+
 fn run(s: &mut String, r: &Report, check: bool) {
     let v = verdict(r, check);
     let class = format!("{v}").to_lowercase();
+    let (words, outcome) = said(r, check);
     let _ = writeln!(s, "<section class=\"run\" data-scenario=\"{}\">", esc(&r.scenario.name));
     let _ = writeln!(
         s,
-        "<h2>{} <span class=\"verdict {class}\" data-verdict=\"{class}\">{v}</span></h2>",
-        esc(&r.scenario.name)
+        "<h2>{} <span class=\"verdict {outcome}\" data-verdict=\"{class}\" data-outcome=\"{outcome}\">{}</span></h2>",
+        esc(&r.scenario.name),
+        esc(&words)
     );
     if !r.scenario.story.is_empty() {
         let _ = writeln!(s, "<p class=\"story\">{}</p>", esc(&r.scenario.story));

@@ -142,7 +142,8 @@ fn svg_body(s: &mut String, l: &Ladder, y0: f64) -> f64 {
         );
     }
     let rows_y: Vec<f64> = layout(&l.rows, y0 + HEAD);
-    let bottom = rows_y.last().copied().unwrap_or(y0 + HEAD) + ROW_H;
+    // The lifelines stop half a row under the last arrow, clear of what is said under them.
+    let bottom = rows_y.last().copied().unwrap_or(y0 + HEAD) + ROW_H / 2.0;
     for x in [CLIENT_X, SERVER_X] {
         let _ = writeln!(
             s,
@@ -207,9 +208,11 @@ fn svg_body(s: &mut String, l: &Ladder, y0: f64) -> f64 {
             }
         }
     }
-    let mut y = bottom + 10.0;
+    let mut y = bottom + 24.0;
+    // As many characters a line as the widest renderer's bold 15 px fits in the page.
+    let per_line = ((W - 40.0) / crate::diagram::text_w(1, 15.0)) as usize;
     for e in &l.end {
-        for w in crate::text::wrap(e, 88) {
+        for w in crate::text::wrap(e, per_line) {
             let _ = writeln!(
                 s,
                 r##"<text class="end" x="20" y="{y}" font-size="15" font-weight="bold" fill="#d62728">{}</text>"##,

@@ -18,7 +18,7 @@ use ratatui::crossterm::event::{self, Event as Key, KeyCode, KeyEventKind};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Paragraph, Wrap};
+use ratatui::widgets::{Block, Paragraph};
 
 type Failure = std::io::Error;
 
@@ -60,22 +60,31 @@ impl Panel {
     }
 }
 
-/// Runs `scenarios` side by side and shows them; returns the exit code (the worst verdict, or
-/// 130 when the view was quit before the runs ended).
-pub fn show(scenarios: Vec<Scenario>, step: bool) -> Result<i32, Failure> {
+/// Runs `scenarios` side by side and shows them, each run's connect and close spread over
+/// `spread` (a room's pace); returns the exit code (the worst verdict, or 130 when the view was
+/// quit before the runs ended).
+pub fn show(scenarios: Vec<Scenario>, step: bool, spread: Duration) -> Result<i32, Failure> {
     let (tx, rx) = channel();
     let mut panels: Vec<Panel> = scenarios.into_iter().map(Panel::new).collect();
-    start_all(&mut panels, step, &tx)?;
+    let runs = Runs { step, spread };
+    start_all(&mut panels, runs, &tx)?;
     if std::io::stdout().is_terminal() {
-        live(&mut panels, step, &tx, &rx)
+        live(&mut panels, runs, &tx, &rx)
     } else {
         plain(&mut panels, step, &rx)
     }
 }
 
+/// How the view starts its runs.
+#[derive(Debug, Clone, Copy)]
+struct Runs {
+    step: bool,
+    spread: Duration,
+}
+
 fn start_all(
     panels: &mut [Panel],
-    step: bool,
+    Runs { step, spread }: Runs,
     tx: &Sender<(usize, Option<RunEvent>)>,
 ) -> Result<(), Failure> {
     let exe = std::env::current_exe()?;
@@ -85,6 +94,9 @@ fn start_all(
         cmd.arg("run").arg(&p.scenario.file).arg("--events").arg("--report").arg(report);
         if step {
             cmd.arg("--step");
+        }
+        if !spread.is_zero() {
+            cmd.arg("--spread").arg(format!("{}ms", spread.as_millis()));
         }
         let mut child = cmd
             .stdin(if step { Stdio::piped() } else { Stdio::null() })
@@ -266,7 +278,7 @@ fn plain(
 
 fn live(
     panels: &mut [Panel],
-    step: bool,
+    runs: Runs,
     tx: &Sender<(usize, Option<RunEvent>)>,
     rx: &Receiver<(usize, Option<RunEvent>)>,
 ) -> Result<i32, Failure> {
@@ -274,7 +286,7 @@ fn live(
     let colour = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut paused = false;
     let mut quit = false;
-    let mut pane = Pane::Expectations;
+    let mut view = View { colour, pane: Pane::Expectations };
     let mut held: Vec<(usize, Option<RunEvent>)> = Vec::new();
     let result = (|| -> std::io::Result<()> {
         while !quit {
@@ -289,7 +301,7 @@ fn live(
                     }
                 }
             }
-            term.draw(|f| draw(f, panels, paused, step, colour, pane))?;
+            term.draw(|f| draw(f, panels, paused, runs.step, view))?;
             if event::poll(Duration::from_millis(50))? {
                 if let Key::Key(k) = event::read()? {
                     if k.kind != KeyEventKind::Press {
@@ -298,12 +310,19 @@ fn live(
                     match k.code {
                         KeyCode::Char('q') | KeyCode::Esc => quit = true,
                         KeyCode::Char(' ') => paused = !paused,
-                        KeyCode::Char('l') => pane = pane.next(),
+                        KeyCode::Char('l') => view.pane = view.pane.next(),
+                        KeyCode::Char('s') => {
+                            view.pane = if view.pane == Pane::Story {
+                                Pane::Expectations
+                            } else {
+                                Pane::Story
+                            }
+                        }
                         KeyCode::Char('r') => {
                             stop_all(panels);
                             while rx.try_recv().is_ok() {}
                             held.clear();
-                            start_all(panels, step, tx)?;
+                            start_all(panels, runs, tx)?;
                         }
                         KeyCode::Enter | KeyCode::Char('n') => go_on(panels),
                         _ => {}
@@ -320,13 +339,15 @@ fn live(
     Ok(if finished { worst(panels) } else { exit::INTERRUPTED_SIGINT })
 }
 
-/// What the lower part of each column shows where the terminal is too small for all three:
-/// the expectations, the ladder of the first connection, or the state machine (`l` goes on).
+/// What a column shows under its counts, first: the expectations, the ladder of the first
+/// connection, or the state machine (`l` goes on); the others follow as far as the height goes.
+/// `s` shows the whole story instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pane {
     Expectations,
     Ladder,
     Machine,
+    Story,
 }
 
 impl Pane {
@@ -335,127 +356,60 @@ impl Pane {
             Pane::Expectations => "expectations",
             Pane::Ladder => "ladder",
             Pane::Machine => "state machine",
+            Pane::Story => "story",
         }
     }
 
+    /// The pane `l` goes to.
     fn next(self) -> Pane {
         match self {
             Pane::Expectations => Pane::Ladder,
             Pane::Ladder => Pane::Machine,
-            Pane::Machine => Pane::Expectations,
+            Pane::Machine | Pane::Story => Pane::Expectations,
+        }
+    }
+
+    /// The panes in the order a column fills its height with them, this one first.
+    fn order(self) -> Vec<Pane> {
+        match self {
+            Pane::Story => vec![Pane::Story],
+            _ => {
+                let all = [Pane::Expectations, Pane::Ladder, Pane::Machine];
+                let at = all.iter().position(|p| *p == self).unwrap_or(0);
+                all.iter().cycle().skip(at).take(3).copied().collect()
+            }
         }
     }
 }
 
-fn draw(
-    f: &mut ratatui::Frame<'_>,
-    panels: &[Panel],
-    paused: bool,
-    step: bool,
+/// How a column is drawn: colours or not, and what it shows first.
+#[derive(Debug, Clone, Copy)]
+struct View {
     colour: bool,
     pane: Pane,
-) {
-    let paint = |c: Color| if colour { Style::default().fg(c) } else { Style::default() };
+}
+
+impl View {
+    /// No colour: for measuring.
+    const PLAIN: View = View { colour: false, pane: Pane::Expectations };
+
+    fn paint(self, c: Color) -> Style {
+        if self.colour {
+            Style::default().fg(c)
+        } else {
+            Style::default()
+        }
+    }
+}
+
+fn draw(f: &mut ratatui::Frame<'_>, panels: &[Panel], paused: bool, step: bool, view: View) {
     let [body, footer] =
-        Layout::vertical([Constraint::Min(10), Constraint::Length(3)]).areas(f.area());
+        Layout::vertical([Constraint::Min(10), Constraint::Length(2)]).areas(f.area());
     let columns =
         Layout::horizontal(vec![Constraint::Ratio(1, panels.len().max(1) as u32); panels.len()])
             .split(body);
     for (p, area) in panels.iter().zip(columns.iter()) {
-        let width = area.width.saturating_sub(2) as usize;
-        let title = match &p.report {
-            Some(r) => format!(" {} · {} ", p.scenario.name, r.verdict),
-            None => format!(" {} · {} ", p.scenario.name, p.phase),
-        };
-        let mut lines: Vec<Line<'_>> = crate::text::wrap(p.scenario.headline(), width.max(10))
-            .into_iter()
-            .map(|l| Line::from(Span::styled(l, Style::default().add_modifier(Modifier::ITALIC))))
-            .collect();
-        lines.push(Line::from(format!("{:<11}{:>7}{:>7}", "", "server", "client")));
-        let sample = p.report.as_ref().and_then(|r| r.samples.last()).or(p.last.as_ref());
-        let clients = p.scenario.clients.count.max(1);
-        for st in TcpState::ALL.iter().filter(|s| **s != TcpState::Listen) {
-            let (a, b) =
-                sample.map_or((0, 0), |s| (s.get(Side::Server, *st), s.get(Side::Client, *st)));
-            if a + b == 0 {
-                continue;
-            }
-            let bar_w = width.saturating_sub(26);
-            let bar = "█".repeat(((a.max(b) as usize * bar_w) / clients as usize).min(bar_w));
-            let c = Color::Indexed(crate::palette::ansi(*st));
-            lines.push(Line::from(vec![
-                Span::raw(format!("{:<11}{a:>7}{b:>7} ", st.name())),
-                Span::styled(bar, paint(c)),
-            ]));
-        }
-        let first_fds = p.samples.first().and_then(|s| s.acceptor_fds);
-        if let (Some(a), Some(b)) =
-            (first_fds.or(sample.and_then(|s| s.acceptor_fds)), sample.and_then(|s| s.acceptor_fds))
-        {
-            lines.push(Line::from(format!("acceptor fds {a} → {b}")));
-        }
-        if let Some(r) = &p.report {
-            for h in held_by(r).into_iter().take(2) {
-                lines.push(Line::from(Span::styled(h, paint(Color::Yellow))));
-            }
-        }
-        let counts_end = lines.len();
-        lines.push(Line::from(""));
-        for (i, e) in p.scenario.expectations.iter().enumerate() {
-            let (mark, c) = match p.report.as_ref().and_then(|r| r.expectations.get(i)) {
-                Some(x) if !x.observable => ("?", Color::Gray),
-                Some(x) if x.passed => ("✓", Color::Green),
-                Some(_) => ("✗", Color::Red),
-                None if met_so_far(p, e) => ("✓", Color::Green),
-                None => ("·", Color::Gray),
-            };
-            let text: String = e.text.chars().take(width.saturating_sub(2)).collect();
-            lines.push(Line::from(vec![
-                Span::styled(format!("{mark} "), paint(c)),
-                Span::raw(text),
-            ]));
-        }
-        let block = Block::bordered().title(title);
-        // Below the counts: the expectations, the ladder and the state machine, all of them
-        // when the terminal is tall enough, else the one `l` chose (80×24 shows one at a time).
-        let expectations = lines.split_off(counts_end);
-        let width = area.width.saturating_sub(2) as usize;
-        let ladder = ladder_lines(p, width, colour);
-        let machine = machine_lines(p, width, colour);
-        let need = |v: &Vec<Line<'_>>| v.len() as u16 + 2;
-        let all =
-            need(&lines) + need(&expectations) + need(&ladder).min(14) + need(&machine).min(12);
-        let shown: Vec<(String, Vec<Line<'_>>)> = if area.height >= all {
-            vec![
-                (String::new(), expectations),
-                (" ladder ".into(), ladder),
-                (" state machine ".into(), machine),
-            ]
-        } else {
-            let name = format!(" {} (l: next) ", pane.name());
-            vec![(
-                name,
-                match pane {
-                    Pane::Expectations => expectations,
-                    Pane::Ladder => ladder,
-                    Pane::Machine => machine,
-                },
-            )]
-        };
-        let mut heights = vec![Constraint::Length(need(&lines))];
-        let n = shown.len();
-        for (i, (_, v)) in shown.iter().enumerate() {
-            heights.push(if i + 1 == n { Constraint::Min(0) } else { Constraint::Length(need(v)) });
-        }
-        let rows = Layout::vertical(heights).split(*area);
-        f.render_widget(Paragraph::new(lines).block(block), rows[0]);
-        for ((name, body), a) in shown.into_iter().zip(rows.iter().skip(1)) {
-            // A ladder longer than its pane keeps its latest rows in view.
-            let skip = body.len().saturating_sub(a.height.saturating_sub(2) as usize);
-            let body: Vec<Line<'_>> =
-                if name.contains("ladder") { body.into_iter().skip(skip).collect() } else { body };
-            f.render_widget(Paragraph::new(body).block(Block::bordered().title(name)), *a);
-        }
+        column(f, p, *area, view);
     }
     let waiting = panels.iter().find_map(|p| p.waiting);
     let hint = match (waiting, paused) {
@@ -465,24 +419,244 @@ fn draw(
         _ => String::new(),
     };
     let keys = if step {
-        "q quit · space pause · r rerun · l expectations/ladder/machine · Enter next step"
+        "q quit · space pause · r rerun · l next view · s story · Enter next step"
     } else {
-        "q quit · space pause · r rerun · l expectations/ladder/machine"
+        "q quit · space pause · r rerun · l next view · s story"
     };
     f.render_widget(
         Paragraph::new(vec![
-            Line::from(hint),
-            Line::from(Span::styled(keys, paint(Color::DarkGray))),
-        ])
-        .wrap(Wrap { trim: true }),
+            Line::from(fold(&hint, footer.width as usize)),
+            Line::from(Span::styled(
+                fold(keys, footer.width as usize),
+                view.paint(Color::DarkGray),
+            )),
+        ]),
         footer,
     );
 }
 
+/// One scenario's column: a frame titled with its name and phase (its verdict at the end), the
+/// story's first line, the counts now, then the panes as far as the height goes, each under a
+/// rule with its name.
+fn column(f: &mut ratatui::Frame<'_>, p: &Panel, area: ratatui::layout::Rect, view: View) {
+    let title = match &p.report {
+        Some(r) => format!(" {} · {} ", p.scenario.name, r.verdict),
+        None => format!(" {} · {} ", p.scenario.name, p.phase),
+    };
+    let block = Block::bordered().title(title);
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let width = inner.width as usize;
+    let mut lines = counts_lines(p, width, view);
+    let room = (inner.height as usize).saturating_sub(lines.len());
+    for (pane, height) in share(p, view.pane.order(), width, room) {
+        let body = pane_lines(p, pane, width, height, view);
+        let hint = if pane == view.pane { " (l: next)" } else { "" };
+        let name = format!("─ {}{hint} ", pane.name());
+        let rule = format!("{name}{}", "─".repeat(width.saturating_sub(name.chars().count())));
+        lines.push(Line::from(Span::styled(rule, view.paint(Color::DarkGray))));
+        lines.extend(body);
+    }
+    f.render_widget(Paragraph::new(lines), inner);
+}
+
+/// The rows each pane gets of `room` (each pane also takes a row for its rule): all it would
+/// show where everything fits; else each its compact form (the ladder from its FIN, the
+/// machine's boxes, an expectation a line) and what is left to the first ones; else as many
+/// panes as fit, in order, the last cut to what is left.
+fn share(p: &Panel, order: Vec<Pane>, width: usize, room: usize) -> Vec<(Pane, usize)> {
+    let sized: Vec<(Pane, usize, usize)> = order
+        .into_iter()
+        .map(|pane| {
+            let natural = pane_lines(p, pane, width, usize::MAX / 4, View::PLAIN).len();
+            (pane, natural, compact(p, pane).min(natural))
+        })
+        .filter(|(_, natural, _)| *natural > 0)
+        .collect();
+    let need =
+        |f: fn(&(Pane, usize, usize)) -> usize| sized.iter().map(|x| f(x) + 1).sum::<usize>();
+    if need(|x| x.1) <= room {
+        return sized.iter().map(|(pane, n, _)| (*pane, *n)).collect();
+    }
+    // The first pane whole where it fits, else compact; then the others compact, in order, as
+    // far as they fit; what is left goes to the first ones.
+    let first_whole = sized.first().is_some_and(|(_, n, _)| *n < room);
+    let sized: Vec<(Pane, usize, usize)> = sized
+        .into_iter()
+        .enumerate()
+        .map(|(i, (pane, n, c))| (pane, n, if i == 0 && first_whole { n } else { c }))
+        .collect();
+    // The panes whose compact forms fit, in order, then what is left to the first ones; the
+    // first pane alone gets all the room where even its compact form does not fit.
+    let mut left = room;
+    let mut out: Vec<(Pane, usize, usize)> = Vec::new();
+    for (pane, n, c) in sized {
+        if c < left {
+            left -= c + 1;
+            out.push((pane, n, c));
+        } else if out.is_empty() && left >= 4 {
+            out.push((pane, left - 1, left - 1));
+            left = 0;
+        }
+    }
+    out.into_iter()
+        .map(|(pane, n, c)| {
+            let more = (n - c).min(left);
+            left -= more;
+            (pane, c + more)
+        })
+        .collect()
+}
+
+/// The fewest rows a pane shows its point in: the ladder from its first FIN with its end
+/// folded, the machine's boxes, the story's first lines, an expectation a line.
+fn compact(p: &Panel, pane: Pane) -> usize {
+    match pane {
+        Pane::Expectations => p.scenario.expectations.len(),
+        Pane::Story => 4,
+        Pane::Ladder => {
+            let Some(l) = p.report.as_ref().and_then(cwlab_model::ladder::Ladder::representative)
+            else {
+                return 6;
+            };
+            let fin = l.rows.iter().position(|r| r.arrow.as_ref().is_some_and(|a| a.fin));
+            2 + l.rows.len() - fin.unwrap_or(l.rows.len().saturating_sub(3)) + l.end.len()
+        }
+        Pane::Machine => {
+            let m = machine(p);
+            1 + crate::diagram::text_rows(&m, false).iter().filter(|r| r.state.is_some()).count()
+        }
+    }
+}
+
+/// `text` in one line of `width` columns: cut with `…` where it is longer.
+fn fold(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
+    s.push('…');
+    s
+}
+
+/// The top of a column: the story's first line (folded: `s` shows it all), each state's sockets
+/// now on both sides with a bar (marked ✗ at the end where they are stuck), the acceptor's
+/// descriptors and who holds what is stuck.
+fn counts_lines(p: &Panel, width: usize, view: View) -> Vec<Line<'static>> {
+    use cwlab_model::machine::Machine;
+    let italic = Style::default().add_modifier(Modifier::ITALIC);
+    let mut lines = vec![Line::from(Span::styled(fold(p.scenario.headline(), width), italic))];
+    lines.push(Line::from(format!("{:<11}{:>7}{:>7}", "", "server", "client")));
+    let sample = p.report.as_ref().and_then(|r| r.samples.last()).or(p.last.as_ref());
+    let now = |side, st| match &p.report {
+        Some(r) => r.final_counts.get(side, st),
+        None => sample.map_or(0, |s| s.get(side, st)),
+    };
+    let machine = p.report.as_ref().map(Machine::of);
+    let stuck = |side: Side, st: TcpState| {
+        machine.as_ref().is_some_and(|m| m.nodes.iter().any(|n| n.state() == st && n.on(side).1))
+    };
+    let clients = p.scenario.clients.count.max(1);
+    for st in TcpState::ALL.iter().filter(|s| **s != TcpState::Listen) {
+        let (a, b) = (now(Side::Server, *st), now(Side::Client, *st));
+        if a + b == 0 {
+            continue;
+        }
+        let cell = |side, n: u32| {
+            if n > 0 && stuck(side, *st) {
+                format!("{n} ✗")
+            } else {
+                n.to_string()
+            }
+        };
+        let bar_w = width.saturating_sub(27);
+        let bar = "█".repeat(((a.max(b) as usize * bar_w) / clients as usize).min(bar_w));
+        let c = Color::Indexed(crate::palette::ansi(*st));
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:<11}", st.name()), view.paint(c)),
+            Span::raw(format!("{:>7}{:>7} ", cell(Side::Server, a), cell(Side::Client, b))),
+            Span::styled(bar, view.paint(c)),
+        ]));
+    }
+    let first_fds = p.samples.first().and_then(|s| s.acceptor_fds);
+    if let (Some(a), Some(b)) =
+        (first_fds.or(sample.and_then(|s| s.acceptor_fds)), sample.and_then(|s| s.acceptor_fds))
+    {
+        lines.push(Line::from(format!("acceptor fds {a} → {b}")));
+    }
+    if let Some(r) = &p.report {
+        for h in held_by(r).into_iter().take(2) {
+            lines.push(Line::from(Span::styled(fold(&h, width), view.paint(Color::Yellow))));
+        }
+    }
+    lines
+}
+
+/// A pane's lines fitted to `width` columns and at most `height` rows.
+fn pane_lines(
+    p: &Panel,
+    pane: Pane,
+    width: usize,
+    height: usize,
+    view: View,
+) -> Vec<Line<'static>> {
+    match pane {
+        Pane::Expectations => expectation_lines(p, width, height, view),
+        Pane::Ladder => ladder_lines(p, width, height, view.colour),
+        Pane::Machine => machine_lines(p, width, height, view.colour),
+        Pane::Story => crate::text::wrap(&p.scenario.story, width.max(10))
+            .into_iter()
+            .take(height)
+            .map(Line::from)
+            .collect(),
+    }
+}
+
+/// Each expectation with its mark (✓ held, ✗ failed, ? not observable, · not yet): wrapped where
+/// the height allows, else folded to a line; the last ones left out (and counted) where even
+/// that does not fit.
+fn expectation_lines(p: &Panel, width: usize, height: usize, view: View) -> Vec<Line<'static>> {
+    let marked: Vec<(&str, Color, &str)> = p
+        .scenario
+        .expectations
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (mark, c) = match p.report.as_ref().and_then(|r| r.expectations.get(i)) {
+                Some(x) if !x.observable => ("?", Color::Gray),
+                Some(x) if x.passed => ("✓", Color::Green),
+                Some(_) => ("✗", Color::Red),
+                None if met_so_far(p, e) => ("✓", Color::Green),
+                None => ("·", Color::Gray),
+            };
+            (mark, c, e.text.as_str())
+        })
+        .collect();
+    let text_w = width.saturating_sub(2).max(8);
+    let wrapped: Vec<Vec<String>> =
+        marked.iter().map(|(_, _, t)| crate::text::wrap(t, text_w)).collect();
+    let whole = wrapped.iter().map(Vec::len).sum::<usize>() <= height;
+    let mut out = Vec::new();
+    for (i, (mark, c, text)) in marked.iter().enumerate() {
+        let parts = if whole { wrapped[i].clone() } else { vec![fold(text, text_w)] };
+        for (j, part) in parts.into_iter().enumerate() {
+            let head = if j == 0 { format!("{mark} ") } else { "  ".into() };
+            out.push(Line::from(vec![Span::styled(head, view.paint(*c)), Span::raw(part)]));
+        }
+    }
+    if out.len() > height && height > 0 {
+        let more = marked.len() - (height - 1);
+        out.truncate(height - 1);
+        out.push(Line::from(format!("… {more} more")));
+    }
+    out
+}
+
 /// The ladder of the run's first connection, filling in as the witnesses see it; the report's
-/// representative once the run has ended. Fitted to `width` columns: the time goes first when
-/// there is no room for it.
-fn ladder_lines(p: &Panel, width: usize, colour: bool) -> Vec<Line<'static>> {
+/// representative once the run has ended. Fitted to `width` columns (the time goes first) and
+/// `height` rows: where the rows do not fit, those before the first FIN go first (a `⋮` says
+/// how many), and each sentence of the end is folded to a line.
+fn ladder_lines(p: &Panel, width: usize, height: usize, colour: bool) -> Vec<Line<'static>> {
     use cwlab_model::ladder::Ladder;
     let ladder = match (&p.report, p.witnessed.as_ref().and_then(|w| w.connection.as_ref())) {
         (Some(r), _) => Ladder::representative(r),
@@ -490,8 +664,41 @@ fn ladder_lines(p: &Panel, width: usize, colour: bool) -> Vec<Line<'static>> {
         (None, None) => None,
     };
     let Some(l) = ladder else {
-        return vec![Line::from("(no connection yet, or no witness)")];
+        return vec![Line::from(fold("(no connection yet, or no witness)", width))];
     };
+    let red = if colour { Style::default().fg(Color::Red) } else { Style::default() };
+    let said = |w: String| Line::from(Span::styled(w, red));
+    let wrapped: Vec<Line<'static>> =
+        l.end.iter().flat_map(|e| crate::text::wrap(e, width.max(10))).map(said).collect();
+    let rows: Vec<Line<'static>> =
+        l.rows.iter().map(|row| ladder_row(row, width, colour)).collect();
+    let fin = l.rows.iter().position(|r| r.arrow.as_ref().is_some_and(|a| a.fin));
+    let mut out = vec![Line::from(format!(":{}", l.client_port))];
+    if 1 + rows.len() + wrapped.len() <= height {
+        out.extend(rows);
+        out.extend(wrapped);
+        return out;
+    }
+    // The close first: from the first FIN on, the rows before it as far as they fit; the end
+    // said whole where that leaves the close in view, else a line a sentence.
+    let from_fin = rows.len() - fin.unwrap_or(rows.len().saturating_sub(3));
+    let end = if 2 + from_fin + wrapped.len() <= height {
+        wrapped
+    } else {
+        l.end.iter().map(|e| said(fold(e, width))).collect()
+    };
+    let keep = height.saturating_sub(2 + end.len());
+    let latest = rows.len().saturating_sub(keep);
+    let from = fin.map_or(latest, |f| f.min(latest));
+    out.push(Line::from(format!("⋮ {from} rows before")));
+    out.extend(rows.into_iter().skip(from).take(keep));
+    out.extend(end);
+    out.truncate(height);
+    out
+}
+
+/// One row of a ladder in `width` columns.
+fn ladder_row(row: &cwlab_model::ladder::Row, width: usize, colour: bool) -> Line<'static> {
     let state_w = 10;
     let timed = width >= 2 * state_w + 30;
     let arrow_w = width.saturating_sub(2 * state_w + 2 + if timed { 9 } else { 0 }).max(8);
@@ -502,89 +709,84 @@ fn ladder_lines(p: &Panel, width: usize, colour: bool) -> Vec<Line<'static>> {
             Style::default()
         }
     };
-    let mut out = vec![Line::from(format!(":{}", l.client_port))];
-    for row in &l.rows {
-        let mut spans = Vec::new();
-        if timed {
-            spans.push(Span::raw(format!("{:>8.1} ", row.t_ms)));
-        }
-        let cell = |st: Option<TcpState>| match st {
-            Some(st) => Span::styled(format!("{:<state_w$}", st.name()), style(st)),
-            None => Span::raw(" ".repeat(state_w)),
-        };
-        spans.push(cell(row.client));
-        let arrow = match &row.arrow {
-            Some(a) => {
-                let label: String = a.label.chars().take(arrow_w.saturating_sub(4)).collect();
-                let fill = "─".repeat(arrow_w.saturating_sub(label.chars().count() + 3));
-                match a.from {
-                    Side::Client => format!("─{label}{fill}►"),
-                    Side::Server => format!("◄{fill}{label}─"),
-                }
+    let mut spans = Vec::new();
+    if timed {
+        spans.push(Span::raw(format!("{:>8.1} ", row.t_ms)));
+    }
+    let cell = |st: Option<TcpState>| match st {
+        Some(st) => Span::styled(format!("{:<state_w$}", st.name()), style(st)),
+        None => Span::raw(" ".repeat(state_w)),
+    };
+    spans.push(cell(row.client));
+    let arrow = match &row.arrow {
+        Some(a) => {
+            let label: String = a.label.chars().take(arrow_w.saturating_sub(4)).collect();
+            let fill = "─".repeat(arrow_w.saturating_sub(label.chars().count() + 3));
+            match a.from {
+                Side::Client => format!("─{label}{fill}►"),
+                Side::Server => format!("◄{fill}{label}─"),
             }
-            None => " ".repeat(arrow_w - 1),
-        };
-        let fin = row.arrow.as_ref().is_some_and(|a| a.fin);
-        let arrow_style =
-            if fin { Style::default().add_modifier(Modifier::BOLD) } else { Style::default() };
-        spans.push(Span::raw(" "));
-        spans.push(Span::styled(arrow, arrow_style));
-        spans.push(Span::raw(" "));
-        spans.push(cell(row.server));
-        out.push(Line::from(spans));
-    }
-    for e in &l.end {
-        for w in crate::text::wrap(e, width.saturating_sub(2).max(10)) {
-            out.push(Line::from(Span::styled(
-                w,
-                if colour { Style::default().fg(Color::Red) } else { Style::default() },
-            )));
         }
-    }
-    // The latest rows matter most: keep the end in view.
-    out
+        None => " ".repeat(arrow_w - 1),
+    };
+    let fin = row.arrow.as_ref().is_some_and(|a| a.fin);
+    let arrow_style =
+        if fin { Style::default().add_modifier(Modifier::BOLD) } else { Style::default() };
+    spans.push(Span::raw(" "));
+    spans.push(Span::styled(arrow, arrow_style));
+    spans.push(Span::raw(" "));
+    spans.push(cell(row.server));
+    Line::from(spans)
 }
 
-/// The state machine so far: the last sample's counts and the transitions seen.
-fn machine_lines(p: &Panel, width: usize, colour: bool) -> Vec<Line<'static>> {
+/// The machine of the report, or so far: the last sample's counts and the transitions seen,
+/// nothing marked stuck before the run has ended.
+fn machine(p: &Panel) -> cwlab_model::machine::Machine {
     use cwlab_model::machine::Machine;
-    let m = match &p.report {
-        Some(r) => Machine::of(r),
-        None => {
-            let counts = p.witnessed.as_ref().map(|w| w.counts.clone()).unwrap_or_default();
-            let last = p.last.clone();
-            Machine::build(
-                |side, st| last.as_ref().map_or(0, |s| s.get(side, st)),
-                |side, from, to| {
-                    counts
-                        .iter()
-                        .filter(|c| c.side == side && c.from == from && c.to == to)
-                        .map(|c| c.connections)
-                        .sum()
-                },
-                counts.iter().map(|c| (c.from, c.to)),
-                p.witnessed.is_some(),
-                0,
-            )
+    if let Some(r) = &p.report {
+        return Machine::of(r);
+    }
+    let counts = p.witnessed.as_ref().map(|w| w.counts.clone()).unwrap_or_default();
+    let last = p.last.as_ref();
+    let mut m = Machine::build(
+        |side, st| last.map_or(0, |s| s.get(side, st)),
+        &counts,
+        p.witnessed.is_some(),
+        0,
+    );
+    for n in &mut m.nodes {
+        (n.stuck_server, n.stuck_client) = (false, false);
+    }
+    m
+}
+
+/// The state machine so far (the last sample's counts and the transitions seen), in `width`
+/// columns and at most `height` rows: where they do not fit, the arrows go first, then the
+/// boxes where nothing is stuck, so that a stuck box (`CLOSE-WAIT 100 ✗`) stays in view.
+fn machine_lines(p: &Panel, width: usize, height: usize, colour: bool) -> Vec<Line<'static>> {
+    use crate::diagram::{text_header, text_line, text_rows, text_widths};
+    let m = machine(p);
+    let (w, c) = text_widths(width);
+    let mut rows = text_rows(&m, false);
+    for keep in
+        [|r: &crate::diagram::TextRow| r.state.is_some(), |r: &crate::diagram::TextRow| r.stuck]
+    {
+        if rows.len() + 1 > height {
+            rows.retain(keep);
         }
-    };
-    crate::diagram::text_in(&m, false, width)
-        .lines()
-        .map(|line| {
-            let st = m.nodes.iter().map(|n| n.state).find(|st| {
-                line.trim_start().starts_with(st.name())
-                    && line.starts_with("  ")
-                    && !line.starts_with("   ")
-            });
-            match st {
-                Some(st) if colour => Line::from(Span::styled(
-                    line.to_string(),
-                    Style::default().fg(Color::Indexed(crate::palette::ansi(st))),
-                )),
-                _ => Line::from(line.to_string()),
-            }
-        })
-        .collect()
+    }
+    let mut out = vec![Line::from(text_header(w, c))];
+    for r in rows.iter().take(height.saturating_sub(1)) {
+        let line = text_line(r, false, w, c);
+        out.push(match r.state {
+            Some(st) if colour => Line::from(Span::styled(
+                line,
+                Style::default().fg(Color::Indexed(crate::palette::ansi(st))),
+            )),
+            _ => Line::from(line),
+        });
+    }
+    out
 }
 
 /// Whether a `within`/`for` expectation on socket counts is already met by the samples so far:
@@ -654,7 +856,7 @@ mod tests {
 
     fn screen(panels: &[Panel], w: u16, h: u16, pane: Pane) -> String {
         let mut term = ratatui::Terminal::new(TestBackend::new(w, h)).unwrap();
-        term.draw(|f| draw(f, panels, false, false, false, pane)).unwrap();
+        term.draw(|f| draw(f, panels, false, false, View { colour: false, pane })).unwrap();
         let buf = term.backend().buffer().clone();
         (0..h)
             .map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>())
@@ -662,21 +864,55 @@ mod tests {
             .join("\n")
     }
 
-    #[test]
-    fn at_80_by_24_expectations_ladder_and_machine_take_turns() {
-        let panels = [panel(), panel()];
-        let s = screen(&panels, 80, 24, Pane::Expectations);
-        assert!(s.contains("expectations (l: next)") && s.contains("CLOSE-WAIT"), "{s}");
-        let s = screen(&panels, 80, 24, Pane::Ladder);
-        assert!(s.contains("ladder (l: next)") && s.contains("─FIN,ACK"), "{s}");
-        let s = screen(&panels, 80, 24, Pane::Machine);
-        assert!(s.contains("state machine (l: next)") && s.contains("→ CLOSE-WAIT"), "{s}");
+    /// The leak's stuck row, with its count and mark, as the counts at the top show it.
+    fn stuck_row(s: &str) -> bool {
+        s.lines().any(|l| {
+            let cells: Vec<&str> = l.trim_matches('│').split_whitespace().collect();
+            cells.starts_with(&["CLOSE-WAIT", "100", "✗"])
+        })
     }
 
     #[test]
-    fn a_tall_terminal_shows_all_three() {
-        let s = screen(&[panel(), panel()], 160, 70, Pane::Expectations);
-        assert!(s.contains(" ladder ") && s.contains(" state machine "), "{s}");
-        assert!(s.contains("─SYN") && s.contains("→ CLOSE-WAIT"), "{s}");
+    fn issue_21_at_80_by_24_every_view_keeps_the_stuck_row_and_the_fin() {
+        let panels = [panel(), panel()];
+        for pane in [Pane::Expectations, Pane::Ladder, Pane::Machine, Pane::Story] {
+            let s = screen(&panels, 80, 24, pane);
+            assert!(stuck_row(&s), "{s}");
+            assert!(s.contains(&format!("─ {} (l: next)", pane.name())), "{s}");
+            for line in s.lines() {
+                assert_eq!(line.chars().count(), 80, "{line}");
+            }
+        }
+        let s = screen(&panels, 80, 24, Pane::Ladder);
+        assert!(s.contains("─FIN,ACK"), "the FIN row in view: {s}");
+        let s = screen(&panels, 80, 24, Pane::Machine);
+        assert!(s.contains("CLOSE-WAIT") && s.contains("100 ✗"), "{s}");
+        let s = screen(&panels, 80, 24, Pane::Expectations);
+        assert!(s.contains("server CLOSE-WAIT held by acceptor"), "wrapped, not cut: {s}");
+    }
+
+    #[test]
+    fn issue_21_at_120_by_40_all_three_and_no_blank_half() {
+        let s = screen(&[panel(), panel()], 120, 40, Pane::Expectations);
+        assert!(stuck_row(&s), "{s}");
+        for name in ["─ expectations (l: next)", "─ ladder ", "─ state machine "] {
+            assert!(s.contains(name), "{name}: {s}");
+        }
+        assert!(s.contains("─SYN") && s.contains("─FIN,ACK"), "{s}");
+        let blank = s.lines().filter(|l| l.trim_matches(|c| c == '│' || c == ' ').is_empty());
+        assert!(blank.count() < 40 / 2, "no blank half: {s}");
+    }
+
+    #[test]
+    fn issue_21_a_long_story_is_one_line_until_s() {
+        let mut p = panel();
+        p.scenario.story = format!("{} {}", "word ".repeat(40), "the end.");
+        let s = screen(&[p], 80, 24, Pane::Expectations);
+        assert!(s.lines().nth(1).unwrap().contains('…'), "{s}");
+        assert!(s.contains("✓ server CLOSE-WAIT == clients"), "the expectations stay: {s}");
+        let mut p = panel();
+        p.scenario.story = format!("{} {}", "word ".repeat(40), "the end.");
+        let s = screen(&[p], 80, 24, Pane::Story);
+        assert!(s.contains("the end."), "{s}");
     }
 }

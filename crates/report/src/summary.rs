@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use cwlab_model::diagnosis::Held;
 use cwlab_model::events::Reporter;
-use cwlab_model::report::{Report, Role, Side};
+use cwlab_model::report::{Report, Role, Side, Verdict};
 use cwlab_model::scenario::Topology;
 use cwlab_model::TcpState;
 
@@ -22,12 +22,14 @@ pub struct Summary {
     paths: VecDeque<PathBuf>,
     printed: usize,
     ladder: bool,
+    /// Runs that passed, and those that did not (failed or could not finish).
+    tally: (usize, usize),
 }
 
 impl Summary {
     /// A summary for runs whose reports go to `paths`, in order.
     pub fn new(paths: Vec<PathBuf>) -> Summary {
-        Summary { paths: paths.into(), printed: 0, ladder: true }
+        Summary { paths: paths.into(), printed: 0, ladder: true, tally: (0, 0) }
     }
 
     /// Without the ladder of the representative connection (`--ladder` prints the ladders).
@@ -45,7 +47,22 @@ impl Reporter for Summary {
         let mut out = io::stdout().lock();
         let colour = crate::palette::terminal_colour();
         write!(out, "{sep}{}", render_with(r, &path, self.ladder.then_some(colour)))?;
+        match r.verdict {
+            Verdict::Pass => self.tally.0 += 1,
+            _ => self.tally.1 += 1,
+        }
         out.flush()
+    }
+
+    /// Several runs end with one line that counts them: `scenarios: 19 passed, 1 failed` (a run
+    /// that could not finish counts as failed).
+    fn close(&mut self) -> io::Result<()> {
+        if self.printed > 1 {
+            let mut out = io::stdout().lock();
+            writeln!(out, "\nscenarios: {} passed, {} failed", self.tally.0, self.tally.1)?;
+            out.flush()?;
+        }
+        Ok(())
     }
 }
 
@@ -279,14 +296,14 @@ fn witnesses(s: &mut String, r: &Report) {
     let t = &r.transitions;
     let _ = writeln!(s, "\n  what the kernel did");
     if t.available {
+        let m = cwlab_model::machine::Machine::of(r);
         for p in &t.paths {
-            let path: Vec<&str> = p.path.iter().map(|x| x.name()).collect();
-            let _ = writeln!(s, "    {} {} × {}", p.side, p.connections, path.join(" → "));
+            let _ = writeln!(s, "    {} {} × {}", p.side, p.connections, path_text(&m, p));
         }
         if t.handed_to_timewait() {
             let _ = writeln!(
                 s,
-                "    (FIN-WAIT → CLOSE: the socket was handed to a timewait socket, which the table shows as TIME-WAIT or FIN-WAIT-2)"
+                "    (⇒: handed to a timewait socket, in the state the table shows; the tracepoint says → CLOSE)"
             );
         }
         if t.lost > 0 {
@@ -314,6 +331,30 @@ fn witnesses(s: &mut String, r: &Report) {
         }
     } else {
         let _ = writeln!(s, "    packets: not observable ({})", p.note.as_deref().unwrap_or("?"));
+    }
+}
+
+/// A path from ESTAB on as the kernel reported it, its hand-over to a timewait socket written
+/// as the state that socket is in (`⇒ TIME-WAIT`), as the ladder and the machine draw it.
+fn path_text(m: &cwlab_model::machine::Machine, p: &cwlab_model::evidence::PathCount) -> String {
+    use cwlab_model::machine::Place;
+    use TcpState::{Close, Closing, FinWait1, FinWait2, TimeWait};
+    let names: Vec<&str> = p.path.iter().map(|x| x.name()).collect();
+    let handed = match p.path.as_slice() {
+        [.., FinWait1 | Closing, Close] => Some(TimeWait.name().to_string()),
+        [.., FinWait2, Close] => {
+            let went = |to| m.arrow(Place::Full(FinWait2), to).map_or(0, |e| e.on(p.side));
+            match (went(Place::Timewait(TimeWait)), went(Place::Timewait(FinWait2))) {
+                (_, 0) => Some(TimeWait.name().to_string()),
+                (0, _) => Some(FinWait2.name().to_string()),
+                _ => Some(format!("{} or {}", TimeWait.name(), FinWait2.name())),
+            }
+        }
+        _ => None,
+    };
+    match handed {
+        Some(st) => format!("{} ⇒ {st} (timewait)", names[..names.len() - 1].join(" → ")),
+        None => names.join(" → "),
     }
 }
 

@@ -34,16 +34,20 @@ pub struct Connected {
 }
 
 /// Connects `n` clients and exchanges one request each; returns the open streams and the tally.
-pub async fn connect_all(addr: SocketAddr, n: u32, c: &Clients) -> Connected {
+/// With a `spread`, client i starts i/(n-1) of the way into it rather than at once.
+pub async fn connect_all(addr: SocketAddr, n: u32, c: &Clients, spread: Duration) -> Connected {
+    let start = tokio::time::Instant::now();
+    let gaps = n.saturating_sub(1).max(1);
     let gate = Arc::new(Semaphore::new(c.concurrency as usize));
     let request =
         Arc::new(c.request.clone().unwrap_or_else(|| vec![b'x'; c.request_bytes as usize]));
     let mut set = JoinSet::new();
-    for _ in 0..n {
+    for i in 0..n {
         let gate = gate.clone();
         let request = request.clone();
         let c = c.clone();
         set.spawn(async move {
+            tokio::time::sleep_until(start + spread * i / gaps).await;
             let _permit = gate.acquire_owned().await.expect("the semaphore is never closed");
             exchange(addr, &request, &c).await
         });

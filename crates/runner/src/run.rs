@@ -56,6 +56,10 @@ pub struct Options {
     pub conn: Option<u16>,
     /// Where a command's clients connect, instead of the address its LISTEN socket has.
     pub dial: Option<IpAddr>,
+    /// A room's pace: the connect phase starts its clients evenly over this long, and the close
+    /// phase closes them evenly over as long (zero: all at once, the lab's own pace). The
+    /// deadline grows by twice as much.
+    pub spread: Duration,
 }
 
 /// Go-aheads for a paced run, shared by every run of one invocation.
@@ -210,6 +214,8 @@ struct Work<'a> {
     waves: Option<Waves>,
     /// A probe of its own for those measurements.
     probe: Probe,
+    /// How long the connect and the close each take at the least ([`Options::spread`]).
+    spread: Duration,
     /// A client-side pool's connections, kept to the end of the run.
     pool: Option<pool::Pool>,
     t0: Instant,
@@ -245,7 +251,7 @@ impl Work<'_> {
                 (Some(plan), None) => self.in_waves(plan).await,
                 (None, None) => self.wave(self.scenario.clients.count, None).await,
             },
-            Act::Close => self.close(),
+            Act::Close => self.close().await,
             Act::Hold => {
                 if self.scenario.behaviour().is_some_and(|b| b.needs_release()) {
                     // A client's connect completes before the acceptor has forked its handler:
@@ -279,7 +285,7 @@ impl Work<'_> {
                 }
             }
             _ => {
-                let got = clients::connect_all(self.target, n, c).await;
+                let got = clients::connect_all(self.target, n, c, self.spread).await;
                 self.outcome.completed += (got.streams.len() - got.waited.len()) as u32;
                 self.streams.extend(got.streams);
                 self.waited.extend(got.waited);
@@ -299,10 +305,14 @@ impl Work<'_> {
 
     /// Ends the connections still open; those whose clients waited in vain are told apart at
     /// the end.
-    fn close(&mut self) {
+    async fn close(&mut self) {
         let streams = std::mem::take(&mut self.streams);
-        let (_, kept) = clients::close_all(streams, self.scenario.clients.close);
-        self.kept.extend(kept);
+        let how = self.scenario.clients.close;
+        for (when, batch) in spread(streams, self.spread) {
+            tokio::time::sleep_until(when).await;
+            let (_, kept) = clients::close_all(batch, how);
+            self.kept.extend(kept);
+        }
     }
 
     /// `cwlab check`'s clients: a warm-up, then waves, each measured once it settled.
@@ -311,13 +321,13 @@ impl Work<'_> {
         let mut waves = Waves { warmup: plan.warmup, ..Waves::default() };
         if plan.warmup > 0 {
             self.wave(plan.warmup, Some(&progress)).await;
-            self.close();
+            self.close().await;
         }
         waves.baseline = self.settled().await;
         for n in plan.sizes(self.scenario.clients.count) {
             let from_ms = self.t0.elapsed().as_millis() as u64;
             self.wave(n, Some(&progress)).await;
-            self.close();
+            self.close().await;
             waves.waves.push(Wave { connections: n, from_ms, after: self.settled().await });
         }
         // Every client is closed: the close phase has nothing left to do.
@@ -502,6 +512,17 @@ impl ClientSeen {
 /// measures anyway.
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// `items` in batches due evenly over `over` from now: one batch at once when `over` is zero,
+/// else one per item, the last due at `over`.
+fn spread<T>(items: Vec<T>, over: Duration) -> Vec<(tokio::time::Instant, Vec<T>)> {
+    let now = tokio::time::Instant::now();
+    if over.is_zero() || items.len() < 2 {
+        return vec![(now, items)];
+    }
+    let gaps = items.len() as u32 - 1;
+    items.into_iter().enumerate().map(|(i, x)| (now + over * i as u32 / gaps, vec![x])).collect()
+}
+
 /// How long a server gets to exit after SIGTERM before SIGKILL, by default. The lab's own
 /// servers exit at once (nothing in them handles SIGTERM); the grace is there for what is not
 /// the lab's.
@@ -525,6 +546,7 @@ pub fn run(
     let timeout = opts.timeout.unwrap_or(scenario.timeout);
     let timeout =
         if opts.pace.is_some() { timeout.max(Duration::from_secs(3600)) } else { timeout };
+    let timeout = timeout + 2 * opts.spread;
     let deadline = started + timeout;
     let _stamping = crate::witness::keep_stamping();
     descriptors(scenario)?;
@@ -679,6 +701,7 @@ pub fn run(
         waves: None,
         probe: Probe::open(port, server.acceptor, server_ns)?,
         pool: None,
+        spread: opts.spread,
         t0: rec.t0,
         launch: ClientLaunch {
             exe: &opts.exe,
