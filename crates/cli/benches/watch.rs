@@ -56,6 +56,7 @@ fn main() {
         .unwrap_or_else(|| vec![10_000, 100_000]);
     sysctl("net/core/somaxconn", "65535");
     for n in sizes {
+        let _mem = TcpMem::at_least(n);
         let mut fleet = Fleet::default();
         let port = populate(n, &mut fleet);
         let decoys = decoys();
@@ -74,6 +75,37 @@ fn main() {
         settle(&[TcpState::CloseWait, TcpState::LastAck, TcpState::FinWait1]);
     }
     churn_cost(env!("CARGO_BIN_EXE_cwlab"));
+}
+
+/// The host's `net.ipv4.tcp_mem` (pages; global, not per namespace) raised for a population
+/// that would pass its limit: a CLOSE-WAIT socket accounts about a page, and past the third
+/// number the kernel resets the clients' orphans (their servers' sockets close: at 1,000,000,
+/// 994,886 stayed in CLOSE-WAIT with this machine's 575,796). Put back when dropped.
+struct TcpMem(Option<String>);
+
+impl TcpMem {
+    const PATH: &'static str = "/proc/sys/net/ipv4/tcp_mem";
+
+    fn at_least(n: usize) -> TcpMem {
+        let was = std::fs::read_to_string(Self::PATH).unwrap_or_default();
+        let v: Vec<u64> = was.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        let want = 2 * n as u64 + 100_000;
+        if v.len() != 3 || v[2] >= want {
+            return TcpMem(None);
+        }
+        std::fs::write(Self::PATH, format!("{} {} {}", want, want + want / 4, want + want / 2))
+            .expect("raise net.ipv4.tcp_mem");
+        eprintln!("bench: net.ipv4.tcp_mem raised from {} for {n} sockets", was.trim());
+        TcpMem(Some(was))
+    }
+}
+
+impl Drop for TcpMem {
+    fn drop(&mut self) {
+        if let Some(was) = &self.0 {
+            let _ = std::fs::write(Self::PATH, was.trim());
+        }
+    }
 }
 
 /// Every process the bench started: killed and reaped when dropped, holders first.
