@@ -46,17 +46,18 @@ fn main() {
     if let Ok(n) = std::env::var("CWLAB_BENCH_CLIENT") {
         return client(n.parse().unwrap());
     }
-    if let Err(e) = netns::enter_private() {
-        eprintln!("bench: needs root for a private network namespace: {e}");
-        std::process::exit(2);
-    }
     let sizes: Vec<usize> = std::env::var("CWLAB_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter(|n| !n.is_empty()).map(|n| n.parse().unwrap()).collect())
         .unwrap_or_else(|| vec![10_000, 100_000]);
+    // The host's setting, from the host's namespace: a private one has no tcp_mem of its own.
+    let _mem = TcpMem::at_least(sizes.iter().copied().max().unwrap_or(0));
+    if let Err(e) = netns::enter_private() {
+        eprintln!("bench: needs root for a private network namespace: {e}");
+        std::process::exit(2);
+    }
     sysctl("net/core/somaxconn", "65535");
     for n in sizes {
-        let _mem = TcpMem::at_least(n);
         let mut fleet = Fleet::default();
         let port = populate(n, &mut fleet);
         let decoys = decoys();
@@ -77,11 +78,12 @@ fn main() {
     churn_cost(env!("CARGO_BIN_EXE_cwlab"));
 }
 
-/// The host's `net.ipv4.tcp_mem` (pages; global, not per namespace) raised for a population
+/// The host's `net.ipv4.tcp_mem` (pages; global, and only the host's namespace shows it) raised for a population
 /// that would pass its limit: a CLOSE-WAIT socket accounts about a page, and past the third
 /// number the kernel resets the clients' orphans (their servers' sockets close: at 1,000,000,
 /// 994,886 stayed in CLOSE-WAIT with this machine's 575,796). Put back when dropped.
-struct TcpMem(Option<String>);
+/// The file stays open: the bench enters a namespace of its own, where the setting is not shown.
+struct TcpMem(Option<(std::fs::File, String)>);
 
 impl TcpMem {
     const PATH: &'static str = "/proc/sys/net/ipv4/tcp_mem";
@@ -93,17 +95,20 @@ impl TcpMem {
         if v.len() != 3 || v[2] >= want {
             return TcpMem(None);
         }
-        std::fs::write(Self::PATH, format!("{} {} {}", want, want + want / 4, want + want / 2))
+        let mut f = std::fs::OpenOptions::new().write(true).open(Self::PATH).unwrap();
+        write!(f, "{} {} {}", want, want + want / 4, want + want / 2)
             .expect("raise net.ipv4.tcp_mem");
         eprintln!("bench: net.ipv4.tcp_mem raised from {} for {n} sockets", was.trim());
-        TcpMem(Some(was))
+        TcpMem(Some((f, was)))
     }
 }
 
 impl Drop for TcpMem {
     fn drop(&mut self) {
-        if let Some(was) = &self.0 {
-            let _ = std::fs::write(Self::PATH, was.trim());
+        if let Some((f, was)) = &mut self.0 {
+            // A sysctl takes a number only at offset 0.
+            let _ = std::io::Seek::seek(f, std::io::SeekFrom::Start(0));
+            let _ = f.write_all(was.trim().as_bytes());
         }
     }
 }
