@@ -96,8 +96,9 @@ impl TcpMem {
             return TcpMem(None);
         }
         let mut f = std::fs::OpenOptions::new().write(true).open(Self::PATH).unwrap();
-        write!(f, "{} {} {}", want, want + want / 4, want + want / 2)
-            .expect("raise net.ipv4.tcp_mem");
+        // One write: a sysctl takes a number only at offset 0.
+        let line = format!("{} {} {}", want, want + want / 4, want + want / 2);
+        f.write_all(line.as_bytes()).expect("raise net.ipv4.tcp_mem");
         eprintln!("bench: net.ipv4.tcp_mem raised from {} for {n} sockets", was.trim());
         TcpMem(Some((f, was)))
     }
