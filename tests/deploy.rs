@@ -127,10 +127,8 @@ fn reachable_binary(test: &str) -> PathBuf {
 /// `bin watch ARGS` as uid and gid 65534 with exactly `caps` (inheritable, ambient, bounding),
 /// no supplementary groups, started from a thread in the network namespace at `ns`.
 fn as_nobody(ns: &Path, bin: &Path, caps: &BTreeSet<String>, args: &[&str]) -> Output {
-    let list: String = caps
-        .iter()
-        .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
-        .collect();
+    let list: String =
+        caps.iter().map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase())).collect();
     let set = format!("-all{list}");
     cwlab_sampler::netns::in_namespace_at(ns, || {
         Command::new("setpriv")
@@ -194,8 +192,7 @@ fn issue_22_unprivileged_with_the_unit_s_capabilities_names_root_s_holders() {
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
         let s: Snapshot = serde_json::from_slice(&out.stdout).unwrap();
         let p = &s.namespaces[0].ports[0];
-        if p.client.get(&TcpState::FinWait2) == Some(&17) || std::time::Instant::now() > deadline
-        {
+        if p.client.get(&TcpState::FinWait2) == Some(&17) || std::time::Instant::now() > deadline {
             break (out, s);
         }
     };

@@ -658,8 +658,11 @@ fn fingerprint(groups: &[(u64, u16, &[u64])]) -> u64 {
     sum
 }
 
-/// How often the holders are found by a whole walk of /proc, whatever the cache says.
+/// How often the holders are found by a whole walk of /proc, whatever the cache says: every
+/// 30 s, or, where a walk takes longer than 1.5 s (a million stuck sockets: 6 s here), every
+/// 20 walks' time, so that the walks take at most a twentieth of the watch's time.
 const REWALK: Duration = Duration::from_secs(30);
+const REWALK_SHARE: u32 = 20;
 
 /// Who held the server CLOSE-WAIT sockets at the last looks, so that a look reads only what
 /// changed: the descriptors of the known holders that it has not seen before. A socket no known
@@ -674,6 +677,8 @@ struct HolderCache {
     /// Sockets the last walk found no process holding.
     unheld: InodeSet,
     walked: Option<Instant>,
+    /// How long the last whole walk took.
+    walk_took: Duration,
     /// The last look's stuck sockets (a fingerprint of each port's) and its holders per port.
     last: Option<(u64, Vec<Vec<Holding>>)>,
 }
@@ -684,7 +689,7 @@ impl HolderCache {
     /// same process, the same descriptor count), the last answer is the answer.
     fn top(&mut self, groups: &[(u64, u16, &[u64])], top: usize) -> Vec<Vec<Holding>> {
         let print = fingerprint(groups);
-        let fresh = self.walked.is_some_and(|t| t.elapsed() < REWALK);
+        let fresh = self.fresh();
         if let Some((last, answer)) = &self.last {
             if *last == print && fresh && self.unchanged() {
                 let mut answer = answer.clone();
@@ -712,7 +717,7 @@ impl HolderCache {
     }
 
     fn holders(&mut self, inodes: &InodeSet) -> holders::Holders {
-        if self.walked.is_some_and(|t| t.elapsed() < REWALK) {
+        if self.fresh() {
             if let Some(h) = self.of_known(inodes) {
                 return h;
             }
@@ -720,7 +725,14 @@ impl HolderCache {
         self.walk(inodes)
     }
 
+    /// Whether the last whole walk is recent enough to trust the cache (see [`REWALK`]).
+    fn fresh(&self) -> bool {
+        let every = REWALK.max(self.walk_took * REWALK_SHARE);
+        self.walked.is_some_and(|t| t.elapsed() < every)
+    }
+
     fn walk(&mut self, inodes: &InodeSet) -> holders::Holders {
+        let started = Instant::now();
         let found = holders::find(inodes);
         self.procs.clear();
         for (inode, hs) in &found.by_inode {
@@ -735,6 +747,7 @@ impl HolderCache {
         self.info = found.processes.clone();
         self.unheld = inodes.iter().filter(|i| !found.by_inode.contains_key(i)).copied().collect();
         self.walked = Some(Instant::now());
+        self.walk_took = started.elapsed();
         found
     }
 
