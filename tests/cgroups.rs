@@ -241,7 +241,7 @@ fn issue_22_a_holder_in_each_manager_s_cgroup_is_named_by_its_unit_container_or_
         .map(|l| Cgroup {
             path: format!("/{folder}/{}", l.path),
             unit: l.unit.clone(),
-            slice: l.path.split('/').filter(|p| p.ends_with(".slice")).last().map(str::to_string),
+            slice: l.path.split('/').rfind(|p| p.ends_with(".slice")).map(str::to_string),
             container: l
                 .container
                 .clone()
