@@ -7,7 +7,6 @@
 
 mod util;
 
-use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -166,30 +165,6 @@ fn holder(sock: OwnedFd, hostname: Option<&'static str>) -> Child {
     c.spawn().unwrap()
 }
 
-/// `n` server sockets in CLOSE-WAIT, accepted in a namespace of a thread of its own: that
-/// namespace's file and the listening port.
-fn leak(n: usize) -> (PathBuf, u16, Vec<OwnedFd>, std::sync::mpsc::Sender<()>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        cwlab_sampler::netns::enter_private().unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let clients: Vec<TcpStream> =
-            (0..n).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
-        let accepted: Vec<OwnedFd> = (0..n).map(|_| l.accept().unwrap().0.into()).collect();
-        drop(clients);
-        // SAFETY: gettid(2) takes nothing and cannot fail.
-        let tid = unsafe { libc::gettid() };
-        tx.send((tid, port, accepted)).unwrap();
-        let _ = stopped.recv();
-        drop(l);
-    });
-    let (tid, port, accepted) = rx.recv().unwrap();
-    let ns = PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id()));
-    (ns, port, accepted, stop)
-}
-
 fn cwlab(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_cwlab")).args(args).output().unwrap()
 }
@@ -209,7 +184,7 @@ fn issue_22_a_holder_in_each_manager_s_cgroup_is_named_by_its_unit_container_or_
     if v1.is_none() {
         eprintln!("no cgroup v1 name=systemd hierarchy here: its layout is left out");
     }
-    let (ns, port, sockets, _stop) = leak(layouts.len());
+    let (ns, port, sockets, _stop) = util::close_wait_leak(layouts.len());
     let mut made = Made { holders: Vec::new(), dirs: Vec::new() };
     for (l, sock) in layouts.iter().zip(sockets) {
         let root = if l.v1 { v1.clone().unwrap() } else { v2.clone() };

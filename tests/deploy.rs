@@ -8,7 +8,6 @@
 mod util;
 
 use std::collections::BTreeSet;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -144,29 +143,6 @@ fn as_nobody(ns: &Path, bin: &Path, caps: &BTreeSet<String>, args: &[&str]) -> O
     .unwrap()
 }
 
-/// `n` CLOSE-WAIT sockets held by this (root) process, in a namespace of a thread of its own:
-/// the namespace's file and the port.
-fn leak(n: usize) -> (PathBuf, u16, std::sync::mpsc::Sender<()>) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        cwlab_sampler::netns::enter_private().unwrap();
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let clients: Vec<TcpStream> =
-            (0..n).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
-        let accepted: Vec<TcpStream> = (0..n).map(|_| l.accept().unwrap().0).collect();
-        drop(clients);
-        // SAFETY: gettid(2) takes nothing and cannot fail.
-        let tid = unsafe { libc::gettid() };
-        tx.send((tid, port)).unwrap();
-        let _ = stopped.recv();
-        drop(accepted);
-    });
-    let (tid, port) = rx.recv().unwrap();
-    (PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id())), port, stop)
-}
-
 #[test]
 fn issue_22_unprivileged_with_the_unit_s_capabilities_names_root_s_holders() {
     if !can_isolate("deploy-setpriv") {
@@ -178,7 +154,8 @@ fn issue_22_unprivileged_with_the_unit_s_capabilities_names_root_s_holders() {
     }
     let caps = unit_capabilities();
     let bin = reachable_binary("deploy-setpriv");
-    let (ns, port, _stop) = leak(17);
+    // Held by this (root) process.
+    let (ns, port, _held, _stop) = util::close_wait_leak(17);
     // Where the kernel lets root keep the table from the tracepoint, the unit's capabilities
     // must do as well.
     let stream_as_root = cwlab_sampler::stream::Stream::open().is_ok();
