@@ -229,3 +229,33 @@ pub fn pictures_agree(name: &str, r: &Report) {
         }
     }
 }
+
+/// `n` server sockets in CLOSE-WAIT, accepted by this process in a network namespace of a thread
+/// of its own (their clients closed): the namespace's file, the listening port, the accepted
+/// sockets (whoever keeps them holds the leak), and a sender whose drop lets the thread, and so
+/// the namespace, go.
+pub fn close_wait_leak(
+    n: usize,
+) -> (PathBuf, u16, Vec<std::os::fd::OwnedFd>, std::sync::mpsc::Sender<()>) {
+    use std::net::{TcpListener, TcpStream};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        cwlab_sampler::netns::enter_private().unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let clients: Vec<TcpStream> =
+            (0..n).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+        let accepted: Vec<std::os::fd::OwnedFd> =
+            (0..n).map(|_| l.accept().unwrap().0.into()).collect();
+        drop(clients);
+        // SAFETY: gettid(2) takes nothing and cannot fail.
+        let tid = unsafe { libc::gettid() };
+        tx.send((tid, port, accepted)).unwrap();
+        let _ = stopped.recv();
+        drop(l);
+    });
+    let (tid, port, accepted) = rx.recv().unwrap();
+    let ns = PathBuf::from(format!("/proc/{}/task/{tid}/ns/net", std::process::id()));
+    (ns, port, accepted, stop)
+}

@@ -52,7 +52,11 @@ fn issue_13_watch_counts_a_leak_exactly_and_names_its_holder() {
     let ns_path = l.netns.to_str().unwrap();
     let out = watch(&["--netns", ns_path, "--once"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("held by pid {}", std::process::id())), "{text}");
+    // The holder's row of the table (issue 22): pid, command, CLOSE-WAIT held.
+    let row = format!("    {} ", std::process::id());
+    let held = text.lines().find(|l| l.starts_with(&row)).unwrap_or_else(|| panic!("{text}"));
+    assert!(held.split_whitespace().nth(2) == Some("37"), "{held}");
+    assert!(text.lines().all(|l| l.chars().count() <= 80), "80 columns off a terminal: {text}");
     let out = watch(&["--netns", ns_path, "--once", "--json", "--port", "9"]);
     let s: Snapshot = serde_json::from_slice(&out.stdout).unwrap();
     let p = &s.namespaces[0].ports[0];

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use clap::ValueEnum;
 use cwlab_model::{exit, TcpState};
+use cwlab_sampler::cgroup::{self, Cgroup};
 use cwlab_sampler::holders::{self, Holders};
 use cwlab_sampler::{Backend, PortSide, Query, SocketRecord, States, Table};
 use serde::Serialize;
@@ -75,6 +76,15 @@ struct HolderJson<'a> {
     comm: &'a str,
     ppid: u32,
     cmdline: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cgroup: Option<&'a Cgroup>,
+}
+
+/// Where each holding process runs, read once per process.
+type Places = std::collections::HashMap<u32, Cgroup>;
+
+fn places(h: &Holders) -> Places {
+    h.processes.keys().filter_map(|pid| Some((*pid, cgroup::of(*pid)?))).collect()
 }
 
 pub fn main(a: &Args) -> Result<i32, Failure> {
@@ -106,13 +116,14 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         let inodes: HashSet<u64> = records.iter().map(|r| r.inode).filter(|i| *i != 0).collect();
         e.find(&inodes)
     });
-    let text =
-        if a.json { json(&records, held.as_ref()) } else { table_text(&records, held.as_ref()) };
+    let places = held.as_ref().map(places).unwrap_or_default();
+    let held = held.as_ref().map(|h| (h, &places));
+    let text = if a.json { json(&records, held) } else { table_text(&records, held) };
     out.write_all(text.as_bytes()).map_err(Failure::bad_input)?;
     Ok(exit::PASS)
 }
 
-fn json(records: &[SocketRecord], held: Option<&Holders>) -> String {
+fn json(records: &[SocketRecord], held: Option<(&Holders, &Places)>) -> String {
     let v: Vec<Record<'_>> = records
         .iter()
         .map(|r| Record {
@@ -123,7 +134,7 @@ fn json(records: &[SocketRecord], held: Option<&Holders>) -> String {
             uid: r.uid,
             recv_q: r.recv_q,
             send_q: r.send_q,
-            holders: held.map(|h| {
+            holders: held.map(|(h, places)| {
                 h.of(r.inode)
                     .iter()
                     .map(|x| {
@@ -134,6 +145,7 @@ fn json(records: &[SocketRecord], held: Option<&Holders>) -> String {
                             comm: p.map_or("", |p| p.comm.as_str()),
                             ppid: p.map_or(0, |p| p.ppid),
                             cmdline: p.map_or("", |p| p.cmdline.as_str()),
+                            cgroup: places.get(&x.pid),
                         }
                     })
                     .collect()
@@ -145,10 +157,11 @@ fn json(records: &[SocketRecord], held: Option<&Holders>) -> String {
     s
 }
 
-/// `ss -tan` columns, and `users:(("comm",pid=P,fd=F),…)` as `ss -p` prints holders. Written
+/// `ss -tan` columns, and `users:(("comm",pid=P,fd=F),…)` as `ss -p` prints holders, each with
+/// where it runs when its cgroup says (`in=nginx.service`, `in=pod/web-0`). Written
 /// into one string by hand, addresses and numbers included: at 10,000 sockets the formatting
 /// machinery (a string per cell, `Display` of each address) was a third of `--holders`' time.
-fn table_text(records: &[SocketRecord], held: Option<&Holders>) -> String {
+fn table_text(records: &[SocketRecord], held: Option<(&Holders, &Places)>) -> String {
     let mut cell = String::new();
     let (mut lw, mut pw) = (18, 17);
     for r in records {
@@ -185,9 +198,9 @@ fn table_text(records: &[SocketRecord], held: Option<&Holders>) -> String {
         cell.clear();
         peer_addr(&mut cell, r);
         pad(&mut s, &cell, pw, false);
-        if let Some(h) = held {
+        if let Some((h, places)) = held {
             s.push(' ');
-            users(&mut s, h, r.inode);
+            users(&mut s, h, places, r.inode);
         }
         let end = s[start..].trim_end().len();
         s.truncate(start + end);
@@ -261,7 +274,7 @@ fn peer_addr(s: &mut String, r: &SocketRecord) {
     }
 }
 
-fn users(s: &mut String, h: &Holders, inode: u64) {
+fn users(s: &mut String, h: &Holders, places: &Places, inode: u64) {
     let list = h.of(inode);
     if list.is_empty() {
         s.push('-');
@@ -282,6 +295,10 @@ fn users(s: &mut String, h: &Holders, inode: u64) {
             s.push('-');
         }
         number(s, u64::from(x.fd.unsigned_abs()));
+        if let Some(short) = places.get(&x.pid).and_then(Cgroup::short) {
+            s.push_str(",in=");
+            s.push_str(&short);
+        }
         s.push(')');
     }
     s.push(')');
@@ -294,7 +311,7 @@ mod tests {
     use cwlab_sampler::holders::{Holding, Process};
 
     /// The columns as `format!` writes them: what the hand-written table must equal.
-    fn reference(records: &[SocketRecord], held: Option<&Holders>) -> String {
+    fn reference(records: &[SocketRecord], held: Option<(&Holders, &Places)>) -> String {
         let peer = |r: &SocketRecord| {
             if r.remote.port() == 0 {
                 if r.remote.is_ipv4() {
@@ -317,7 +334,7 @@ mod tests {
         .to_string();
         s.push('\n');
         for r in records {
-            let users = held.map_or(String::new(), |h| {
+            let users = held.map_or(String::new(), |(h, places)| {
                 let list = h.of(r.inode);
                 if list.is_empty() {
                     return "-".into();
@@ -325,7 +342,9 @@ mod tests {
                 let each: Vec<String> = list
                     .iter()
                     .map(|x| {
-                        format!("(\"{}\",pid={},fd={})", h.processes[&x.pid].comm, x.pid, x.fd)
+                        let at = places.get(&x.pid).and_then(|c| c.short());
+                        let at = at.map_or(String::new(), |a| format!(",in={a}"));
+                        format!("(\"{}\",pid={},fd={}{at})", h.processes[&x.pid].comm, x.pid, x.fd)
                     })
                     .collect();
                 format!("users:({})", each.join(","))
@@ -371,7 +390,14 @@ mod tests {
             let p = Process { pid, ppid: 1, comm: "srv".into(), cmdline: "srv".into() };
             h.processes.insert(pid, p);
         }
-        assert_eq!(table_text(&records, Some(&h)), reference(&records, Some(&h)));
+        let mut places = Places::new();
+        places.insert(4159, cgroup::classify("/system.slice/srv.service"));
+        let text = table_text(&records, Some((&h, &places)));
+        assert_eq!(text, reference(&records, Some((&h, &places))));
+        assert!(
+            text.contains(r#"users:(("srv",pid=4158,fd=7),("srv",pid=4159,fd=3,in=srv.service))"#),
+            "{text}"
+        );
         assert_eq!(table_text(&records, None), reference(&records, None));
     }
 }

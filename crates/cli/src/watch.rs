@@ -1,5 +1,7 @@
 //! `cwlab watch`: a live host's close sequence, read-only: on screen, as JSON lines, as a
-//! Prometheus exporter (`--listen`) or a node_exporter textfile (`--textfile`).
+//! Prometheus exporter (`--listen`) or a node_exporter textfile (`--textfile`). It runs with
+//! whatever capabilities it is given and says on stderr, at start, which it lacks and what that
+//! loses (docs/deploy.md).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -76,10 +78,15 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         Some(path) => WebConfig::load(path).map_err(Failure::bad_input)?,
         None => WebConfig::default(),
     };
+    let others = !matches!(which, Namespaces::Own);
     let mut watcher = Watcher::new(which, a.ports.clone(), a.top).map_err(Failure::bad_input)?;
+    let notes = Capabilities::of_this_process().notes(others, watcher.stream_error());
     cwlab_runner::signals::install().map_err(Failure::bad_input)?;
     if let Some(addr) = a.listen {
-        return serve(addr, watcher, web, a);
+        return serve(addr, watcher, web, a, &notes);
+    }
+    for n in &notes {
+        eprintln!("cwlab watch: {n}");
     }
     if let Some(dir) = &a.textfile {
         return textfile(dir, &mut watcher, a);
@@ -95,7 +102,12 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         let text = if a.json {
             serde_json::to_string(&s).expect("snapshots serialize")
         } else if a.once {
-            cwlab_report::watch_view::table(&s)
+            let width = if tty {
+                cwlab_report::watch_view::terminal_width()
+            } else {
+                cwlab_report::watch_view::WIDTH
+            };
+            cwlab_report::watch_view::table(&s, width)
         } else {
             cwlab_report::watch_view::line(&s)
         };
@@ -137,7 +149,13 @@ fn textfile(dir: &std::path::Path, watcher: &mut Watcher, a: &Args) -> Result<i3
     }
 }
 
-fn serve(addr: SocketAddr, watcher: Watcher, web: WebConfig, a: &Args) -> Result<i32, Failure> {
+fn serve(
+    addr: SocketAddr,
+    watcher: Watcher,
+    web: WebConfig,
+    a: &Args,
+    notes: &[String],
+) -> Result<i32, Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -152,6 +170,9 @@ fn serve(addr: SocketAddr, watcher: Watcher, web: WebConfig, a: &Args) -> Result
         let bound = listener.local_addr().map_err(Failure::bad_input)?;
         let scheme = if web.tls.is_some() { "https" } else { "http" };
         eprintln!("cwlab watch: serving {scheme}://{bound}/metrics");
+        for n in notes {
+            eprintln!("cwlab watch: {n}");
+        }
         let mut exporter = cwlab_watch::http::Exporter::new(watcher);
         exporter.request_timeout = a.request_timeout;
         exporter.max_connections = connections(a.max_connections);
@@ -202,4 +223,124 @@ fn connections(wanted: usize) -> usize {
         soft
     };
     wanted.min(usize::try_from(soft.saturating_sub(OWN_FDS)).unwrap_or(usize::MAX)).max(1)
+}
+
+/// The capabilities the watch uses, as bits of the kernel's capability sets (capability.h).
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capabilities of a process, and what each feature of the watch needs of them
+/// (docs/deploy.md has the table, found by experiment).
+pub struct Capabilities {
+    effective: u64,
+    uid: u32,
+}
+
+impl Capabilities {
+    /// This process's, from `CapEff` in /proc/self/status.
+    pub fn of_this_process() -> Capabilities {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| {
+            status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).map(str::to_string)
+        };
+        let effective =
+            field("CapEff:").and_then(|v| u64::from_str_radix(&v, 16).ok()).unwrap_or(0);
+        let uid = field("Uid:")
+            .and_then(|v| v.split_whitespace().nth(1).and_then(|u| u.parse().ok()))
+            .unwrap_or(0);
+        Capabilities { effective, uid }
+    }
+
+    fn has(&self, cap: u32) -> bool {
+        self.effective & (1 << cap) != 0
+    }
+
+    /// CAP_BPF and CAP_PERFMON (CAP_SYS_ADMIN stands for both, as the kernel allows).
+    fn bpf(&self) -> bool {
+        self.has(CAP_SYS_ADMIN) || (self.has(CAP_BPF) && self.has(CAP_PERFMON))
+    }
+
+    /// Reading other users' `/proc/PID/fd`: listing it and reading its links.
+    fn other_fds(&self) -> bool {
+        self.has(CAP_SYS_PTRACE) && self.has(CAP_DAC_READ_SEARCH)
+    }
+
+    /// What the watch cannot do with these capabilities and what that loses, one sentence each;
+    /// none when it lacks nothing. `others`: other namespaces were asked for; `stream_error`:
+    /// why the kernel's reports are not kept, if they are not.
+    pub fn notes(&self, others: bool, stream_error: Option<&str>) -> Vec<String> {
+        let mut notes = Vec::new();
+        let who = self.uid;
+        if !self.other_fds() && !self.bpf() {
+            notes.push(format!(
+                "lacks CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (or CAP_BPF and CAP_PERFMON): holders are named only among uid {who}'s own processes; other users' CLOSE-WAIT sockets are counted but their holders are not named"
+            ));
+        } else if !self.other_fds() {
+            notes.push(
+                "lacks CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH: other users' holders are found by the kernel's file iterator only (the first PID namespace, a kernel that takes it), and every look walks all processes again instead of re-reading only what changed".into(),
+            );
+        }
+        if !self.bpf() {
+            notes.push(
+                "lacks CAP_BPF and CAP_PERFMON: no BPF stream (every look dumps the whole table: a scrape at 100,000 CLOSE-WAIT costs about 3.5 times as much) and no file iterator for the holders".into(),
+            );
+        } else if let Some(e) = stream_error {
+            notes.push(format!("no BPF stream ({e}): every look dumps the whole table"));
+        }
+        if others && !(self.has(CAP_SYS_ADMIN) && self.has(CAP_SYS_PTRACE)) {
+            notes.push(
+                "lacks CAP_SYS_ADMIN or CAP_SYS_PTRACE: other network namespaces cannot be opened and entered (setns); they are reported as not readable".into(),
+            );
+        }
+        if !self.has(CAP_SYS_PTRACE) && !self.has(CAP_SYS_ADMIN) {
+            notes.push(
+                "lacks CAP_SYS_PTRACE (or CAP_SYS_ADMIN): a pod's name (its hostname) is read only for uid {who}'s own processes; other pods are named by their UID"
+                    .replace("{who}", &who.to_string()),
+            );
+        }
+        notes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(list: &[u32]) -> Capabilities {
+        Capabilities { effective: list.iter().fold(0, |m, c| m | 1 << c), uid: 65534 }
+    }
+
+    #[test]
+    fn issue_22_the_unit_s_four_capabilities_lack_nothing_in_the_host_s_namespace() {
+        let unit = caps(&[CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]);
+        assert_eq!(unit.notes(false, None), Vec::<String>::new());
+        let other = unit.notes(true, None);
+        assert_eq!(other.len(), 1);
+        assert!(other[0].starts_with("lacks CAP_SYS_ADMIN or CAP_SYS_PTRACE: other"), "{other:?}");
+        let refused = unit.notes(false, Some("Operation not permitted (os error 1)"));
+        assert_eq!(
+            refused,
+            ["no BPF stream (Operation not permitted (os error 1)): every look dumps the whole table"]
+        );
+    }
+
+    #[test]
+    fn issue_22_each_missing_capability_says_what_it_loses() {
+        let none = caps(&[]).notes(true, Some("x"));
+        assert_eq!(none.len(), 4, "{none:?}");
+        assert!(none[0].contains("holders are named only among uid 65534's own processes"));
+        assert!(none[1].starts_with("lacks CAP_BPF and CAP_PERFMON: no BPF stream"));
+        assert!(none[2].starts_with("lacks CAP_SYS_ADMIN or CAP_SYS_PTRACE"));
+        assert!(none[3].contains("pod's name"));
+        let bpf_only = caps(&[CAP_BPF, CAP_PERFMON]).notes(false, None);
+        assert_eq!(bpf_only.len(), 2, "{bpf_only:?}");
+        assert!(bpf_only[0].contains("kernel's file iterator only"), "{bpf_only:?}");
+        assert_eq!(
+            caps(&[CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]).notes(true, None).len(),
+            0
+        );
+    }
 }

@@ -10,7 +10,9 @@
 //!               "server": {"CLOSE-WAIT": 100, "LISTEN": 1}, "client": {},
 //!               "close_wait_oldest_s": 12.5, "close_wait_per_min": 40.0,
 //!               "holders": [{"pid": 4711, "name": "myserver", "sockets": 100,
-//!                            "open_fds": 104, "max_fds": 1024}],
+//!                            "open_fds": 104, "max_fds": 1024,
+//!                            "cgroup": {"path": "/system.slice/myserver.service",
+//!                                       "unit": "myserver.service", "slice": "system.slice"}}],
 //!               "finding": "CLOSE-WAIT growing, held by pid 4711 `myserver`: …"}],
 //!    "other": {"ESTAB": 3}}]}
 //! ```
@@ -22,6 +24,12 @@
 //! peer's FIN) and is kept from then on; a socket that entered CLOSE-WAIT later is as old as the
 //! first look that saw it (at most one interval short). `close_wait_per_min` is the growth over
 //! the last minute watched; it needs two looks, so `--once` has none.
+
+//! A holder's `cgroup` is where it runs (see [`Cgroup`]): its cgroup path and what the path says
+//! in the conventions of the managers that make them, each key present only when it says
+//! something: `unit` and `slice` (systemd), `container` (`{"runtime": "containerd", "id": …}`),
+//! `pod` (`{"uid": …, "qos": "burstable", "name": …}`). A holder whose cgroup could not be read
+//! has none.
 
 use serde::{Deserialize, Serialize};
 
@@ -91,4 +99,84 @@ pub struct Holding {
     pub open_fds: u32,
     /// Its descriptor limit (RLIMIT_NOFILE, soft), when it could be read.
     pub max_fds: Option<u64>,
+    /// Where it runs: its cgroup and the unit, container or pod that says (none when its cgroup
+    /// could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Cgroup>,
+}
+
+/// Where a process runs, read from its cgroup path in the conventions of the managers that make
+/// cgroups: systemd's units and slices, the container runtimes' scopes and folders, the
+/// kubelet's pod slices (both cgroup drivers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cgroup {
+    /// The cgroup path: cgroup v2's, or the v1 `name=systemd` hierarchy's where that is all
+    /// there is.
+    pub path: String,
+    /// The innermost systemd unit that is not a slice (`nginx.service`, `session-3.scope`,
+    /// `docker-<id>.scope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// The innermost systemd slice (`system.slice`, `user-1000.slice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<String>,
+    /// The container, where a runtime's convention names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    /// The Kubernetes pod, where the kubelet's convention names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<Pod>,
+}
+
+/// A container, by its runtime and id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Container {
+    /// `docker`, `containerd`, `cri-o`, `podman`, or `unknown` (a kubelet's cgroupfs driver
+    /// names no runtime).
+    pub runtime: String,
+    /// The container's id (64 hex digits for every runtime here).
+    pub id: String,
+}
+
+/// A Kubernetes pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pod {
+    /// Its UID (with dashes, as the API server writes it).
+    pub uid: String,
+    /// Its QoS class: `guaranteed`, `burstable` or `besteffort`.
+    pub qos: String,
+    /// Its name, where the node knows it without an API server: the pod's hostname (its name
+    /// unless the pod sets `hostname`), seen through the process's UTS namespace or its root's
+    /// `/etc/hostname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Cgroup {
+    /// What it says in a few words, most specific first: `pod/NAME` (or `pod/` and the UID's
+    /// first 8 digits), `docker/` and the container id's first 12 digits, the unit, the slice;
+    /// `None` for the root cgroup.
+    pub fn short(&self) -> Option<String> {
+        if let Some(p) = &self.pod {
+            return Some(match &p.name {
+                Some(n) => format!("pod/{n}"),
+                None => format!("pod/{}", p.uid.get(..8).unwrap_or(&p.uid)),
+            });
+        }
+        if let Some(c) = &self.container {
+            return Some(format!("{}/{}", c.runtime, c.id.get(..12).unwrap_or(&c.id)));
+        }
+        self.unit.clone().or_else(|| self.slice.clone()).or_else(|| {
+            let p = self.path.trim_start_matches("/..").trim_matches('/');
+            (!p.is_empty()).then(|| self.path.clone())
+        })
+    }
+
+    /// The container as Kubernetes writes a container id: `containerd://<id>`.
+    pub fn container_id(&self) -> Option<String> {
+        self.container.as_ref().map(|c| format!("{}://{}", c.runtime, c.id))
+    }
 }

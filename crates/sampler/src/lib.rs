@@ -7,6 +7,7 @@
 
 pub mod bpf;
 pub mod capture;
+pub mod cgroup;
 pub mod diag;
 pub mod fds;
 pub mod holders;

@@ -8,16 +8,21 @@
 //! |---|---|---|
 //! | `cwlab_tcp_sockets` | `netns`, `port`, `side`, `state` | sockets per state on each side of a service port (`side="server"`: local port; `client`: remote port); `port="other", side="other"` for the rest |
 //! | `cwlab_tcp_close_wait_oldest_seconds` | `netns`, `port` | how long the oldest server CLOSE-WAIT socket of the port has waited |
-//! | `cwlab_tcp_close_wait_holder_sockets` | `netns`, `port`, `pid`, `command` | server CLOSE-WAIT sockets held by each of the top holders |
-//! | `cwlab_process_open_fds`, `cwlab_process_max_fds` | `pid`, `command` | the holders' open descriptors and their limit |
+//! | `cwlab_tcp_close_wait_holder_sockets` | `netns`, `port`, `pid`, `command`, and where it runs | server CLOSE-WAIT sockets held by each of the top holders |
+//! | `cwlab_process_open_fds`, `cwlab_process_max_fds` | `pid`, `command`, and where it runs | the holders' open descriptors and their limit |
 //! | `cwlab_netns_up` | `netns` | 1 when the namespace's table could be read |
 //! | `cwlab_scrape_duration_seconds` | | how long the look took |
 //! | `cwlab_dumps_total` | | kernel dumps made (concurrent scrapes share one) |
 //! | `cwlab_build_info` | `version` | 1 |
+//!
+//! Where a holder runs is four labels, empty when its cgroup does not say: `unit` (the systemd
+//! unit), `container_id` (as Kubernetes writes one: `containerd://<id>`), `pod` (its name, where
+//! the node knows it) and `pod_uid`. They are only on the holders' series, the top N of each
+//! port, so they add no series of their own.
 
 use std::sync::atomic::AtomicU64;
 
-use cwlab_model::watch::Snapshot;
+use cwlab_model::watch::{Holding, Snapshot};
 use cwlab_model::TcpState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -46,12 +51,36 @@ struct HolderLabels {
     port: String,
     pid: String,
     command: String,
+    unit: String,
+    container_id: String,
+    pod: String,
+    pod_uid: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProcessLabels {
     pid: String,
     command: String,
+    unit: String,
+    container_id: String,
+    pod: String,
+    pod_uid: String,
+}
+
+impl ProcessLabels {
+    /// A holder's process and where it runs.
+    fn of(h: &Holding) -> ProcessLabels {
+        let c = h.cgroup.as_ref();
+        let pod = c.and_then(|c| c.pod.as_ref());
+        ProcessLabels {
+            pid: h.pid.to_string(),
+            command: h.name.clone(),
+            unit: c.and_then(|c| c.unit.clone()).unwrap_or_default(),
+            container_id: c.and_then(|c| c.container_id()).unwrap_or_default(),
+            pod: pod.and_then(|p| p.name.clone()).unwrap_or_default(),
+            pod_uid: pod.map(|p| p.uid.clone()).unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,15 +186,18 @@ pub fn openmetrics(s: &Snapshot, dumps: u64) -> String {
                     .set(age);
             }
             for h in &p.holders {
-                let pid = h.pid.to_string();
+                let who = ProcessLabels::of(h);
                 held.get_or_create(&HolderLabels {
                     netns: netns.clone(),
                     port: port.clone(),
-                    pid: pid.clone(),
-                    command: h.name.clone(),
+                    pid: who.pid.clone(),
+                    command: who.command.clone(),
+                    unit: who.unit.clone(),
+                    container_id: who.container_id.clone(),
+                    pod: who.pod.clone(),
+                    pod_uid: who.pod_uid.clone(),
                 })
                 .set(i64::from(h.sockets));
-                let who = ProcessLabels { pid, command: h.name.clone() };
                 open_fds.get_or_create(&who).set(i64::from(h.open_fds));
                 if let Some(m) = h.max_fds {
                     max_fds.get_or_create(&who).set(i64::try_from(m).unwrap_or(i64::MAX));
@@ -217,7 +249,7 @@ pub fn prometheus_text(s: &Snapshot, dumps: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cwlab_model::watch::{Holding, NamespaceView, PortView};
+    use cwlab_model::watch::{NamespaceView, PortView};
 
     #[test]
     fn a_leak_as_metrics() {
@@ -232,6 +264,28 @@ mod tests {
             sockets: 100,
             open_fds: 104,
             max_fds: Some(1024),
+            cgroup: None,
+        });
+        let uid = "5a0b3c9e-1d2f-4e6a-8b7c-9d0e1f2a3b4c";
+        let id = "3f2a1b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708";
+        let mut pod = cwlab_model::watch::Cgroup {
+            path: format!("/kubepods/burstable/pod{uid}/{id}"),
+            ..Default::default()
+        };
+        pod.container =
+            Some(cwlab_model::watch::Container { runtime: "containerd".into(), id: id.into() });
+        pod.pod = Some(cwlab_model::watch::Pod {
+            uid: uid.into(),
+            qos: "burstable".into(),
+            name: Some("web-0".into()),
+        });
+        p.holders.push(Holding {
+            pid: 4712,
+            name: "worker".into(),
+            sockets: 3,
+            open_fds: 9,
+            max_fds: None,
+            cgroup: Some(pod),
         });
         let mut ns = NamespaceView { inode: 4026531840, label: "x".into(), ..Default::default() };
         ns.ports.push(p);
@@ -243,8 +297,9 @@ mod tests {
             r#"cwlab_tcp_sockets{netns="4026531840",port="8080",side="client",state="fin_wait2"} 100"#,
             r#"cwlab_tcp_sockets{netns="4026531840",port="other",side="other",state="established"} 3"#,
             r#"cwlab_tcp_close_wait_oldest_seconds{netns="4026531840",port="8080"} 12.5"#,
-            r#"cwlab_tcp_close_wait_holder_sockets{netns="4026531840",port="8080",pid="4711",command="myserver"} 100"#,
-            r#"cwlab_process_max_fds{pid="4711",command="myserver"} 1024"#,
+            r#"cwlab_tcp_close_wait_holder_sockets{netns="4026531840",port="8080",pid="4711",command="myserver",unit="",container_id="",pod="",pod_uid=""} 100"#,
+            r#"cwlab_process_max_fds{pid="4711",command="myserver",unit="",container_id="",pod="",pod_uid=""} 1024"#,
+            r#"cwlab_tcp_close_wait_holder_sockets{netns="4026531840",port="8080",pid="4712",command="worker",unit="",container_id="containerd://3f2a1b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708",pod="web-0",pod_uid="5a0b3c9e-1d2f-4e6a-8b7c-9d0e1f2a3b4c"} 3"#,
             "cwlab_dumps_total 7",
             "# EOF",
         ] {

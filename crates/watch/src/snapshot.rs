@@ -5,7 +5,8 @@
 //! only full sockets are in (the server's half of a leak) come from a ledger the kernel's reports
 //! keep, seeded by one dump, and a look dumps only the other states (timewait and request
 //! sockets change without a report). Elsewhere each look dumps every state (with `tcp_info` on
-//! the first, for the ages). Holders come from a cache that reads only what changed.
+//! the first, for the ages). Holders come from a cache that reads only what changed; each is
+//! named by where it runs (its cgroup: the unit, container or pod), read when it is found.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -16,7 +17,7 @@ use cwlab_model::watch::{Holding, NamespaceView, PortView, Snapshot};
 use cwlab_model::TcpState;
 use cwlab_sampler::holders::{FastMap, InodeSet};
 use cwlab_sampler::stream::{self, Ledger, Stream};
-use cwlab_sampler::{holders, netns, Backend, Query, SocketRecord, States, Table};
+use cwlab_sampler::{cgroup, holders, netns, Backend, Query, SocketRecord, States, Table};
 
 use crate::Error;
 
@@ -71,6 +72,8 @@ pub struct Watcher {
     /// The kernel's reports of full sockets' changes, where it takes the program (root, BTF):
     /// then a look dumps only the states the stream does not keep.
     stream: Option<Stream>,
+    /// Why there is no stream, when there is none.
+    stream_error: Option<String>,
     /// Events the stream's program could not write (a full ring) at the last look.
     dropped: u64,
     /// Dumps made so far (concurrent scrapes share one).
@@ -114,6 +117,10 @@ impl Watcher {
             }
             Namespaces::All => {}
         }
+        let (stream, stream_error) = match open_stream() {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e)),
+        };
         Ok(Watcher {
             which,
             targets,
@@ -122,7 +129,8 @@ impl Watcher {
             last: HashMap::new(),
             born: FastMap::default(),
             cache: HolderCache::default(),
-            stream: open_stream(),
+            stream,
+            stream_error,
             dropped: 0,
             dumps: 0,
         })
@@ -132,7 +140,14 @@ impl Watcher {
     /// the two ways).
     pub fn dumping_only(mut self) -> Watcher {
         self.stream = None;
+        self.stream_error = Some("turned off".into());
         self
+    }
+
+    /// Why the looks do not keep the server's half from the kernel's reports, when they do not:
+    /// `CWLAB_STREAM=0`, or the kernel's refusal (no BTF, no permission).
+    pub fn stream_error(&self) -> Option<&str> {
+        self.stream_error.as_deref()
     }
 
     /// Whether the looks keep the server's half from the kernel's reports.
@@ -328,11 +343,11 @@ impl Tables {
 
 /// Whether to keep the server's half of each table from the kernel's reports: where the
 /// kernel takes the program, unless `CWLAB_STREAM=0` (for comparing the two ways).
-fn open_stream() -> Option<Stream> {
+fn open_stream() -> Result<Stream, String> {
     if std::env::var("CWLAB_STREAM").as_deref() == Ok("0") {
-        return None;
+        return Err("turned off by CWLAB_STREAM=0".into());
     }
-    Stream::open().ok()
+    Stream::open().map_err(|e| e.to_string())
 }
 
 /// With the stream: the ledger's sockets and a dump of the states it does not keep, counted as
@@ -552,7 +567,14 @@ fn top_holders(inodes: &[u64], found: &holders::Holders, top: usize) -> Vec<Hold
         .into_iter()
         .filter_map(|(pid, sockets)| {
             let p = found.processes.get(&pid)?;
-            Some(Holding { pid, name: p.comm.clone(), sockets, open_fds: 0, max_fds: None })
+            Some(Holding {
+                pid,
+                name: p.comm.clone(),
+                sockets,
+                open_fds: 0,
+                max_fds: None,
+                cgroup: cgroup::of(pid),
+            })
         })
         .collect();
     v.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
@@ -636,8 +658,11 @@ fn fingerprint(groups: &[(u64, u16, &[u64])]) -> u64 {
     sum
 }
 
-/// How often the holders are found by a whole walk of /proc, whatever the cache says.
+/// How often the holders are found by a whole walk of /proc, whatever the cache says: every
+/// 30 s, or, where a walk takes longer than 1.5 s (a million stuck sockets: 6 s here), every
+/// 20 walks' time, so that the walks take at most a twentieth of the watch's time.
 const REWALK: Duration = Duration::from_secs(30);
+const REWALK_SHARE: u32 = 20;
 
 /// Who held the server CLOSE-WAIT sockets at the last looks, so that a look reads only what
 /// changed: the descriptors of the known holders that it has not seen before. A socket no known
@@ -652,6 +677,8 @@ struct HolderCache {
     /// Sockets the last walk found no process holding.
     unheld: InodeSet,
     walked: Option<Instant>,
+    /// How long the last whole walk took.
+    walk_took: Duration,
     /// The last look's stuck sockets (a fingerprint of each port's) and its holders per port.
     last: Option<(u64, Vec<Vec<Holding>>)>,
 }
@@ -662,7 +689,7 @@ impl HolderCache {
     /// same process, the same descriptor count), the last answer is the answer.
     fn top(&mut self, groups: &[(u64, u16, &[u64])], top: usize) -> Vec<Vec<Holding>> {
         let print = fingerprint(groups);
-        let fresh = self.walked.is_some_and(|t| t.elapsed() < REWALK);
+        let fresh = self.fresh();
         if let Some((last, answer)) = &self.last {
             if *last == print && fresh && self.unchanged() {
                 let mut answer = answer.clone();
@@ -690,7 +717,7 @@ impl HolderCache {
     }
 
     fn holders(&mut self, inodes: &InodeSet) -> holders::Holders {
-        if self.walked.is_some_and(|t| t.elapsed() < REWALK) {
+        if self.fresh() {
             if let Some(h) = self.of_known(inodes) {
                 return h;
             }
@@ -698,7 +725,14 @@ impl HolderCache {
         self.walk(inodes)
     }
 
+    /// Whether the last whole walk is recent enough to trust the cache (see [`REWALK`]).
+    fn fresh(&self) -> bool {
+        let every = REWALK.max(self.walk_took * REWALK_SHARE);
+        self.walked.is_some_and(|t| t.elapsed() < every)
+    }
+
     fn walk(&mut self, inodes: &InodeSet) -> holders::Holders {
+        let started = Instant::now();
         let found = holders::find(inodes);
         self.procs.clear();
         for (inode, hs) in &found.by_inode {
@@ -713,6 +747,7 @@ impl HolderCache {
         self.info = found.processes.clone();
         self.unheld = inodes.iter().filter(|i| !found.by_inode.contains_key(i)).copied().collect();
         self.walked = Some(Instant::now());
+        self.walk_took = started.elapsed();
         found
     }
 
