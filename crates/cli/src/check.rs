@@ -194,7 +194,7 @@ fn judge(a: &Args, scenario: &Scenario) -> Result<i32, Failure> {
     for p in std::iter::once(&path).chain(&a.junit).chain(&a.svg).chain(a.figures.files()) {
         made.0.extend(check_writable(p)?);
     }
-    cwlab_runner::signals::install().map_err(Failure::bad_input)?;
+    cwlab_os::signals::install().map_err(Failure::bad_input)?;
     let opts = Options {
         exe: std::env::current_exe().map_err(Failure::bad_input)?,
         isolation: a.isolation.mode(),
@@ -229,7 +229,7 @@ fn judge(a: &Args, scenario: &Scenario) -> Result<i32, Failure> {
     let report = crate::run::run_one(scenario, &opts, &mut faces, &path)?;
     faces.close().map_err(Failure::bad_input)?;
     if report.interrupted {
-        if let Some(sig) = cwlab_runner::signals::received() {
+        if let Some(sig) = cwlab_os::signals::received() {
             return Ok(128 + sig);
         }
     }

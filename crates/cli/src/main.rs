@@ -9,6 +9,7 @@ mod list;
 mod run;
 mod serve;
 mod sockets;
+mod step;
 mod watch;
 
 fn main() {

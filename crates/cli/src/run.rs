@@ -93,7 +93,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     for p in paths.iter().chain(&a.junit).chain(&a.svg).chain(a.figures.files()) {
         made.0.extend(check_writable(p)?);
     }
-    cwlab_runner::signals::install().map_err(Failure::bad_input)?;
+    cwlab_os::signals::install().map_err(Failure::bad_input)?;
     let exe = std::env::current_exe().map_err(Failure::bad_input)?;
     let opts = Options {
         exe,
@@ -103,7 +103,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         pcap: None,
         grace: cwlab_runner::GRACE,
         ready_timeout: None,
-        pace: a.step.then(cwlab_report::step::enter_keys),
+        pace: a.step.then(crate::step::enter_keys),
         conn: a.figures.conn,
         dial: None,
         spread: a.spread.unwrap_or_default(),
@@ -114,7 +114,7 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         let opts = Options { pcap: pcap_path(a, path, scenarios.len()), ..opts.clone() };
         let report = run_one(scenario, &opts, &mut faces, path)?;
         worst = worst.max(report.exit_code());
-        if let Some(sig) = cwlab_runner::signals::received() {
+        if let Some(sig) = cwlab_os::signals::received() {
             // A signal stopped this run (its report says so), or arrived after it ended: then
             // the scenarios after it do not run, and the exit status says why.
             if report.interrupted || i + 1 < scenarios.len() {
@@ -170,7 +170,7 @@ pub fn run_one(
         Err(cwlab_runner::RunError::Interrupted(sig)) => {
             return Err(Failure {
                 code: 128 + sig,
-                error: format!("interrupted by {}", cwlab_runner::signals::name(sig)).into(),
+                error: format!("interrupted by {}", cwlab_os::signals::name(sig)).into(),
             })
         }
         Err(e) => return Err(Failure::bad_input(e)),
@@ -183,7 +183,7 @@ pub fn run_one(
 pub fn write_report(path: &Path, report: &Report) -> Result<(), Failure> {
     let mut bytes = serde_json::to_vec_pretty(report).expect("reports serialize");
     bytes.push(b'\n');
-    cwlab_runner::write_atomically(path, &bytes).map_err(|e| {
+    cwlab_os::write_atomically(path, &bytes).map_err(|e| {
         Failure::bad_input(format!("{}: cannot write the report: {e}", path.display()))
     })
 }

@@ -48,7 +48,7 @@ impl Reporter for Svg {
     }
 
     fn close(&mut self) -> io::Result<()> {
-        cwlab_runner::write_atomically(&self.path, render(&self.reports).as_bytes())
+        cwlab_os::write_atomically(&self.path, render(&self.reports).as_bytes())
     }
 }
 

@@ -20,6 +20,7 @@ use cwlab_model::scenario::{
     self, Behaviour, Closing, Pool, ServerCommand, ServerProgram, Topology, WavePlan,
 };
 use cwlab_model::{duration, Scenario, TcpState};
+use cwlab_os::signals;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -29,7 +30,7 @@ use crate::isolation::{self, IsolationMode};
 use crate::sampling::{PhaseCell, Probe, Sampler};
 use crate::server::{Launch, Program, Server};
 use crate::witness::{Live, Witness};
-use crate::{clients, hosts, io, pool, signals, stuck, RunError};
+use crate::{clients, hosts, io, pool, stuck, RunError};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -651,7 +652,7 @@ pub fn run(
     let t0_us = monotonic_us();
     let pcap = match &opts.pcap {
         Some(path) => Some((
-            crate::AtomicFile::create(path).map_err(io(format!("create {}", path.display())))?,
+            cwlab_os::AtomicFile::create(path).map_err(io(format!("create {}", path.display())))?,
             path.display().to_string(),
         )),
         None => None,

@@ -230,7 +230,7 @@ impl Server {
             });
         }
         let mut child = cmd.spawn().map_err(io(format!("start {} {sub}", l.exe.display())))?;
-        crate::signals::guard_group(child.id() as i32);
+        cwlab_os::signals::guard_group(child.id() as i32);
         let lines = LineReader { out: child.stdout.take().expect("piped"), buf: Vec::new() };
         let output = Tail::drain(child.stderr.take().expect("piped"));
         let lifeline = child.stdin.take();
@@ -406,7 +406,7 @@ impl Server {
     fn failed_to_start(&mut self, exited: Option<String>) -> RunError {
         let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
         let status = self.child.wait().ok();
-        crate::signals::guard_group(0);
+        cwlab_os::signals::guard_group(0);
         if self.contained {
             let how = exited.unwrap_or_else(|| "an unknown status".into());
             return RunError::Environment(format!(
@@ -459,7 +459,7 @@ impl Server {
         let _ = kill(group, Signal::SIGKILL);
         let _ = kill(Pid::from_raw(self.acceptor as i32), Signal::SIGKILL);
         let _ = self.child.wait();
-        crate::signals::guard_group(0);
+        cwlab_os::signals::guard_group(0);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -551,7 +551,7 @@ impl LineReader {
             let mut fds = [PollFd::new(self.out.as_fd(), PollFlags::POLLIN)];
             let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
                 .unwrap_or(PollTimeout::MAX);
-            if let Some(sig) = crate::signals::received() {
+            if let Some(sig) = cwlab_os::signals::received() {
                 return Err(RunError::Interrupted(sig));
             }
             match poll(&mut fds, ms) {

@@ -18,7 +18,7 @@ use cwlab_sampler::capture::{Capture, Tally};
 use cwlab_sampler::tracefs::{RawTransition, Tracer};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::output::AtomicFile;
+use cwlab_os::AtomicFile;
 
 type Pcap = BufWriter<std::fs::File>;
 
