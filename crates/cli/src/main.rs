@@ -4,6 +4,7 @@ mod app;
 mod chart_cmd;
 mod check;
 mod demo;
+mod faces;
 mod figures;
 mod list;
 mod run;
