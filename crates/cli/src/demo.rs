@@ -93,7 +93,11 @@ impl Children {
         let (name, file) = &self.scenarios[i];
         let report = Path::new("reports").join(format!("demo-{name}.json"));
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("run").arg(file).arg("--events").arg("--report").arg(report);
+        cmd.arg(cwlab_model::protocol::entry::RUN)
+            .arg(file)
+            .arg("--events")
+            .arg("--report")
+            .arg(report);
         if self.step {
             cmd.arg("--step");
         }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cwlab_model::protocol::{ContainOptions, ServeOptions, ServerMessage};
+use cwlab_model::protocol::{entry, ContainOptions, ServeOptions, ServerMessage};
 use cwlab_model::report::ServerOutcome;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -206,8 +206,10 @@ impl Server {
     /// command's LISTEN socket is seen through sock_diag.
     pub fn start(l: &Launch<'_>) -> Result<Server, RunError> {
         let (sub, arg, pid_namespace) = match &l.program {
-            Program::Lab(o) => ("serve", o.to_arg(), o.pid_namespace),
-            Program::Command(o) | Program::Client(o) => ("contain", o.to_arg(), o.pid_namespace),
+            Program::Lab(o) => (entry::SERVE, o.to_arg(), o.pid_namespace),
+            Program::Command(o) | Program::Client(o) => {
+                (entry::CONTAIN, o.to_arg(), o.pid_namespace)
+            }
         };
         let mut cmd = Command::new(l.exe);
         cmd.arg(sub)

@@ -49,7 +49,7 @@ struct Janitor {
 impl Janitor {
     fn start(exe: &std::path::Path, dir: &std::path::Path, mark: &str) -> Option<Janitor> {
         let child = std::process::Command::new(exe)
-            .arg("janitor")
+            .arg(cwlab_model::protocol::entry::JANITOR)
             .arg(dir)
             .env(crate::RUN_MARK, mark)
             .stdin(std::process::Stdio::piped())
