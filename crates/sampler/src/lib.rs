@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod diag;
 pub mod fds;
+pub mod hash;
 pub mod holders;
 pub mod netns;
 pub mod procnet;

@@ -33,7 +33,7 @@ use std::io;
 
 pub use crate::bpf::Event;
 use crate::bpf::{ring::Ring, set_state, sys::Counters};
-use crate::holders::FastMap;
+use crate::hash::FastMap;
 use crate::{SocketRecord, States, TcpState};
 
 /// The ring's size: 4 MiB, about 87,000 events (48 bytes each with the ring's header).
