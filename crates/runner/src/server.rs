@@ -362,14 +362,14 @@ impl Server {
         if inodes.is_empty() {
             return None;
         }
-        let (found, _) = cwlab_sampler::holders::survey(&inodes);
+        let found = cwlab_sampler::holders::find(&inodes);
         let mine = self.child.id();
         found.processes.keys().copied().filter(|p| descends(*p, mine, &found.processes)).min()
     }
 
     /// Those of `inodes` a process of the server holds.
     fn held(&self, inodes: &HashSet<u64>) -> HashSet<u64> {
-        let (found, _) = cwlab_sampler::holders::survey(inodes);
+        let found = cwlab_sampler::holders::find(inodes);
         let mine = self.child.id();
         inodes
             .iter()

@@ -21,13 +21,22 @@ pub struct Tally {
     pub server_segments: BTreeMap<String, u64>,
     /// Segments the clients sent.
     pub client_segments: BTreeMap<String, u64>,
-    /// For each connection (the client's port), the flags the server and the client sent.
-    pub connections: HashMap<u16, (u8, u8)>,
+    /// For each connection (the client's port), the flags each side sent.
+    pub connections: HashMap<u16, Sent>,
     /// Every segment in the order read, with the kernel's time of it, up to [`KEEP_SEGMENTS`]:
     /// what a connection's ladder is drawn from.
     pub segments: Vec<Segment>,
     /// Packets the kernel dropped before we read them.
     pub dropped: u64,
+}
+
+/// The TCP flags each side of one connection sent, or-ed together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// The flags the server sent.
+    pub server: u8,
+    /// The flags the client sent.
+    pub client: u8,
 }
 
 /// Segments kept one by one (about 1.5 MB); past it only the counts go on.
@@ -53,8 +62,10 @@ pub use cwlab_model::evidence::FLAGS;
 impl Tally {
     /// Connections in which the server (or the client) sent a segment with `bit`.
     pub fn connections_with(&self, server: bool, bit: u8) -> u64 {
-        self.connections.values().filter(|(s, c)| (if server { *s } else { *c }) & bit != 0).count()
-            as u64
+        self.connections
+            .values()
+            .filter(|c| (if server { c.server } else { c.client }) & bit != 0)
+            .count() as u64
     }
 
     fn count(&mut self, server: bool, client_port: u16, flags: u8, t_us: i64, len: u32) {
@@ -68,11 +79,11 @@ impl Tally {
                 *m.entry(name.into()).or_insert(0) += 1;
             }
         }
-        let c = self.connections.entry(client_port).or_insert((0, 0));
+        let c = self.connections.entry(client_port).or_default();
         if server {
-            c.0 |= flags;
+            c.server |= flags;
         } else {
-            c.1 |= flags;
+            c.client |= flags;
         }
     }
 }

@@ -97,11 +97,27 @@ pub struct Query {
     pub port: Option<u16>,
     /// Which side the port is on.
     pub side: PortSide,
-    /// With a port: the other end's port must lie in this range (inclusive). Several threads
-    /// split one dump this way.
-    pub peer: Option<(u16, u16)>,
+    /// With a port: the other end's port must lie in this range. Several threads split one
+    /// dump this way.
+    pub peer: Option<Ports>,
     /// Ask the kernel for `tcp_info` too (sock_diag only): fills [`SocketRecord::idle_ms`].
     pub info: bool,
+}
+
+/// A range of ports, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// The lowest port of the range.
+    pub low: u16,
+    /// The highest port of the range.
+    pub high: u16,
+}
+
+impl Ports {
+    /// Whether `port` lies in the range.
+    pub fn contains(self, port: u16) -> bool {
+        self.low <= port && port <= self.high
+    }
 }
 
 impl Default for Query {
@@ -117,7 +133,7 @@ impl Query {
         if !self.states.contains(r.state) {
             return false;
         }
-        let peer_ok = |other: u16| self.peer.is_none_or(|(lo, hi)| lo <= other && other <= hi);
+        let peer_ok = |other: u16| self.peer.is_none_or(|p| p.contains(other));
         let local = |p| r.local.port() == p && peer_ok(r.remote.port());
         let remote = |p| r.remote.port() == p && peer_ok(r.local.port());
         match (self.port, self.side) {
@@ -222,7 +238,8 @@ pub fn count_split(q: &Query) -> Result<usize, Error> {
         return Table::open(Backend::SockDiag)?.count(q);
     };
     let mid = ephemeral_middle();
-    let halves = [((0, mid), first), ((mid + 1, u16::MAX), second)];
+    let halves =
+        [(Ports { low: 0, high: mid }, first), (Ports { low: mid + 1, high: u16::MAX }, second)];
     let counts: Vec<Result<usize, Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = halves
             .iter()
