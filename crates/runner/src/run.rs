@@ -464,10 +464,8 @@ fn collect(
 }
 /// CLOCK_MONOTONIC in microseconds: the clock the tracepoint instance stamps with.
 fn monotonic_us() -> i64 {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(t) => t.tv_sec() * 1_000_000 + t.tv_nsec() / 1000,
-        Err(_) => 0,
-    }
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec * 1_000_000 + t.tv_nsec / 1000
 }
 
 /// Registers the wake pipe with the runtime.
@@ -481,19 +479,18 @@ fn wake_on(fd: OwnedFd) -> Result<AsyncFd<OwnedFd>, RunError> {
 /// hard one where that is enough. The runner holds every client's socket at once, and the
 /// acceptor (which inherits the limit) may hold one per connection.
 fn descriptors(scenario: &Scenario) -> Result<(), RunError> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let need = u64::from(scenario.clients.total()) + 64;
-    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_err(|e| io("read RLIMIT_NOFILE")(e.into()))?;
+    // No limit reads as u64::MAX, as RLIM_INFINITY is.
+    let limit = getrlimit(Resource::Nofile);
+    let (soft, hard) = (limit.current.unwrap_or(u64::MAX), limit.maximum.unwrap_or(u64::MAX));
     if need <= soft {
         return Ok(());
     }
     if need <= hard {
-        return nix::sys::resource::setrlimit(
-            nix::sys::resource::Resource::RLIMIT_NOFILE,
-            hard,
-            hard,
-        )
-        .map_err(|e| io("raise RLIMIT_NOFILE to its hard limit")(e.into()));
+        let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        return setrlimit(Resource::Nofile, raised)
+            .map_err(|e| io("raise RLIMIT_NOFILE to its hard limit")(e.into()));
     }
     let (line, col) = scenario.clients.count_position;
     Err(RunError::BadInput(format!(

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use rustix::time::ClockId;
+
 /// Bytes of each packet kept in the pcap file: the Ethernet, IP and TCP headers.
 pub const SNAPLEN: usize = 128;
 const LINKTYPE_ETHERNET: u32 = 1;
@@ -103,8 +105,9 @@ pub struct Capture<W: Write> {
 impl<W: Write> Capture<W> {
     /// Opens the capture on interface `iface` of the calling thread's network namespace.
     pub fn open(iface: &str, port: u16, mut out: Option<W>) -> io::Result<Capture<W>> {
-        let name = std::ffi::CString::new(iface)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
+        if iface.contains('\0') {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+        }
         let proto = (libc::ETH_P_ALL as u16).to_be();
         use rustix::net::{AddressFamily, SocketFlags, SocketType};
         let fd = rustix::net::socket_with(
@@ -113,7 +116,7 @@ impl<W: Write> Capture<W> {
             SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             Some(rustix::net::eth::ALL),
         )?;
-        let ifindex = nix::net::if_::if_nametoindex(name.as_c_str())?;
+        let ifindex = rustix::net::netdevice::name_to_index(&fd, iface)?;
         // SAFETY: sockaddr_ll is plain data; zeroed is valid.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -131,16 +134,15 @@ impl<W: Write> Capture<W> {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        // Each packet stamped by the kernel as it arrives, read with it (SO_TIMESTAMPNS).
+        // Each packet stamped by the kernel as it arrives, read with it (SO_TIMESTAMPNS). nix:
+        // rustix has neither the option nor its control message.
         nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimestampns, &true)?;
         // A bigger queue only lowers the chance of drops: a refusal is no failure.
-        let _ =
-            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, 8 << 20);
         if let Some(w) = out.as_mut() {
             write_header(w)?;
         }
-        let realtime_ahead_us = micros(nix::time::ClockId::CLOCK_REALTIME)
-            - micros(nix::time::ClockId::CLOCK_MONOTONIC);
+        let realtime_ahead_us = micros(ClockId::Realtime) - micros(ClockId::Monotonic);
         Ok(Capture {
             fd,
             port,
@@ -161,7 +163,8 @@ impl<W: Write> Capture<W> {
         self.fd.as_fd()
     }
 
-    /// Reads every packet ready, without blocking.
+    /// Reads every packet ready, without blocking. With nix's recvmsg: rustix's does not decode
+    /// the SO_TIMESTAMPNS control message.
     pub fn read_ready(&mut self) -> io::Result<()> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, LinkAddr, MsgFlags};
         let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
@@ -197,7 +200,7 @@ impl<W: Write> Capture<W> {
                         _ => None,
                     })
                 })
-                .unwrap_or_else(|| micros(nix::time::ClockId::CLOCK_REALTIME));
+                .unwrap_or_else(|| micros(ClockId::Realtime));
             let n = msg.bytes;
             if outgoing_loopback {
                 continue;
@@ -251,8 +254,9 @@ fn dropped(fd: &OwnedFd) -> u64 {
     }
 }
 
-fn micros(clock: nix::time::ClockId) -> i64 {
-    nix::time::clock_gettime(clock).map_or(0, |t| t.tv_sec() * 1_000_000 + t.tv_nsec() / 1000)
+fn micros(clock: ClockId) -> i64 {
+    let t = rustix::time::clock_gettime(clock);
+    t.tv_sec * 1_000_000 + t.tv_nsec / 1000
 }
 
 /// What the lab reads of a TCP segment.

@@ -256,29 +256,31 @@ pub fn count_split(q: &Query) -> Result<usize, Error> {
 }
 
 /// A set of CPUs a thread may run on (`sched_setaffinity(2)`).
-struct CpuMask(nix::sched::CpuSet);
+struct CpuMask(rustix::process::CpuSet);
 
 impl CpuMask {
     /// The calling thread's mask.
     fn of_this_thread() -> Option<CpuMask> {
-        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok().map(CpuMask)
+        rustix::process::sched_getaffinity(None).ok().map(CpuMask)
     }
 
     fn one(cpu: usize) -> CpuMask {
-        let mut set = nix::sched::CpuSet::new();
-        let _ = set.set(cpu);
+        let mut set = rustix::process::CpuSet::new();
+        if cpu < rustix::process::CpuSet::MAX_CPU {
+            set.set(cpu);
+        }
         CpuMask(set)
     }
 
     fn contains(&self, cpu: usize) -> bool {
-        self.0.is_set(cpu).unwrap_or(false)
+        cpu < rustix::process::CpuSet::MAX_CPU && self.0.is_set(cpu)
     }
 
     /// Two CPUs of the mask: the one the caller runs on first (binding the first thread there
     /// moves nobody), then another.
     fn two_cpus(&self) -> Option<[usize; 2]> {
-        let here = nix::sched::sched_getcpu().ok();
-        let mut cpus = (0..nix::sched::CpuSet::count()).filter(|&c| self.contains(c));
+        let here = Some(rustix::process::sched_getcpu());
+        let mut cpus = (0..rustix::process::CpuSet::MAX_CPU).filter(|&c| self.contains(c));
         let first = here.filter(|&c| self.contains(c)).or_else(|| cpus.next())?;
         let second = cpus.find(|&c| c != first)?;
         Some([first, second])
@@ -286,7 +288,7 @@ impl CpuMask {
 
     /// Binds the calling thread to the mask. Best effort: a refusal leaves it where it was.
     fn apply(&self) {
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
+        let _ = rustix::process::sched_setaffinity(None, &self.0);
     }
 }
 
