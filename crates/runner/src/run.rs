@@ -422,15 +422,20 @@ impl Work<'_> {
     }
 
     /// Waits until no client socket is ESTAB (the server closed every idle connection at its
-    /// keep-alive timeout), to the timeout and 5 s more; then measures.
+    /// keep-alive timeout) and the client's CLOSE-WAIT count is the same two looks in a row (a
+    /// pool that closes on EOF has closed what it will), to the timeout and 5 s more; then
+    /// measures.
     async fn idle_closed(&mut self) -> Measure {
         let deadline = Instant::now() + self.scenario.server.idle() + Duration::from_secs(5);
+        let mut before = None;
         loop {
             let m = self.look();
             let open = m.1.get(Side::Client, TcpState::Established);
-            if open == 0 || Instant::now() >= deadline {
+            let cw = m.0.client_close_wait;
+            if (open == 0 && before == Some(cw)) || Instant::now() >= deadline {
                 return m.0;
             }
+            before = (open == 0).then_some(cw);
             // A look every 20 ms: a wait for a condition, to a deadline.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
