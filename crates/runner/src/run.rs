@@ -359,8 +359,15 @@ impl Work<'_> {
         };
         let mut track = client_check::Tracker::default();
         let interval = self.scenario.sample_interval;
+        let mut first = None;
         let timed_out = loop {
             if client.outcome().gone || client.cannot_run.lock().unwrap().is_some() {
+                break false;
+            }
+            // Once its first process has exited, what goes with it is not the client's doing:
+            // the looks end there.
+            first = first.or_else(|| client_check::first_process(client.pid()));
+            if first.is_some_and(|p| !client_check::alive(p)) {
                 break false;
             }
             if Instant::now() >= deadline {
@@ -391,12 +398,8 @@ impl Work<'_> {
             (true, _) => Some(format!("stopped at its timeout ({})", duration::format(cc.timeout))),
             (false, e) => e,
         };
-        let rounds = track.rounds(
-            &served,
-            self.scenario.server.idle(),
-            ended_ms,
-            interval.as_millis() as u64,
-        );
+        let rounds =
+            track.rounds(&served, self.scenario.server.idle(), interval.as_millis() as u64);
         self.client = Some(ClientSeen { run, holders, rounds, error: cannot_run });
     }
 
