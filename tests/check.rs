@@ -593,6 +593,7 @@ clients! {
     issue_19_client_python_closes => "python-closes",
     issue_19_client_python_urllib3 => "python-urllib3",
     issue_19_client_python_requests => "python-requests",
+    issue_19_client_python_raw_leak => "python-raw-leak",
     issue_19_client_node_agent => "node-agent",
     issue_19_client_node_half_open_leak => "node-half-open-leak",
     issue_19_client_java_httpclient => "java-httpclient",
