@@ -529,3 +529,18 @@ fn issue_13_sockets_and_processes_coming_and_going_never_break_or_double_count_a
     unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
     assert_eq!(w.wait().unwrap().code(), Some(0), "SIGTERM ends a watch cleanly");
 }
+
+#[test]
+fn issue_19_the_host_s_namespace_is_labelled_as_the_host_not_after_the_watcher() {
+    // Read-only: the watcher's own namespace, narrowed to a port nothing here uses.
+    let out = watch(&["--once", "--json", "--port", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let s: Snapshot = serde_json::from_slice(&out.stdout).unwrap();
+    let ns = &s.namespaces[0];
+    assert!(!ns.label.ends_with(" (cwlab)"), "never after the watcher: {}", ns.label);
+    let own = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata("/proc/self/ns/net").unwrap());
+    // Since Linux 6.18 the first network namespace has a fixed inode (NET_NS_INIT_INO).
+    if own == 0xEFFF_FFF9 {
+        assert_eq!(ns.label, format!("{own} (host)"));
+    }
+}
