@@ -1,14 +1,13 @@
 //! What the watch remembers of each service from look to look: its CLOSE-WAIT over the last
-//! minute (how fast it grows), since when it has been watched, and, on the client side, how
-//! many of its CLOSE-WAIT sockets their holders closed while watched and the most there were
-//! before they did (the bound a pool keeps to): the numbers the model's reading needs that one
-//! look cannot have.
+//! minute (how fast it grows), since when it has been watched, and, on the client side, for
+//! each process holding connections to a remote service (each pool is its own), how many of
+//! its CLOSE-WAIT sockets it closed while watched and the most it held before it did (the bound
+//! its pool keeps to): the numbers the model's reading needs that one look cannot have.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use cwlab_model::watch::Holding;
 use cwlab_sampler::holders;
 
 /// How far back the growth of CLOSE-WAIT is measured.
@@ -26,8 +25,10 @@ const MOST: usize = 4096;
 pub(crate) enum Key {
     /// The server side of a port.
     Server(u16),
-    /// The client side of a remote service.
+    /// The client side of a remote service, all its holders together.
     Client(SocketAddr),
+    /// One process's connections to a remote service: its pool.
+    Pool(SocketAddr, u32),
 }
 
 impl Key {
@@ -89,31 +90,50 @@ impl History {
         s.count(close_wait, now)
     }
 
-    /// The client side of `remote` in namespace `ns` has these CLOSE-WAIT sockets now (sorted
-    /// inodes), held by `held` (the top holders).
+    /// The client side of `remote` in namespace `ns`, all holders together, has `close_wait`
+    /// sockets now.
     pub fn client(
         &mut self,
         ns: u64,
         remote: SocketAddr,
-        inodes: Vec<u64>,
-        held: &[Holding],
+        close_wait: u32,
         now: Instant,
     ) -> Reading {
-        let s = self.entry(ns, Key::Client(remote), now);
+        self.entry(ns, Key::Client(remote), now).count(close_wait, now)
+    }
+
+    /// Process `pid` holds these CLOSE-WAIT sockets to `remote` in namespace `ns` now (sorted
+    /// inodes): its pool's reading.
+    pub fn pool(
+        &mut self,
+        ns: u64,
+        remote: SocketAddr,
+        pid: u32,
+        inodes: Vec<u64>,
+        now: Instant,
+    ) -> Reading {
+        let s = self.entry(ns, Key::Pool(remote, pid), now);
         s.closed(&inodes);
         s.inodes = inodes;
-        s.holders = held.iter().map(|h| (h.pid, holders::start_time(h.pid))).collect();
+        if s.holders.is_empty() {
+            s.holders = vec![(pid, holders::start_time(pid))];
+        }
         let n = s.inodes.len() as u32;
         s.count(n, now)
     }
 
-    /// Ends a look: the client sides it did not see have no CLOSE-WAIT left (what their holders
-    /// closed counts); the server sides it did not see, and client sides unseen for [`KEEP`],
-    /// are forgotten.
+    /// What every process's pool of `remote` in namespace `ns` closed while watched.
+    pub fn cleared(&self, ns: u64, remote: SocketAddr) -> u32 {
+        let of = |k: &(u64, Key)| k.0 == ns && matches!(k.1, Key::Pool(r, _) if r == remote);
+        self.seen.iter().filter(|(k, _)| of(k)).map(|(_, s)| s.cleared).sum()
+    }
+
+    /// Ends a look: the pools it did not see hold no CLOSE-WAIT now (what they closed counts);
+    /// the server sides it did not see, and client sides unseen for [`KEEP`], are forgotten.
     pub fn end(&mut self, now: Instant) {
         let generation = self.generation;
         for ((_, key), s) in self.seen.iter_mut() {
-            if s.generation != generation && matches!(key, Key::Client(_)) {
+            if s.generation != generation && !matches!(key, Key::Server(_)) {
                 s.closed(&[]);
                 s.inodes.clear();
                 s.since = None;
@@ -121,7 +141,7 @@ impl History {
         }
         self.seen.retain(|(_, key), s| match key {
             Key::Server(_) => s.generation == generation,
-            Key::Client(_) => now.duration_since(s.last_seen) < KEEP,
+            Key::Client(_) | Key::Pool(..) => now.duration_since(s.last_seen) < KEEP,
         });
         if self.seen.len() > MOST {
             let mut by_age: Vec<(Instant, (u64, Key))> =
@@ -170,9 +190,9 @@ impl Seen {
         reading
     }
 
-    /// The last look's sockets that are not among `now` were closed by their holder, when every
-    /// holder of the last look is still the same process (a holder that exited took its
-    /// sockets with it: nothing is counted then).
+    /// The last look's sockets that are not among `now` were closed by their holder, when it is
+    /// still the same process (one that exited took its sockets with it: nothing is counted
+    /// then).
     fn closed(&mut self, now: &[u64]) {
         let gone = self.inodes.iter().filter(|i| now.binary_search(i).is_err()).count() as u32;
         if gone == 0 {
@@ -193,10 +213,6 @@ impl Seen {
 mod tests {
     use super::*;
 
-    fn me() -> Vec<Holding> {
-        vec![Holding { pid: std::process::id(), name: "me".into(), ..Default::default() }]
-    }
-
     #[test]
     fn issue_19_a_pool_that_closes_what_it_held_is_seen_closing_and_keeps_its_bound() {
         let mut h = History::default();
@@ -205,7 +221,7 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let look = |h: &mut History, inodes: Vec<u64>, t| {
             h.begin();
-            let r = h.client(1, remote, inodes, &me(), t);
+            let r = h.pool(1, remote, std::process::id(), inodes, t);
             h.end(t);
             r
         };
@@ -221,11 +237,11 @@ mod tests {
         // A holder that is gone closed nothing: what went, went with it.
         let mut gone = History::default();
         gone.begin();
-        let dead = [Holding { pid: u32::MAX - 1, ..Default::default() }];
-        gone.client(1, remote, vec![7, 8], &dead, at(0));
+        let dead = u32::MAX - 1;
+        gone.pool(1, remote, dead, vec![7, 8], at(0));
         gone.end(at(0));
         gone.begin();
-        let r = gone.client(1, remote, vec![8], &dead, at(1));
+        let r = gone.pool(1, remote, dead, vec![8], at(1));
         assert_eq!(r.cleared, 0);
     }
 

@@ -12,27 +12,41 @@ use cwlab_sampler::cgroup;
 use cwlab_sampler::holders::{self, FastMap, InodeSet};
 
 /// The stuck sockets of one group: a namespace's port's server CLOSE-WAIT, or its client
-/// CLOSE-WAIT to one remote service. The group's namespace, a number that tells it from the
-/// namespace's other groups, and the sockets' inodes.
-pub(crate) type Group<'a> = (u64, u64, &'a [u64]);
+/// CLOSE-WAIT to one remote service: its namespace, a number that tells it from the
+/// namespace's other groups, the sockets' inodes, and whether each holder's own inodes are
+/// wanted (a client's: each process's pool is read on its own).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Group<'a> {
+    pub ns: u64,
+    pub id: u64,
+    pub inodes: &'a [u64],
+    pub each: bool,
+}
 
-/// The processes holding the most of `inodes` (each counted once per process, however many
-/// descriptors it holds it by), with their descriptor counts and limits.
-fn top_holders(inodes: &[u64], found: &holders::Holders, top: usize) -> Vec<Holding> {
-    let mut per_pid: FastMap<u32, u32> = FastMap::default();
-    for inode in inodes.iter().filter(|i| **i != 0) {
+/// A top holder of a group, and the group's inodes it holds (when the group wants them).
+pub(crate) type Held = (Holding, Vec<u64>);
+
+/// The processes holding the most of the group's inodes (each counted once per process, however
+/// many descriptors it holds it by), with their descriptor counts and limits.
+fn top_holders(g: &Group, found: &holders::Holders, top: usize) -> Vec<Held> {
+    let mut per_pid: FastMap<u32, (u32, Vec<u64>)> = FastMap::default();
+    for inode in g.inodes.iter().filter(|i| **i != 0) {
         let hs = found.of(*inode);
         for (k, h) in hs.iter().enumerate() {
             if hs[..k].iter().all(|o| o.pid != h.pid) {
-                *per_pid.entry(h.pid).or_insert(0) += 1;
+                let e = per_pid.entry(h.pid).or_default();
+                e.0 += 1;
+                if g.each {
+                    e.1.push(*inode);
+                }
             }
         }
     }
-    let mut v: Vec<Holding> = per_pid
+    let mut v: Vec<Held> = per_pid
         .into_iter()
-        .filter_map(|(pid, sockets)| {
+        .filter_map(|(pid, (sockets, inodes))| {
             let p = found.processes.get(&pid)?;
-            Some(Holding {
+            let h = Holding {
                 pid,
                 name: p.comm.clone(),
                 sockets,
@@ -40,10 +54,11 @@ fn top_holders(inodes: &[u64], found: &holders::Holders, top: usize) -> Vec<Hold
                 max_fds: None,
                 runtime: None,
                 cgroup: cgroup::of(pid),
-            })
+            };
+            Some((h, inodes))
         })
         .collect();
-    v.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.pid.cmp(&b.pid)));
+    v.sort_by(|a, b| b.0.sockets.cmp(&a.0.sockets).then(a.0.pid.cmp(&b.0.pid)));
     v.truncate(top);
     v
 }
@@ -90,8 +105,8 @@ fn fingerprint(groups: &[Group]) -> u64 {
         z ^ (z >> 31)
     }
     let mut sum = groups.len() as u64;
-    for (ns, group, inodes) in groups {
-        let key = mix(ns ^ mix(*group));
+    for Group { ns, id, inodes, .. } in groups {
+        let key = mix(ns ^ mix(*id));
         sum = sum.wrapping_add(key.wrapping_mul(inodes.len() as u64 + 1));
         for i in *inodes {
             sum = sum.wrapping_add(mix(i ^ key));
@@ -121,29 +136,29 @@ pub(crate) struct HolderCache {
     /// How long the last whole walk took.
     walk_took: Duration,
     /// The last look's stuck sockets (a fingerprint of each group's) and its holders per group.
-    last: Option<(u64, Vec<Vec<Holding>>)>,
+    last: Option<(u64, Vec<Vec<Held>>)>,
 }
 
 impl HolderCache {
     /// The top holders of each group's sockets. When the
     /// stuck sockets are the very ones of the last look and no known holder has changed (the
     /// same process, the same descriptor count), the last answer is the answer.
-    pub fn top(&mut self, groups: &[Group], top: usize) -> Vec<Vec<Holding>> {
+    pub fn top(&mut self, groups: &[Group], top: usize) -> Vec<Vec<Held>> {
         let print = fingerprint(groups);
         let fresh = self.fresh();
         if let Some((last, answer)) = &self.last {
             if *last == print && fresh && self.unchanged() {
                 let mut answer = answer.clone();
-                answer.iter_mut().flatten().for_each(refresh);
+                answer.iter_mut().flatten().for_each(|h| refresh(&mut h.0));
                 return answer;
             }
         }
         let inodes: InodeSet =
-            groups.iter().flat_map(|g| g.2.iter()).filter(|i| **i != 0).copied().collect();
+            groups.iter().flat_map(|g| g.inodes.iter()).filter(|i| **i != 0).copied().collect();
         let found = self.holders(&inodes);
-        let mut answer: Vec<Vec<Holding>> =
-            groups.iter().map(|g| top_holders(g.2, &found, top)).collect();
-        answer.iter_mut().flatten().for_each(refresh);
+        let mut answer: Vec<Vec<Held>> =
+            groups.iter().map(|g| top_holders(g, &found, top)).collect();
+        answer.iter_mut().flatten().for_each(|h| refresh(&mut h.0));
         self.last = Some((print, answer.clone()));
         answer
     }

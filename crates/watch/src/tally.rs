@@ -66,6 +66,8 @@ pub(crate) struct Remote {
     pub oldest: Option<f64>,
     /// Their inodes.
     pub stuck: Vec<u64>,
+    /// How long each has waited, in seconds, in the order of `stuck`.
+    pub ages: Vec<f64>,
 }
 
 /// The stuck sockets of one namespace's port, as a look found them: the server's, and the
@@ -120,6 +122,7 @@ impl Tally {
                     let s = stuck();
                     let r = p.remotes.entry(s.remote).or_default();
                     r.stuck.push(s.inode);
+                    r.ages.push(s.age_s);
                     r.oldest = older(r.oldest, s.age_s);
                 }
             }

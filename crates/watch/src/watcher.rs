@@ -13,12 +13,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cwlab_model::diagnosis::{of_watch, Service, Watched};
 use cwlab_model::watch::{Holding, NamespaceView, RemoteView, Snapshot};
-use cwlab_model::TcpState;
+use cwlab_model::{FindingKind, TcpState};
 use cwlab_sampler::holders::FastMap;
 use cwlab_sampler::stream::{self, Stream};
 
 use crate::history::{History, Key};
-use crate::holders::{Group, HolderCache};
+use crate::holders::{Group, Held, HolderCache};
 use crate::tally::{self, Ages, PortStuck};
 use crate::targets::{self, Namespaces, Target};
 use crate::Error;
@@ -189,13 +189,13 @@ impl Watcher {
         &mut self,
         views: &mut [NamespaceView],
         stuck: Vec<Vec<PortStuck>>,
-        held: Vec<Vec<Holding>>,
+        held: Vec<Vec<Held>>,
         now: Instant,
     ) {
         let mut held = held.into_iter();
         for (view, stuck) in views.iter_mut().zip(stuck) {
             for (p, s) in view.ports.iter_mut().zip(stuck) {
-                p.holders = held.next().unwrap_or_default();
+                p.holders = held.next().unwrap_or_default().into_iter().map(|h| h.0).collect();
                 let cw = p.server.get(&TcpState::CloseWait).copied().unwrap_or(0);
                 let r = self.history.server(view.inode, p.port, cw, now);
                 p.close_wait_per_min = r.per_min;
@@ -221,41 +221,72 @@ impl Watcher {
         }
     }
 
-    /// One remote service's client-side CLOSE-WAIT, read.
+    /// One remote service's client-side CLOSE-WAIT, read: each holder's pool on its own (one
+    /// process's closings say nothing of another's), the finding the first leak among them (they
+    /// come most sockets first), else the first bounded pool; all together where no holder
+    /// could be named.
     fn remote(
         &mut self,
         ns: u64,
         addr: std::net::SocketAddr,
         r: tally::Remote,
-        holders: Vec<Holding>,
+        held: Vec<Held>,
         now: Instant,
     ) -> RemoteView {
         let n = r.stuck.len() as u32;
-        let unfiled = r.stuck.iter().filter(|i| **i == 0).count() as u32;
-        let mut inodes = r.stuck;
-        inodes.sort_unstable();
-        let h = self.history.client(ns, addr, inodes, &holders, now);
-        let w = Watched {
-            service: Service::Remote(addr),
+        let all = self.history.client(ns, addr, n, now);
+        let age: FastMap<u64, f64> = r.stuck.iter().copied().zip(r.ages.iter().copied()).collect();
+        let mut findings = Vec::new();
+        for (h, mut inodes) in held.iter().cloned() {
+            inodes.sort_unstable();
+            let oldest = inodes.iter().filter_map(|i| age.get(i)).copied().reduce(f64::max);
+            let p = self.history.pool(ns, addr, h.pid, inodes, now);
+            let holders = [h];
+            let w = Watched { oldest_s: oldest, unfiled: 0, ..self.watched(addr, &p, &holders) };
+            findings.extend(of_watch(&Watched { close_wait: holders[0].sockets, ..w }));
+        }
+        let holders: Vec<Holding> = held.into_iter().map(|h| h.0).collect();
+        if holders.is_empty() {
+            let unfiled = r.stuck.iter().filter(|i| **i == 0).count() as u32;
+            let w = Watched {
+                close_wait: n,
+                unfiled,
+                oldest_s: r.oldest,
+                ..self.watched(addr, &all, &[])
+            };
+            findings.extend(of_watch(&w));
+        }
+        let first = |k| findings.iter().position(|f: &cwlab_model::Finding| f.kind == k);
+        let pick = first(FindingKind::PoolLeak).or_else(|| first(FindingKind::PoolBounded));
+        RemoteView {
+            remote: addr,
             close_wait: n,
-            unfiled,
-            oldest_s: r.oldest,
+            close_wait_oldest_s: r.oldest,
+            close_wait_per_min: all.per_min,
+            cleared: self.history.cleared(ns, addr),
+            holders,
+            finding: pick.map(|i| findings.swap_remove(i)),
+        }
+    }
+
+    /// The numbers of a client-side reading from the history's, the counts left to fill.
+    fn watched<'a>(
+        &self,
+        addr: std::net::SocketAddr,
+        h: &crate::history::Reading,
+        holders: &'a [Holding],
+    ) -> Watched<'a> {
+        Watched {
+            service: Service::Remote(addr),
+            close_wait: 0,
+            unfiled: 0,
+            oldest_s: None,
             per_min: h.per_min,
             cleared: h.cleared,
             bound: h.bound,
             watched_s: h.watched_s,
             stuck_s: self.stuck.as_secs_f64(),
-            holders: &holders,
-        };
-        let finding = of_watch(&w);
-        RemoteView {
-            remote: addr,
-            close_wait: n,
-            close_wait_oldest_s: r.oldest,
-            close_wait_per_min: h.per_min,
-            cleared: h.cleared,
             holders,
-            finding,
         }
     }
 }
@@ -266,9 +297,11 @@ fn groups<'a>(views: &[NamespaceView], stuck: &'a [Vec<PortStuck>]) -> Vec<Group
     let mut groups = Vec::new();
     for (v, stuck) in views.iter().zip(stuck) {
         for (p, s) in v.ports.iter().zip(stuck) {
-            groups.push((v.inode, Key::Server(p.port).id(), &s.server[..]));
+            let id = Key::Server(p.port).id();
+            groups.push(Group { ns: v.inode, id, inodes: &s.server[..], each: false });
             for (addr, r) in &s.remotes {
-                groups.push((v.inode, Key::Client(*addr).id(), &r.stuck[..]));
+                let id = Key::Client(*addr).id();
+                groups.push(Group { ns: v.inode, id, inodes: &r.stuck[..], each: true });
             }
         }
     }
