@@ -544,3 +544,50 @@ fn issue_19_the_host_s_namespace_is_labelled_as_the_host_not_after_the_watcher()
         assert_eq!(ns.label, format!("{own} (host)"));
     }
 }
+
+#[test]
+fn issue_19_one_pool_s_closings_do_not_hide_another_s_leak_to_the_same_service() {
+    if !can_isolate("watch-two-pools") {
+        return;
+    }
+    let leaky = client_leak(20, false);
+    let mut bounded = watched::Pool::start(&leaky.ns, leaky.service, 5, &leaky.listener);
+    let ns = leaky.ns.path.to_str().unwrap();
+    let mut w = Command::new(env!("CARGO_BIN_EXE_cwlab"))
+        .args(["watch", "--netns", ns, "--json", "--interval", "100ms", "--stuck", "0s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(w.stdout.take().unwrap()));
+    let mut look = |want: &dyn Fn(&cwlab_model::watch::RemoteView) -> bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s: Snapshot = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            let r = s.namespaces[0].ports.iter().flat_map(|p| &p.remotes).next().cloned();
+            if let Some(r) = r.filter(|r| want(r)) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "timeout while expecting {what}");
+        }
+    };
+    look(&|r| r.close_wait == 25, "both pools");
+    // The bounded pool's next use, twice: it closes its five each time.
+    for round in 1..=2u32 {
+        bounded.renew(&leaky.listener);
+        let r = look(&|r| r.cleared == 5 * round && r.close_wait == 25, "the closings");
+        let f = r.finding.as_ref().unwrap();
+        assert_eq!(f.kind, FindingKind::PoolLeak, "{f:?}");
+        assert_eq!(f.holders.iter().map(|h| h.pid).collect::<Vec<_>>(), [leaky.pid], "{f:?}");
+        assert_eq!(f.sockets, 20);
+        assert!(f.explanation.contains("none was closed in the"), "{f:?}");
+    }
+    // Without the leak, the bounded pool is read as what it is.
+    let pid = bounded.pid;
+    drop(leaky.pool); // the service's listener stays
+    let r = look(&|r| r.close_wait == 5, "the leak gone");
+    let f = r.finding.as_ref().unwrap();
+    assert_eq!((f.kind, f.holders[0].pid), (FindingKind::PoolBounded, pid), "{f:?}");
+    // SAFETY: kill(2) takes no memory; the watcher is our child, not yet reaped.
+    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+    assert_eq!(w.wait().unwrap().code(), Some(0));
+}

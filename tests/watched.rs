@@ -95,24 +95,77 @@ pub struct ClientLeak {
     /// The client's pid.
     pub pid: u32,
     pub n: u32,
-    child: Child,
-    _listener: TcpListener,
+    pub pool: Pool,
+    pub listener: TcpListener,
 }
 
-impl Drop for ClientLeak {
+/// What a pool runs: `n` connections to HOST:PORT; at each line on its stdin, it closes them
+/// and opens `n` new ones (what a pool that finds the FIN on its next use does); at its end,
+/// it exits.
+const POOL: &str = "import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def fill():
+    return [socket.create_connection((host, port)) for _ in range(n)]
+pool = fill()
+print('ready', flush=True)
+for _ in sys.stdin:
+    for c in pool: c.close()
+    pool = fill()
+    print('ready', flush=True)
+";
+
+/// A Python client's pool of connections to a service whose listener the test holds: the
+/// service closes each connection as soon as it accepts it.
+pub struct Pool {
+    pub pid: u32,
+    n: u32,
+    child: Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Pool {
+    /// `n` connections from namespace `ns` to `service` (served by `listener`), each closed by
+    /// the service.
+    pub fn start(ns: &Namespace, service: SocketAddr, n: u32, listener: &TcpListener) -> Pool {
+        let (host, port) = (service.ip().to_string(), service.port().to_string());
+        let mut child = ns.run(|| {
+            Command::new("python3")
+                .args(["-c", POOL, &host, &port, &n.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+        });
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut p = Pool { pid: child.id(), n, child, stdin, stdout };
+        p.served(listener);
+        p
+    }
+
+    /// The pool's next use: it closes its connections and opens as many new ones, which the
+    /// service closes.
+    pub fn renew(&mut self, listener: &TcpListener) {
+        self.stdin.write_all(b"renew\n").unwrap();
+        self.served(listener);
+    }
+
+    fn served(&mut self, listener: &TcpListener) {
+        let mut ready = String::new();
+        self.stdout.read_line(&mut ready).unwrap();
+        assert_eq!(ready, "ready\n", "the client connected");
+        for _ in 0..self.n {
+            drop(listener.accept().unwrap().0); // the service's FIN: the client's end to CLOSE-WAIT
+        }
+    }
+}
+
+impl Drop for Pool {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
-
-/// What the client runs: `n` connections to HOST:PORT, then nothing until its stdin closes.
-const POOL: &str = "import socket, sys
-host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-pool = [socket.create_connection((host, port)) for _ in range(n)]
-print('ready', flush=True)
-sys.stdin.read()
-";
 
 /// A client leak of `n` connections: `remote`, its service in a namespace of its own joined to
 /// the client's by a veth pair (`SERVICE_HOST:443`), else on the client's loopback.
@@ -140,22 +193,8 @@ pub fn client_leak(n: u32, remote: bool) -> ClientLeak {
             (l, addr)
         }
     };
-    let (host, port) = (service.ip().to_string(), service.port().to_string());
-    let mut child = ns.run(|| {
-        Command::new("python3")
-            .args(["-c", POOL, &host, &port, &n.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-    });
-    let mut ready = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    assert_eq!(ready, "ready\n", "the client connected");
-    for _ in 0..n {
-        drop(listener.accept().unwrap().0); // the service's FIN: the client's end to CLOSE-WAIT
-    }
-    let pid = child.id();
-    ClientLeak { ns, service_ns, service, pid, n, child, _listener: listener }
+    let pool = Pool::start(&ns, service, n, &listener);
+    ClientLeak { ns, service_ns, service, pid: pool.pid, n, pool, listener }
 }
 
 /// Looks (`cwlab watch --once --json --stuck 1s`) until the client's connections all wait in

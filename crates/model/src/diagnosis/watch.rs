@@ -188,10 +188,13 @@ fn client(w: &Watched<'_>, addr: SocketAddr) -> Option<Finding> {
     }
     let stays = "each stays half-closed until the process closes it or exits";
     let why = match (w.cleared, w.bound) {
-        (0, _) if w.watched_s < 1.0 => {
-            format!("the oldest has waited longer than {:.0} s, and {stays}", w.stuck_s)
+        (0, _) if w.watched_s == 0.0 => {
+            format!("the oldest has outlived the {:.0} s a pool may take to notice, and {stays}", w.stuck_s)
         }
-        (0, _) => format!("none was closed in the {:.0} s watched, and {stays}", w.watched_s),
+        (0, _) => format!(
+            "none was closed in the {:.0} s watched, and {stays}",
+            w.watched_s.max(1.0)
+        ),
         (c, b) => format!(
             "it closed {c} while watched, yet holds more than the {} it held when it last did: they grow with its requests",
             b.unwrap_or(0)
@@ -262,7 +265,7 @@ mod tests {
         let f = of_watch(&Watched { stuck_s: 0.0, ..remote(3, 0.0, &hs) }).unwrap();
         assert_eq!(f.kind, FindingKind::PoolLeak);
         let f = of_watch(&remote(50, 61.0, &hs)).unwrap();
-        assert!(f.explanation.ends_with("the oldest has waited longer than 60 s, and each stays half-closed until the process closes it or exits"), "{}", f.explanation);
+        assert!(f.explanation.ends_with("the oldest has outlived the 60 s a pool may take to notice, and each stays half-closed until the process closes it or exits"), "{}", f.explanation);
         assert_eq!(f.idiom, None, "no runtime, the general sentence");
     }
 
