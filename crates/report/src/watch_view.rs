@@ -267,28 +267,29 @@ pub fn line(s: &Snapshot) -> String {
 fn port_line(inode: u64, p: &PortView) -> String {
     let cw = p.server.get(&TcpState::CloseWait).copied().unwrap_or(0);
     let estab = p.server.get(&TcpState::Established).copied().unwrap_or(0);
-    let mut s = format!("netns {inode} :{} ESTAB {estab} CLOSE-WAIT {cw}", p.port);
-    if let Some(r) = p.close_wait_per_min {
-        let _ = write!(s, " ({r:+.0}/min)");
-    }
-    if let Some(a) = p.close_wait_oldest_s {
-        let _ = write!(s, " oldest {a:.0}s");
-    }
-    if let Some(h) = p.holders.first() {
-        let _ = write!(s, " held by {} {} ({})", h.pid, h.name, h.sockets);
-    }
-    s
+    let s = format!("netns {inode} :{} ESTAB {estab} CLOSE-WAIT {cw}", p.port);
+    stuck_line(s, p.close_wait_per_min, p.close_wait_oldest_s, &p.holders)
 }
 
 fn remote_line(inode: u64, r: &RemoteView) -> String {
-    let mut s = format!("netns {inode} → {} CLOSE-WAIT {}", r.remote, r.close_wait);
-    if let Some(g) = r.close_wait_per_min {
-        let _ = write!(s, " ({g:+.0}/min)");
+    let s = format!("netns {inode} → {} CLOSE-WAIT {}", r.remote, r.close_wait);
+    stuck_line(s, r.close_wait_per_min, r.close_wait_oldest_s, &r.holders)
+}
+
+/// `s` and, where known, the growth, the oldest's age and the top holder.
+fn stuck_line(
+    mut s: String,
+    rate: Option<f64>,
+    oldest: Option<f64>,
+    holders: &[Holding],
+) -> String {
+    if let Some(r) = rate {
+        let _ = write!(s, " ({r:+.0}/min)");
     }
-    if let Some(a) = r.close_wait_oldest_s {
+    if let Some(a) = oldest {
         let _ = write!(s, " oldest {a:.0}s");
     }
-    if let Some(h) = r.holders.first() {
+    if let Some(h) = holders.first() {
         let _ = write!(s, " held by {} {} ({})", h.pid, h.name, h.sockets);
     }
     s
