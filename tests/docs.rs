@@ -112,9 +112,12 @@ fn redactions() -> snapbox::Redactions {
     let ephemeral = r"(?<redacted>3[2-9]\d{3}|[45]\d{4}|60\d{3})\b";
     add("[PORT]", &format!(r"port {ephemeral}"));
     add("[PORT]", &format!(r"(?:127\.0\.0\.1|connection |\s):{ephemeral}"));
+    // A command's own port, `{port}` made real: `… half_open_leak.js 37331`.
+    add("[PORT]", &format!(r"\s{ephemeral}`"));
     add("[MS]", r"(?<redacted>\d+(?:\.\d+)?) ms\b");
     add("[S]", r"(?<redacted>\d+\.\d\d)s\b");
-    add("[T]", r"(?m)^ +(?<redacted>\d+\.\d{3})  ");
+    // The column is right-aligned: its width moves with the time (78.437, 170.693).
+    add("[T]", r"(?m)^(?<redacted> +\d+\.\d{3})  ");
     add("[INODE]", r"netns (?<redacted>\d{6,})");
     r
 }
@@ -276,7 +279,12 @@ fn console_blocks_read_as_commands_statuses_and_outputs() {
         r.redact("pid 4158 port 41723 · fds 4–103 · 1.69s · after 48 ms"),
         "pid [PID] port [PORT] · fds 4–103 · [S]s · after [MS] ms"
     );
-    assert_eq!(r.redact("     78.437  SYN-SENT"), "     [T]  SYN-SENT");
+    assert_eq!(r.redact("     78.437  SYN-SENT"), "[T]  SYN-SENT");
+    assert_eq!(r.redact("    170.693  FIN-WAIT-1"), "[T]  FIN-WAIT-1");
+    assert_eq!(
+        r.redact("server `node s.js 37331` (Node.js)"),
+        "server `node s.js [PORT]` (Node.js)"
+    );
     assert_eq!(
         r.redact("127.0.0.1:36245 users:((\"x\",pid=1,fd=3))"),
         "127.0.0.1:[PORT] users:((\"x\",pid=[PID],fd=3))"

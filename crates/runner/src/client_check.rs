@@ -96,36 +96,27 @@ impl Tracker {
     }
 
     /// The client's requests in rounds (a pause of `idle` or more, the server's keep-alive
-    /// timeout, ends one), each with the client-side CLOSE-WAIT just before the next began (the
-    /// last: at its last look a look's time before `ended_ms`, when it ended: its exit closes
-    /// every socket it had).
-    pub fn rounds(&self, served_ms: &[u64], idle: Duration, ended_ms: u64, interval: u64) -> Waves {
+    /// timeout, ends one), each with the most client-side CLOSE-WAIT seen after its last request
+    /// and before the next round (a look's time before it: the pool closes what it finds dead
+    /// just before its first request is answered), the last one to the client's end.
+    pub fn rounds(&self, served_ms: &[u64], idle: Duration, interval: u64) -> Waves {
         let idle = idle.as_millis() as u64;
-        let mut starts: Vec<(u64, u32)> = Vec::new();
-        let mut last = None;
+        // (first request, last request, requests)
+        let mut rounds: Vec<(u64, u64, u32)> = Vec::new();
         for &t in served_ms {
-            match (last, starts.last_mut()) {
-                (Some(l), Some(s)) if t - l < idle => s.1 += 1,
-                _ => starts.push((t, 1)),
+            match rounds.last_mut() {
+                Some(r) if t - r.1 < idle => (r.1, r.2) = (t, r.2 + 1),
+                _ => rounds.push((t, t, 1)),
             }
-            last = Some(t);
         }
-        let before = |t: u64| self.looks.iter().rev().find(|(at, _)| *at < t).map(|(_, n)| *n);
-        let waves = (0..starts.len())
+        let waves = (0..rounds.len())
             .map(|i| {
-                // A look's time before the next round: the pool closes what it finds dead just
-                // before its first request is answered.
-                let next = starts.get(i + 1).map_or(ended_ms, |s| s.0).saturating_sub(interval);
-                let cw = before(next).unwrap_or(0);
-                Wave {
-                    connections: starts[i].1,
-                    from_ms: starts[i].0,
-                    after: Measure {
-                        t_ms: next.min(self.looks.last().map_or(0, |l| l.0)),
-                        client_close_wait: cw,
-                        ..Measure::default()
-                    },
-                }
+                let (from, last, n) = rounds[i];
+                let until = rounds.get(i + 1).map_or(u64::MAX, |r| r.0.saturating_sub(interval));
+                let gap = self.looks.iter().filter(|(at, _)| *at > last && *at <= until);
+                let (t_ms, cw) = gap.max_by_key(|(at, n)| (*n, *at)).copied().unwrap_or((last, 0));
+                let after = Measure { t_ms, client_close_wait: cw, ..Measure::default() };
+                Wave { connections: n, from_ms: from, after }
             })
             .collect();
         Waves { bursts: true, warmup: 0, baseline: Measure::default(), waves }
@@ -187,6 +178,45 @@ fn descends(mut pid: u32, root: u32, procs: &HashMap<u32, holders::Process>) -> 
     false
 }
 
+/// The client command's first process: the oldest process under `root` that is not the lab's
+/// own (`cwlab contain`'s supervisor and init).
+pub fn first_process(root: u32) -> Option<u32> {
+    let mut parent_of = HashMap::new();
+    let mut name_of = HashMap::new();
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
+        if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) {
+            parent_of.insert(pid, ppid);
+            name_of.insert(pid, comm);
+        }
+    }
+    let under = |mut pid: u32| {
+        for _ in 0..64 {
+            match parent_of.get(&pid) {
+                Some(&p) if p == root => return true,
+                Some(&p) if p > 1 => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let lab = |pid: &u32| name_of.get(pid).is_some_and(|n| n == "cwlab-init" || n == "cwlab");
+    parent_of.keys().copied().filter(|p| under(*p) && !lab(p)).min()
+}
+
+/// Whether a process still runs (it exists and is not a zombie: its descriptors are still its).
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
 /// The runtime of the client: the executable of a process holding its sockets, else its
 /// command's first word.
 pub fn runtime(rows: &[Holder], argv: &[String]) -> Runtime {
@@ -206,10 +236,9 @@ mod tests {
 
     #[test]
     fn requests_fall_into_rounds_at_pauses_of_the_keep_alive_timeout() {
-        let looks = vec![(0, 0), (150, 0), (400, 10), (600, 10), (900, 20), (1300, 20)];
+        let looks = vec![(0, 0), (150, 0), (400, 10), (600, 10), (900, 20), (1300, 20), (1400, 0)];
         let t = Tracker { looks, ..Tracker::default() };
-        let w =
-            t.rounds(&[100, 110, 120, 700, 705, 710, 720], Duration::from_millis(200), 1400, 50);
+        let w = t.rounds(&[100, 110, 120, 700, 705, 710, 720], Duration::from_millis(200), 50);
         let rounds: Vec<(u32, u32)> =
             w.waves.iter().map(|w| (w.connections, w.after.client_close_wait)).collect();
         assert_eq!(rounds, [(3, 10), (4, 20)]);

@@ -359,8 +359,15 @@ impl Work<'_> {
         };
         let mut track = client_check::Tracker::default();
         let interval = self.scenario.sample_interval;
+        let mut first = None;
         let timed_out = loop {
             if client.outcome().gone || client.cannot_run.lock().unwrap().is_some() {
+                break false;
+            }
+            // Once its first process has exited, what goes with it is not the client's doing:
+            // the looks end there.
+            first = first.or_else(|| client_check::first_process(client.pid()));
+            if first.is_some_and(|p| !client_check::alive(p)) {
                 break false;
             }
             if Instant::now() >= deadline {
@@ -391,12 +398,8 @@ impl Work<'_> {
             (true, _) => Some(format!("stopped at its timeout ({})", duration::format(cc.timeout))),
             (false, e) => e,
         };
-        let rounds = track.rounds(
-            &served,
-            self.scenario.server.idle(),
-            ended_ms,
-            interval.as_millis() as u64,
-        );
+        let rounds =
+            track.rounds(&served, self.scenario.server.idle(), interval.as_millis() as u64);
         self.client = Some(ClientSeen { run, holders, rounds, error: cannot_run });
     }
 
@@ -422,15 +425,20 @@ impl Work<'_> {
     }
 
     /// Waits until no client socket is ESTAB (the server closed every idle connection at its
-    /// keep-alive timeout), to the timeout and 5 s more; then measures.
+    /// keep-alive timeout) and the client's CLOSE-WAIT count is the same two looks in a row (a
+    /// pool that closes on EOF has closed what it will), to the timeout and 5 s more; then
+    /// measures.
     async fn idle_closed(&mut self) -> Measure {
         let deadline = Instant::now() + self.scenario.server.idle() + Duration::from_secs(5);
+        let mut before = None;
         loop {
             let m = self.look();
             let open = m.1.get(Side::Client, TcpState::Established);
-            if open == 0 || Instant::now() >= deadline {
+            let cw = m.0.client_close_wait;
+            if (open == 0 && before == Some(cw)) || Instant::now() >= deadline {
                 return m.0;
             }
+            before = (open == 0).then_some(cw);
             // A look every 20 ms: a wait for a condition, to a deadline.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -83,6 +83,7 @@ mod op {
     // ALU operations.
     pub const ADD: u8 = 0x00;
     pub const AND: u8 = 0x50;
+    pub const RSH: u8 = 0x70;
     pub const MOV: u8 = 0xb0;
     // Jump operations.
     pub const JEQ: u8 = 0x10;
@@ -169,6 +170,11 @@ impl Asm {
     /// `dst &= imm`.
     pub(crate) fn and_imm(&mut self, dst: Reg, imm: i32) {
         self.push(Insn::new(op::ALU64 | op::AND | op::K, dst, 0, 0, imm));
+    }
+
+    /// `dst >>= src`.
+    pub(crate) fn rsh(&mut self, dst: Reg, src: Reg) {
+        self.push(Insn::new(op::ALU64 | op::RSH | op::X, dst, src.0, 0, 0));
     }
 
     /// `dst = *(size *)(src + off)`.

@@ -1,6 +1,6 @@
 //! The stream's program: on the tracepoint `sock:inet_sock_set_state`, which the kernel fires
 //! for every state change of a full TCP socket, it writes an [`Event`] into a ring buffer (and
-//! counts the events it could not write). 45 instructions, assembled here; the offsets of the
+//! counts the events it could not write). 55 instructions, assembled here; the offsets of the
 //! fields it reads are the running kernel's, from its BTF.
 //!
 //! Needs BTF, BTF tracepoints (5.5 and later), the ring buffer (5.8) and root.
@@ -16,6 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::asm::{Asm, AsmError, Helper, Insn, Size, FP, R0, R1, R2, R3, R4, R6, R7};
 use super::btf::{self, Btf, Fields};
 use super::sys::{self, AttachType, Counters};
+use crate::stream::STREAMED;
 
 /// One state change of a full socket, as the kernel reported it: the record the program writes,
 /// 40 bytes.
@@ -135,11 +136,23 @@ fn field(offset: usize) -> i16 {
     EVENT + offset as i16
 }
 
+/// The kernel's numbers of the states the stream keeps ([`STREAMED`]), as bits: a change that
+/// neither leaves nor enters one of them (FIN-WAIT-1 → FIN-WAIT-2 → CLOSE, the side that closes
+/// first) changes no ledger, and is not written.
+fn streamed_bits() -> i32 {
+    STREAMED.iter().fold(0, |m, s| m | 1 << s.kernel())
+}
+
 /// The program: the event on the stack, then `bpf_ringbuf_output`; a failed output adds one to
-/// the drop counter.
+/// the drop counter. A change between two states the stream does not keep is left out first.
 fn program(o: &Offsets, ring: RawFd, drops: RawFd) -> Result<Vec<Insn>, AsmError> {
     let mut a = Asm::default();
     a.mov(R7, R1); // r7 = ctx
+    streamed(&mut a, ARG_NEW);
+    a.jne_imm(R3, 0, "kept");
+    streamed(&mut a, ARG_OLD);
+    a.jeq_imm(R3, 0, "out"); // neither state is kept: nothing to write
+    a.label("kept");
     a.load(Size::DW, R6, R7, ARG_SOCKET); // r6 = the socket
     for word in (0..size_of::<Event>()).step_by(8) {
         a.store_imm(Size::DW, FP, field(word), 0);
@@ -166,6 +179,15 @@ fn program(o: &Offsets, ring: RawFd, drops: RawFd) -> Result<Vec<Insn>, AsmError
     a.mov_imm(R0, 0);
     a.exit();
     a.finish()
+}
+
+/// `r3 = (STREAMED bits >> state) & 1`, the state the tracepoint's argument `arg` of the
+/// context in r7.
+fn streamed(a: &mut Asm, arg: i16) {
+    a.load(Size::DW, R2, R7, arg);
+    a.mov_imm(R3, streamed_bits());
+    a.rsh(R3, R2);
+    a.and_imm(R3, 1);
 }
 
 /// The event's fields, from the socket in r6 and the context in r7.

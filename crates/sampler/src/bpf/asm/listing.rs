@@ -72,6 +72,7 @@ impl fmt::Display for Text {
                     op::MOV => "",
                     op::ADD => "+",
                     op::AND => "&",
+                    op::RSH => ">>",
                     _ => return write!(f, "(alu64 operation {operation:#04x})"),
                 };
                 match source {
