@@ -285,7 +285,7 @@ fn issue_22_a_holder_in_each_manager_s_cgroup_is_named_by_its_unit_container_or_
             pod.map(|p| p.uid.clone()).unwrap_or_default(),
         );
         let line = format!(
-            "cwlab_tcp_close_wait_holder_sockets{{netns=\"{}\",port=\"{port}\",{labels}}} 1",
+            "cwlab_tcp_close_wait_holder_sockets{{netns=\"{}\",port=\"{port}\",side=\"server\",remote=\"\",{labels}}} 1",
             s.namespaces[0].inode
         );
         assert!(prom.lines().any(|x| x == line), "{line} in\n{prom}");

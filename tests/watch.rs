@@ -1,7 +1,10 @@
 //! `cwlab watch` on a leak the test makes itself: a thread of this process in a network
 //! namespace of its own accepts connections and never closes them, and the clients close theirs.
 //! The watch must count them exactly, name this process as the holder, serve them as metrics
-//! Prometheus's own tools accept, and behave as an HTTP server should.
+//! Prometheus's own tools accept, and behave as an HTTP server should. And on a client's leak
+//! (issue 19): a Python client whose service closed 50 connections its pool never notices,
+//! the service local or on another host, named in the table, the JSON and the metrics, and
+//! firing the client-side alert in a real Prometheus.
 
 mod util;
 mod watched;
@@ -11,11 +14,13 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cwlab_model::runtime::Runtime;
 use cwlab_model::watch::Snapshot;
-use cwlab_model::TcpState;
+use cwlab_model::{FindingKind, TcpState};
 use util::{can_isolate, scratch, show};
 use watched::{
-    ask, body, exporter, leak, prometheus_installed, raise_nofile, settled, watch, Prometheus,
+    ask, body, client_leak, client_settled, exporter, exporter_at, leak, prometheus_installed,
+    raise_nofile, settled, watch, ClientLeak, Prometheus,
 };
 
 #[test]
@@ -44,9 +49,11 @@ fn issue_13_watch_counts_a_leak_exactly_and_names_its_holder() {
     let age = p.close_wait_oldest_s.expect("an age from tcp_info");
     assert!((0.0..60.0).contains(&age), "{age}");
     assert_eq!(p.close_wait_per_min, None, "one look has no rate");
-    let f = p.finding.as_deref().unwrap();
-    assert!(f.starts_with("37 CLOSE-WAIT (steady"), "{f}");
-    assert!(f.contains(&format!("held by pid {}", std::process::id())), "{f}");
+    let f = p.finding.as_ref().unwrap();
+    assert_eq!(f.kind, FindingKind::HeldOpen);
+    assert!(f.explanation.starts_with("37 CLOSE-WAIT (steady"), "{f:?}");
+    assert!(f.explanation.contains(&format!("held by pid {}", std::process::id())), "{f:?}");
+    assert!(p.remotes.is_empty(), "the clients closed: none of their sockets is stuck");
 
     // The table on screen, and --port narrowing the service ports to one with no listener.
     let ns_path = l.netns.to_str().unwrap();
@@ -231,7 +238,7 @@ fn issue_13_the_alerting_rules_are_valid_and_their_unit_tests_pass() {
     let root = util::root();
     if let Some(out) = promtool(&["check", "rules", "docs/alerts.yml"], &root, None) {
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 3 rules found"));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("SUCCESS: 4 rules found"));
     }
     if let Some(out) =
         promtool(&["test", "rules", "alerts_test.yml"], &root.join("tests/prometheus"), None)
@@ -254,23 +261,12 @@ fn issue_13_a_real_prometheus_scrapes_the_exact_count_and_fires_the_alert() {
     let dir = scratch("watch-prometheus");
     // The rules of docs/alerts.yml, with CloseWaitStuck's 5 minutes and its minute of grace
     // brought down to what a test can wait for.
-    let rules = std::fs::read_to_string(util::root().join("docs/alerts.yml")).unwrap().replace(
-        "cwlab_tcp_close_wait_oldest_seconds > 300\n        for: 1m",
-        "cwlab_tcp_close_wait_oldest_seconds > 0\n        for: 0s",
+    let prom = prometheus_over(
+        &dir,
+        &e.addr,
+        "cwlab_tcp_close_wait_oldest_seconds{side=\"server\"} > 300\n        for: 1m",
+        "cwlab_tcp_close_wait_oldest_seconds{side=\"server\"} > 0\n        for: 0s",
     );
-    assert!(rules.contains("oldest_seconds > 0"), "the rule to speed up is there");
-    std::fs::write(dir.join("alerts.yml"), rules).unwrap();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             rule_files: [alerts.yml]\n\
-             scrape_configs:\n  - job_name: cwlab\n    static_configs:\n      - targets: ['{}']\n",
-            e.addr
-        ),
-    )
-    .unwrap();
-    let prom = Prometheus::start(&dir);
     let query =
         "/api/v1/query?query=cwlab_tcp_sockets%7Bside%3D%22server%22%2Cstate%3D%22close_wait%22%7D";
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -288,23 +284,166 @@ fn issue_13_a_real_prometheus_scrapes_the_exact_count_and_fires_the_alert() {
     assert_eq!(value["value"][1], "25", "{value}");
     assert_eq!(value["metric"]["port"], l.port.to_string());
     assert_eq!(value["metric"]["netns"], l.inode.to_string());
-    let alert = loop {
+    let alert = firing(&prom, "CloseWaitStuck", deadline);
+    assert_eq!(alert["labels"]["port"], l.port.to_string(), "{alert}");
+}
+
+/// A real Prometheus in `dir` scraping the exporter at `addr` every second, with the rules of
+/// docs/alerts.yml, one rule's condition and wait (`slow`) brought down to what a test can wait
+/// for (`fast`).
+fn prometheus_over(dir: &std::path::Path, addr: &str, slow: &str, fast: &str) -> Prometheus {
+    let rules = std::fs::read_to_string(util::root().join("docs/alerts.yml")).unwrap();
+    assert!(rules.contains(slow), "the rule to speed up is there: {slow}");
+    std::fs::write(dir.join("alerts.yml"), rules.replace(slow, fast)).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             rule_files: [alerts.yml]\n\
+             scrape_configs:\n  - job_name: cwlab\n    static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .unwrap();
+    Prometheus::start(dir)
+}
+
+/// The alert `name` once Prometheus says it fires, to `deadline`.
+fn firing(prom: &Prometheus, name: &str, deadline: Instant) -> serde_json::Value {
+    loop {
         let v = prom.get("/api/v1/alerts");
         let firing = v["data"]["alerts"].as_array().and_then(|a| {
-            a.iter()
-                .find(|x| x["labels"]["alertname"] == "CloseWaitStuck" && x["state"] == "firing")
-                .cloned()
+            a.iter().find(|x| x["labels"]["alertname"] == name && x["state"] == "firing").cloned()
         });
         if let Some(a) = firing {
-            break a;
+            return a;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timeout while expecting CloseWaitStuck to fire, last {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(alert["labels"]["port"], l.port.to_string(), "{alert}");
+        assert!(Instant::now() < deadline, "timeout while expecting {name} to fire, last {v}");
+        std::thread::sleep(Duration::from_millis(200)); // Prometheus's own pace: rules every 1 s
+    }
+}
+
+/// Issue 19: a client holding 50 half-closed connections is named in the watch's JSON (its
+/// remote service, holder, runtime, age and the model's finding), its table and its metrics.
+fn a_client_s_leak_is_named(c: &ClientLeak) {
+    let s = client_settled(c);
+    let ns = &s.namespaces[0];
+    assert_eq!(ns.inode, c.ns.inode);
+    assert!(!ns.other.contains_key(&TcpState::CloseWait), "nothing stuck in other: {ns:?}");
+    let p = ns.ports.iter().find(|p| p.port == c.service.port()).expect("the service's port");
+    assert_eq!(p.listening, c.service_ns.is_none(), "{p:?}");
+    assert_eq!(p.client.get(&TcpState::CloseWait), Some(&50));
+    assert_eq!(p.finding, None, "the service closed: its side is clean");
+    assert_eq!(p.remotes.len(), 1, "{p:?}");
+    let r = &p.remotes[0];
+    assert_eq!((r.remote, r.close_wait), (c.service, 50));
+    assert!(r.close_wait_oldest_s.is_some_and(|a| (1.0..60.0).contains(&a)), "{r:?}");
+    assert_eq!(r.holders.len(), 1, "{r:?}");
+    let h = &r.holders[0];
+    assert_eq!((h.pid, h.name.as_str(), h.sockets), (c.pid, "python3", 50));
+    assert_eq!(h.runtime, Some(Runtime::Cpython));
+    assert!(h.open_fds >= 50, "{h:?}");
+    let f = r.finding.as_ref().unwrap();
+    assert_eq!(f.kind, FindingKind::PoolLeak);
+    let named =
+        format!("pid {} `python3` holds 50 half-closed connections to {}", c.pid, c.service);
+    assert!(f.explanation.starts_with(&named), "{f:?}");
+    assert!(f.explanation.contains("its pool does not notice the server's FIN"), "{f:?}");
+    assert_eq!(f.idiom, Some(Runtime::Cpython));
+    assert!(f.fix.as_deref().unwrap().contains("requests.Session()"), "{f:?}");
+
+    let ns_path = c.ns.path.to_str().unwrap();
+    let out = watch(&["--netns", ns_path, "--once", "--stuck", "1s"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("\n    to {}: 50 CLOSE-WAIT, the oldest ", c.service)),
+        "{text}"
+    );
+    let row = format!("    {} ", c.pid);
+    let held = text.lines().find(|l| l.starts_with(&row)).unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        held.split_whitespace().take(3).collect::<Vec<_>>(),
+        [&c.pid.to_string(), "python3", "50"]
+    );
+    assert!(text.contains(&format!("→ {named}")), "{text}");
+    assert!(text.contains("fix (CPython): close every response"), "{text}");
+    assert!(text.lines().all(|l| l.chars().count() <= 80), "80 columns off a terminal: {text}");
+
+    let dir = scratch(&format!("watch-client-{}", c.service.port()));
+    let out = watch(&[
+        "--netns",
+        ns_path,
+        "--textfile",
+        dir.to_str().unwrap(),
+        "--once",
+        "--stuck",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = std::fs::read_to_string(dir.join("cwlab.prom")).unwrap();
+    let (netns, port, remote) = (c.ns.inode, c.service.port(), c.service);
+    let at = format!("netns=\"{netns}\",port=\"{port}\",side=\"client\"");
+    for line in [
+        format!("cwlab_tcp_sockets{{{at},state=\"close_wait\"}} 50"),
+        format!("cwlab_tcp_close_wait_finding{{{at},remote=\"{remote}\",kind=\"pool-leak\"}} 50"),
+    ] {
+        assert!(text.lines().any(|x| x == line), "{line} in\n{text}");
+    }
+    let holder = format!(
+        "cwlab_tcp_close_wait_holder_sockets{{{at},remote=\"{remote}\",pid=\"{}\",command=\"python3\",",
+        c.pid
+    );
+    assert!(
+        text.lines().any(|x| x.starts_with(&holder) && x.ends_with("} 50")),
+        "{holder} in\n{text}"
+    );
+    if let Some(out) = promtool_check(&text) {
+        assert_eq!(out.status.code(), Some(0), "promtool: {}", show(&out));
+    }
+}
+
+#[test]
+fn issue_19_a_client_holding_50_half_closed_connections_to_a_local_service_is_named() {
+    if !can_isolate("watch-client-local") {
+        return;
+    }
+    a_client_s_leak_is_named(&client_leak(50, false));
+}
+
+#[test]
+fn issue_19_a_client_holding_50_half_closed_connections_to_another_host_is_named() {
+    if !can_isolate("watch-client-remote") {
+        return;
+    }
+    a_client_s_leak_is_named(&client_leak(50, true));
+}
+
+#[test]
+fn issue_19_a_real_prometheus_fires_the_client_side_alert_for_a_leaking_pool() {
+    if !can_isolate("watch-prometheus-client") || !prometheus_installed() {
+        return;
+    }
+    let c = client_leak(50, true);
+    client_settled(&c);
+    let e = exporter_at(&c.ns.path, "http", &["--stuck", "1s"]);
+    let dir = scratch("watch-prometheus-client");
+    let prom = prometheus_over(
+        &dir,
+        &e.addr,
+        "kind=\"pool-leak\"} > 0\n        for: 5m",
+        "kind=\"pool-leak\"} > 0\n        for: 0s",
+    );
+    let alert = firing(&prom, "CloseWaitClientPoolLeak", Instant::now() + Duration::from_secs(60));
+    assert_eq!(alert["labels"]["remote"], c.service.to_string(), "{alert}");
+    assert_eq!(alert["labels"]["port"], "443", "{alert}");
+    assert_eq!(alert["labels"]["netns"], c.ns.inode.to_string(), "{alert}");
+    let value = alert["value"].as_str().and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(value, Some(50.0), "{alert}");
+    let held = prom
+        .get("/api/v1/query?query=cwlab_tcp_close_wait_holder_sockets%7Bside%3D%22client%22%7D");
+    let r = &held["data"]["result"][0];
+    assert_eq!(r["metric"]["pid"], c.pid.to_string(), "{held}");
+    assert_eq!(r["metric"]["command"], "python3", "{held}");
+    assert_eq!(r["value"][1], "50", "{held}");
 }
 
 #[test]
@@ -389,4 +528,66 @@ fn issue_13_sockets_and_processes_coming_and_going_never_break_or_double_count_a
     // SAFETY: kill(2) takes no memory; the watcher is our child, not yet reaped.
     unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
     assert_eq!(w.wait().unwrap().code(), Some(0), "SIGTERM ends a watch cleanly");
+}
+
+#[test]
+fn issue_19_the_host_s_namespace_is_labelled_as_the_host_not_after_the_watcher() {
+    // Read-only: the watcher's own namespace, narrowed to a port nothing here uses.
+    let out = watch(&["--once", "--json", "--port", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let s: Snapshot = serde_json::from_slice(&out.stdout).unwrap();
+    let ns = &s.namespaces[0];
+    assert!(!ns.label.ends_with(" (cwlab)"), "never after the watcher: {}", ns.label);
+    let own = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata("/proc/self/ns/net").unwrap());
+    // Since Linux 6.18 the first network namespace has a fixed inode (NET_NS_INIT_INO).
+    if own == 0xEFFF_FFF9 {
+        assert_eq!(ns.label, format!("{own} (host)"));
+    }
+}
+
+#[test]
+fn issue_19_one_pool_s_closings_do_not_hide_another_s_leak_to_the_same_service() {
+    if !can_isolate("watch-two-pools") {
+        return;
+    }
+    let leaky = client_leak(20, false);
+    let mut bounded = watched::Pool::start(&leaky.ns, leaky.service, 5, &leaky.listener);
+    let ns = leaky.ns.path.to_str().unwrap();
+    let mut w = Command::new(env!("CARGO_BIN_EXE_cwlab"))
+        .args(["watch", "--netns", ns, "--json", "--interval", "100ms", "--stuck", "0s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(w.stdout.take().unwrap()));
+    let mut look = |want: &dyn Fn(&cwlab_model::watch::RemoteView) -> bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s: Snapshot = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            let r = s.namespaces[0].ports.iter().flat_map(|p| &p.remotes).next().cloned();
+            if let Some(r) = r.filter(|r| want(r)) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "timeout while expecting {what}");
+        }
+    };
+    look(&|r| r.close_wait == 25, "both pools");
+    // The bounded pool's next use, twice: it closes its five each time.
+    for round in 1..=2u32 {
+        bounded.renew(&leaky.listener);
+        let r = look(&|r| r.cleared == 5 * round && r.close_wait == 25, "the closings");
+        let f = r.finding.as_ref().unwrap();
+        assert_eq!(f.kind, FindingKind::PoolLeak, "{f:?}");
+        assert_eq!(f.holders.iter().map(|h| h.pid).collect::<Vec<_>>(), [leaky.pid], "{f:?}");
+        assert_eq!(f.sockets, 20);
+        assert!(f.explanation.contains("none was closed in the"), "{f:?}");
+    }
+    // Without the leak, the bounded pool is read as what it is.
+    let pid = bounded.pid;
+    drop(leaky.pool); // the service's listener stays
+    let r = look(&|r| r.close_wait == 5, "the leak gone");
+    let f = r.finding.as_ref().unwrap();
+    assert_eq!((f.kind, f.holders[0].pid), (FindingKind::PoolBounded, pid), "{f:?}");
+    // SAFETY: kill(2) takes no memory; the watcher is our child, not yet reaped.
+    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+    assert_eq!(w.wait().unwrap().code(), Some(0));
 }

@@ -37,9 +37,13 @@ pub struct Args {
     /// Watch every network namespace on the host, each labelled by its inode and a process in it.
     #[arg(long, conflicts_with_all = ["netns", "netns_pid"])]
     all_netns: bool,
-    /// How many holders to name per port.
+    /// How many holders to name per port (server side) and per remote service (client side).
     #[arg(long, default_value_t = 5)]
     top: usize,
+    /// How long a client's CLOSE-WAIT socket may wait before the watch reads its pool: a pool
+    /// leak unless it was seen closing some and stays within what it held then.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    stuck: Duration,
     /// One JSON object per interval.
     #[arg(long)]
     json: bool,
@@ -79,7 +83,9 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         None => WebConfig::default(),
     };
     let others = !matches!(which, Namespaces::Own);
-    let mut watcher = Watcher::new(which, a.ports.clone(), a.top).map_err(Failure::bad_input)?;
+    let mut watcher = Watcher::new(which, a.ports.clone(), a.top)
+        .map_err(Failure::bad_input)?
+        .with_stuck(a.stuck);
     let notes = Capabilities::of_this_process().notes(others, watcher.stream_error());
     cwlab_runner::signals::install().map_err(Failure::bad_input)?;
     if let Some(addr) = a.listen {

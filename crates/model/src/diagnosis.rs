@@ -9,6 +9,9 @@
 //!   helpers or forked workers, the symptom hidden while the descriptors grow, the backlog
 //!   look-alike, hung clients, a clean close), each with the sockets, the holders, the numbers
 //!   behind it, one sentence of explanation and the fix.
+//!
+//! The watch's looks at a live host are read here too ([`of_watch`], in `diagnosis/watch.rs`):
+//! the same findings, from the numbers a look has.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -19,6 +22,9 @@ use crate::fix::{self, Shape};
 use crate::report::{Holder, Report, Role, Side};
 use crate::runtime::Runtime;
 use crate::state::TcpState;
+
+mod watch;
+pub use watch::{of_watch, Service, Watched};
 
 /// What a run shows, and what holds its stuck sockets.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -143,6 +149,9 @@ pub enum FindingKind {
     /// CLOSE-WAIT on the client's side that stays bounded and is cleared when the pool next
     /// takes its connections: under control.
     PoolBounded,
+    /// CLOSE-WAIT on a live host held open by a process (the watch sees the holder, not how it
+    /// came to hold it: `cwlab check` tells the shapes apart).
+    HeldOpen,
     /// None of the above.
     Clean,
 }
@@ -166,6 +175,7 @@ impl FindingKind {
             FindingKind::FdExhaustion => "fd-exhaustion",
             FindingKind::PoolLeak => "pool-leak",
             FindingKind::PoolBounded => "pool-bounded",
+            FindingKind::HeldOpen => "held-open",
             FindingKind::Clean => "clean",
         }
     }
@@ -182,6 +192,7 @@ impl FindingKind {
                 | FindingKind::NeverClosed
                 | FindingKind::FdExhaustion
                 | FindingKind::PoolLeak
+                | FindingKind::HeldOpen
         )
     }
 }
@@ -520,6 +531,10 @@ fn held_finding(r: &Report, h: &Held, nums: &mut Vec<(&str, i64)>) -> Finding {
     }
 }
 
+/// What a bounded pool needs: nothing.
+const BOUNDED_POOL_FIX: &str =
+    "none needed: to shorten the wait, evict idle connections before the server's keep-alive timeout";
+
 /// How a client's pool treats the connections the server closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PoolReading {
@@ -613,7 +628,7 @@ fn client_close_wait(r: &Report, held: &[Held], out: &mut Vec<Finding>) {
                 &nums,
                 format!("up to {peak} {noun} the server closed waited in CLOSE-WAIT in {who}'s pool{oldest}, and {cleared} were closed by the client while it ran: a bounded pool that finds the FIN on its next use. Under control, not a leak"),
             )
-            .with_text_fix("none needed: to shorten the wait, evict idle connections before the server's keep-alive timeout")
+            .with_text_fix(BOUNDED_POOL_FIX)
         };
         out.push(Finding { holders: h.processes.clone(), evidence: wave_evidence(r, true), ..f });
     }

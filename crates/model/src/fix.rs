@@ -25,6 +25,9 @@ pub enum Shape {
     /// A client's connection pool keeps connections the server closed and never notices their
     /// FIN.
     PoolIgnoresFin,
+    /// A process holds connections the peer closed, and which of the server's shapes above it is
+    /// is not known (a live host's watch sees the holder, not how it came to hold them).
+    HeldOpen,
 }
 
 /// A fix: the sentence, and the runtime whose idiom it is in (none for the general sentence).
@@ -54,6 +57,7 @@ fn general(shape: Shape) -> &'static str {
         Shape::HandlerHolds => "the handler must close the connection once it reads EOF",
         Shape::NeverClosed => "close the connection when a read returns EOF (0 bytes), on every path, errors included",
         Shape::DescriptorPerConnection => "something opened for each connection is never closed: close it when the connection ends, on every path",
+        Shape::HeldOpen => "close each connection once a read returns EOF, on every path; a forking server closes its copy in the parent right after fork() (`cwlab check -- CMD` tells which)",
         Shape::PoolIgnoresFin => "close pooled connections the server has closed: check an idle connection for EOF before reusing it, evict idle connections before the server's keep-alive timeout, and close what the pool no longer needs",
     }
 }

@@ -1,13 +1,13 @@
 //! `cwlab watch` on screen: a table per namespace that fits the terminal's width (80 columns off
 //! a terminal), refreshed in place on a terminal (q quits), or one line per interval off a
-//! terminal.
+//! terminal. Each finding is the model's, drawn as it is: its explanation and its fix.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::Duration;
 
-use cwlab_model::watch::{Holding, PortView, Snapshot};
-use cwlab_model::TcpState;
+use cwlab_model::watch::{Holding, PortView, RemoteView, Snapshot};
+use cwlab_model::{Finding, TcpState};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use ratatui::crossterm::terminal;
 
@@ -37,9 +37,11 @@ const LEAVE_OUT: [TcpState; 7] = [
 /// The width the table is made for off a terminal.
 pub const WIDTH: usize = 80;
 
-/// The table of one snapshot, at most `width` columns wide: per namespace and service port,
-/// server and client rows, each port's holders (pid, command, the CLOSE-WAIT sockets they hold,
-/// their descriptors, and the unit, container or pod they run in), and what it looks like.
+/// The table of one snapshot, at most `width` columns wide: per namespace and port, server and
+/// client rows (a port nothing here listens on, a remote service's, shows its client row
+/// alone), the server side's holders (pid, command, the CLOSE-WAIT sockets they hold, their
+/// descriptors, and the unit, container or pod they run in) and finding, then each remote
+/// service the client side is stuck on with its holders and finding.
 /// Columns are as wide as their numbers; where they do not fit, the state columns that count
 /// nothing go first, then the rarest states (CLOSE-WAIT stays), and a line says which.
 pub fn table(s: &Snapshot, width: usize) -> String {
@@ -70,28 +72,31 @@ struct Row {
     age: String,
 }
 
-fn rows(p: &PortView) -> [Row; 2] {
+/// A port's rows: server and client, or the client's alone for a port nothing here listens on
+/// and no server socket is on (a remote service's).
+fn rows(p: &PortView) -> Vec<Row> {
     let counts = |c: &cwlab_model::report::Counts| {
         COLUMNS.iter().map(|(st, _)| c.get(st).copied().unwrap_or(0).to_string()).collect()
     };
     let rate = p.close_wait_per_min.map_or("-".into(), |r| format!("{r:+.0}"));
     let age = p.close_wait_oldest_s.map_or("-".into(), |a| format!("{a:.0} s"));
     let port = p.port.to_string();
-    [
-        Row { port: port.clone(), side: "server", counts: counts(&p.server), rate, age },
-        Row {
-            port,
-            side: "client",
-            counts: counts(&p.client),
-            rate: String::new(),
-            age: String::new(),
-        },
-    ]
+    let client = Row {
+        port: port.clone(),
+        side: "client",
+        counts: counts(&p.client),
+        rate: String::new(),
+        age: String::new(),
+    };
+    if !p.listening && p.server.is_empty() {
+        return vec![client];
+    }
+    vec![Row { port, side: "server", counts: counts(&p.server), rate, age }, client]
 }
 
 /// A namespace's ports: the counts, then each port's holders and finding.
 fn ports(out: &mut String, ports: &[PortView], width: usize) {
-    let all: Vec<(&PortView, [Row; 2])> = ports.iter().map(|p| (p, rows(p))).collect();
+    let all: Vec<(&PortView, Vec<Row>)> = ports.iter().map(|p| (p, rows(p))).collect();
     let rows = || all.iter().flat_map(|(_, r)| r.iter());
     let wide = |head: &str, cell: &dyn Fn(&Row) -> usize| {
         rows().map(cell).max().unwrap_or(0).max(head.len())
@@ -135,9 +140,10 @@ fn ports(out: &mut String, ports: &[PortView], width: usize) {
             let _ = write!(line, " {:>rate_w$} {:>age_w$}", r.rate, r.age);
             let _ = writeln!(out, "{}", line.trim_end());
         }
-        holders(out, p, width);
-        if let Some(f) = &p.finding {
-            wrap(out, &format!("→ {f}"), "    ", "      ", width);
+        holders(out, &p.holders, width);
+        finding(out, p.finding.as_ref(), width);
+        for r in &p.remotes {
+            remote(out, r, width);
         }
     }
     let left: Vec<&str> =
@@ -148,26 +154,50 @@ fn ports(out: &mut String, ports: &[PortView], width: usize) {
     }
 }
 
-/// A port's holders as a small table: pid, command, CLOSE-WAIT held, descriptors open (of the
-/// limit), and where it runs (the unit, container or pod): the last column, cut at the width.
-fn holders(out: &mut String, p: &PortView, width: usize) {
-    if p.holders.is_empty() {
+/// A finding as the model wrote it: its explanation, then its fix.
+fn finding(out: &mut String, f: Option<&Finding>, width: usize) {
+    let Some(f) = f else { return };
+    wrap(out, &format!("→ {}", f.explanation), "    ", "      ", width);
+    if let Some(fix) = f.fix_line() {
+        wrap(out, &fix, "      ", "      ", width);
+    }
+}
+
+/// A remote service the client side is stuck on: its CLOSE-WAIT, age, growth and closings,
+/// its holders, its finding.
+fn remote(out: &mut String, r: &RemoteView, width: usize) {
+    let mut head = format!("to {}: {} CLOSE-WAIT", r.remote, r.close_wait);
+    if let Some(a) = r.close_wait_oldest_s {
+        let _ = write!(head, ", the oldest {a:.0} s");
+    }
+    if let Some(g) = r.close_wait_per_min {
+        let _ = write!(head, ", {g:+.0}/min, {} closed while watched", r.cleared);
+    }
+    wrap(out, &head, "    ", "      ", width);
+    holders(out, &r.holders, width);
+    finding(out, r.finding.as_ref(), width);
+}
+
+/// Holders as a small table: pid, command, CLOSE-WAIT held, descriptors open (of the limit),
+/// and where it runs (the unit, container or pod): the last column, cut at the width.
+fn holders(out: &mut String, holders: &[Holding], width: usize) {
+    if holders.is_empty() {
         return;
     }
     let fds = |h: &Holding| match h.max_fds {
         Some(m) => format!("{} of {m}", h.open_fds),
         None => h.open_fds.to_string(),
     };
-    let pid_w = p.holders.iter().map(|h| h.pid.to_string().len()).max().unwrap_or(0).max(7);
-    let cmd_w = p.holders.iter().map(|h| h.name.chars().count()).max().unwrap_or(0).max(7);
-    let cw_w = p.holders.iter().map(|h| h.sockets.to_string().len()).max().unwrap_or(0).max(2);
-    let fds_w = p.holders.iter().map(|h| fds(h).len()).max().unwrap_or(0).max(8);
+    let pid_w = holders.iter().map(|h| h.pid.to_string().len()).max().unwrap_or(0).max(7);
+    let cmd_w = holders.iter().map(|h| h.name.chars().count()).max().unwrap_or(0).max(7);
+    let cw_w = holders.iter().map(|h| h.sockets.to_string().len()).max().unwrap_or(0).max(2);
+    let fds_w = holders.iter().map(|h| fds(h).len()).max().unwrap_or(0).max(8);
     let head = format!(
         "    {:<pid_w$} {:<cmd_w$} {:>cw_w$}  {:<fds_w$}  unit/container/pod",
         "held by", "command", "CW", "fds open"
     );
     let _ = writeln!(out, "{}", cut(&head, width));
-    for h in &p.holders {
+    for h in holders {
         let runs_in = h.cgroup.as_ref().and_then(|c| c.short()).unwrap_or_else(|| "-".into());
         let line = format!(
             "    {:<pid_w$} {:<cmd_w$} {:>cw_w$}  {:<fds_w$}  {}",
@@ -212,7 +242,8 @@ fn wrap(out: &mut String, text: &str, first: &str, rest: &str, width: usize) {
     let _ = writeln!(out, "{line}");
 }
 
-/// One line for a snapshot: each service port's server CLOSE-WAIT, rate, age and top holder.
+/// One line for a snapshot: each service port's server CLOSE-WAIT, rate, age and top holder,
+/// and each remote service's client CLOSE-WAIT, the same.
 pub fn line(s: &Snapshot) -> String {
     let mut parts = Vec::new();
     for ns in &s.namespaces {
@@ -221,7 +252,10 @@ pub fn line(s: &Snapshot) -> String {
             continue;
         }
         for p in &ns.ports {
-            parts.push(port_line(ns.inode, p));
+            if p.listening || !p.server.is_empty() {
+                parts.push(port_line(ns.inode, p));
+            }
+            parts.extend(p.remotes.iter().map(|r| remote_line(ns.inode, r)));
         }
     }
     if parts.is_empty() {
@@ -233,14 +267,29 @@ pub fn line(s: &Snapshot) -> String {
 fn port_line(inode: u64, p: &PortView) -> String {
     let cw = p.server.get(&TcpState::CloseWait).copied().unwrap_or(0);
     let estab = p.server.get(&TcpState::Established).copied().unwrap_or(0);
-    let mut s = format!("netns {inode} :{} ESTAB {estab} CLOSE-WAIT {cw}", p.port);
-    if let Some(r) = p.close_wait_per_min {
+    let s = format!("netns {inode} :{} ESTAB {estab} CLOSE-WAIT {cw}", p.port);
+    stuck_line(s, p.close_wait_per_min, p.close_wait_oldest_s, &p.holders)
+}
+
+fn remote_line(inode: u64, r: &RemoteView) -> String {
+    let s = format!("netns {inode} → {} CLOSE-WAIT {}", r.remote, r.close_wait);
+    stuck_line(s, r.close_wait_per_min, r.close_wait_oldest_s, &r.holders)
+}
+
+/// `s` and, where known, the growth, the oldest's age and the top holder.
+fn stuck_line(
+    mut s: String,
+    rate: Option<f64>,
+    oldest: Option<f64>,
+    holders: &[Holding],
+) -> String {
+    if let Some(r) = rate {
         let _ = write!(s, " ({r:+.0}/min)");
     }
-    if let Some(a) = p.close_wait_oldest_s {
+    if let Some(a) = oldest {
         let _ = write!(s, " oldest {a:.0}s");
     }
-    if let Some(h) = p.holders.first() {
+    if let Some(h) = holders.first() {
         let _ = write!(s, " held by {} {} ({})", h.pid, h.name, h.sockets);
     }
     s
@@ -285,6 +334,8 @@ pub fn live(interval: Duration, mut next: impl FnMut() -> Snapshot) -> io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cwlab_model::diagnosis::{of_watch, Service, Watched};
+    use cwlab_model::runtime::Runtime;
     use cwlab_model::watch::{Cgroup, NamespaceView, Pod};
 
     fn snapshot(cw: u32, fw2: u32, cgroup: Option<Cgroup>) -> Snapshot {
@@ -299,12 +350,24 @@ mod tests {
             sockets: cw,
             open_fds: cw + 7,
             max_fds: Some(20000),
+            runtime: Some(Runtime::Cpython),
             cgroup,
         });
-        p.finding = Some(format!("{cw} CLOSE-WAIT (steady, the oldest 18 s), held by pid 19599 `python3`: this side got the peer's FIN and never closed; the holder keeps the last reference"));
+        p.finding = of_watch(&Watched {
+            service: Service::Port(18080),
+            close_wait: cw,
+            unfiled: 0,
+            oldest_s: p.close_wait_oldest_s,
+            per_min: None,
+            cleared: 0,
+            bound: None,
+            watched_s: 0.0,
+            stuck_s: 60.0,
+            holders: &p.holders,
+        });
         let ns = NamespaceView {
             inode: 4026531833,
-            label: "4026531833 (cwlab)".into(),
+            label: "4026531833 (host)".into(),
             ports: vec![p],
             ..Default::default()
         };
@@ -316,7 +379,7 @@ mod tests {
         let unit = Some(unit_cgroup("/system.slice/leaky.service", "leaky.service"));
         let text = table(&snapshot(220, 220, unit), WIDTH);
         let want = "\
-netns 4026531833 (cwlab)
+netns 4026531833 (host)
   port  side   ESTAB FW1 FW2 TW  CW LA CLOSING SYN-RECV CW/min oldest
   18080 server     0   0   0  0 220  0       0        0      -   18 s
   18080 client     0   0 220  0   0  0       0        0
@@ -325,9 +388,73 @@ netns 4026531833 (cwlab)
     → 220 CLOSE-WAIT (steady, the oldest 18 s), held by pid 19599 `python3`:
       this side got the peer's FIN and never closed; the holder keeps the last
       reference
+      fix: close each connection once a read returns EOF, on every path; a
+      forking server closes its copy in the parent right after fork() (`cwlab
+      check -- CMD` tells which)
 looked in 13.9 ms
 ";
         assert_eq!(text, want, "\n{text}");
+    }
+
+    #[test]
+    fn issue_19_a_client_stuck_on_a_remote_service_is_named_under_its_port() {
+        let holders = vec![Holding {
+            pid: 4242,
+            name: "python3".into(),
+            sockets: 50,
+            open_fds: 57,
+            max_fds: Some(1024),
+            runtime: Some(Runtime::Cpython),
+            cgroup: None,
+        }];
+        let remote = "10.0.0.5:443".parse().unwrap();
+        let finding = of_watch(&Watched {
+            service: Service::Remote(remote),
+            close_wait: 50,
+            unfiled: 0,
+            oldest_s: Some(75.0),
+            per_min: Some(0.0),
+            cleared: 0,
+            bound: None,
+            watched_s: 30.0,
+            stuck_s: 60.0,
+            holders: &holders,
+        });
+        let mut p = PortView { port: 443, listening: false, ..Default::default() };
+        p.client.insert(TcpState::CloseWait, 50);
+        p.client.insert(TcpState::Established, 2);
+        p.remotes.push(RemoteView {
+            remote,
+            close_wait: 50,
+            close_wait_oldest_s: Some(75.0),
+            close_wait_per_min: Some(0.0),
+            cleared: 0,
+            holders,
+            finding,
+        });
+        let mut s = snapshot(220, 220, None);
+        s.namespaces[0].ports.insert(0, p);
+        let text = table(&s, WIDTH);
+        let want = "\
+netns 4026531833 (host)
+  port  side   ESTAB FW1 FW2 TW  CW LA CLOSING SYN-RECV CW/min oldest
+  443   client     2   0   0  0  50  0       0        0
+    to 10.0.0.5:443: 50 CLOSE-WAIT, the oldest 75 s, +0/min, 0 closed while
+      watched
+    held by command CW  fds open    unit/container/pod
+    4242    python3 50  57 of 1024  -
+    → pid 4242 `python3` holds 50 half-closed connections to 10.0.0.5:443
+      (steady, the oldest 75 s): its pool does not notice the server's FIN; none
+      was closed in the 30 s watched, and each stays half-closed until the
+      process closes it or exits
+      fix (CPython): close every response and Session (`with requests.Session()
+      as s:`, `resp.close()`); http.client: read each response to its end and
+      close the HTTPConnection you no longer use
+  18080 server     0   0   0  0 220  0       0        0      -   18 s
+";
+        assert!(text.starts_with(want), "\n{text}");
+        let line = line(&s);
+        assert!(line.contains("netns 4026531833 → 10.0.0.5:443 CLOSE-WAIT 50 (+0/min) oldest 75s held by 4242 python3 (50) · netns 4026531833 :18080"), "{line}");
     }
 
     #[test]

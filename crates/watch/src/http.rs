@@ -364,8 +364,11 @@ fn index() -> String {
 <h1>cwlab watch</h1><p>The close sequence of this host, per service port: \
 <a href=\"/metrics\">/metrics</a>.</p><ul>\
 <li><code>cwlab_tcp_sockets{netns,port,side,state}</code>: sockets per state on each side of a service port</li>\
-<li><code>cwlab_tcp_close_wait_oldest_seconds{netns,port}</code>: the oldest CLOSE-WAIT's wait</li>\
-<li><code>cwlab_tcp_close_wait_holder_sockets{netns,port,pid,command}</code>: CLOSE-WAIT held by the top holders</li>\
+<li><code>cwlab_tcp_close_wait_oldest_seconds{netns,port,side,remote}</code>: the oldest CLOSE-WAIT's wait, \
+a port's server side or its client side's connections to one remote service</li>\
+<li><code>cwlab_tcp_close_wait_holder_sockets{netns,port,side,remote,pid,command}</code>: CLOSE-WAIT held by the top holders</li>\
+<li><code>cwlab_tcp_close_wait_finding{netns,port,side,remote,kind}</code>: the model's reading \
+(held-open, backlog, pool-leak, pool-bounded)</li>\
 <li><code>cwlab_process_open_fds</code>, <code>cwlab_process_max_fds{pid,command}</code>: the holders' descriptors and limit</li>\
 <li><code>cwlab_netns_up</code>, <code>cwlab_scrape_duration_seconds</code>, <code>cwlab_dumps_total</code>, <code>cwlab_build_info</code></li>\
 </ul></body></html>\n"

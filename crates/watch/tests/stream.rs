@@ -1,7 +1,9 @@
 //! A watcher that keeps the server's half of the table from the kernel's reports against one
 //! that dumps everything at every look, on the same namespace while a leak grows, is mended in
-//! part, and a CLOSE-WAIT socket is accepted only after its FIN: whenever the namespace is
-//! still, the two must say the same, and the leak's exact counts and holder.
+//! part, and a CLOSE-WAIT socket is accepted only after its FIN; then a client's pool that
+//! never notices the server's FIN, to a service that listens here and to one that no longer
+//! does: whenever the namespace is still, the two must say the same, and the leak's exact
+//! counts and holder.
 
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -18,7 +20,19 @@ fn seen(s: &Snapshot) -> Vec<String> {
         .iter()
         .map(|p| {
             let holders: Vec<(u32, u32)> = p.holders.iter().map(|h| (h.pid, h.sockets)).collect();
-            format!("{} {} {:?} {:?} {holders:?}", p.port, p.listening, p.server, p.client)
+            let remotes: Vec<String> = p
+                .remotes
+                .iter()
+                .map(|r| {
+                    let holders: Vec<(u32, u32)> =
+                        r.holders.iter().map(|h| (h.pid, h.sockets)).collect();
+                    format!("{} {} {holders:?}", r.remote, r.close_wait)
+                })
+                .collect();
+            format!(
+                "{} {} {:?} {:?} {holders:?} {remotes:?}",
+                p.port, p.listening, p.server, p.client
+            )
         })
         .collect();
     v.push(format!("other {:?}", ns.other));
@@ -109,6 +123,41 @@ fn the_stream_and_the_dump_see_the_same_leak() {
     });
     assert_eq!(close_wait(&s, port), 66);
 
+    // Issue 19: a pool whose server closed 20 of its connections, 5 of which it closes at last.
+    let mut pool = Vec::new();
+    for _ in 0..20 {
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        drop(listener.accept().unwrap().0);
+        pool.push(c);
+    }
+    let remote = format!("127.0.0.1:{port}");
+    let client_cw = |s: &Snapshot, remote: &str| {
+        let ports = &s.namespaces[0].ports;
+        let r = ports.iter().flat_map(|p| &p.remotes).find(|r| r.remote.to_string() == remote);
+        r.map_or(0, |r| r.close_wait)
+    };
+    let s = agree(&mut streamed, &mut dumped, "a pool's leak", |s| client_cw(s, &remote) == 20);
+    let r = &s.namespaces[0].ports[0].remotes[0];
+    assert_eq!(r.holders.first().map(|h| (h.pid, h.sockets)), Some((me, 20)));
+    pool.drain(..5);
+    agree(&mut streamed, &mut dumped, "five closed", |s| client_cw(s, &remote) == 15);
+    // A service that no longer listens here: its port is still shown, with its remote.
+    let gone = TcpListener::bind("127.0.0.1:0").unwrap();
+    let gone_port = gone.local_addr().unwrap().port();
+    for _ in 0..7 {
+        let c = TcpStream::connect(("127.0.0.1", gone_port)).unwrap();
+        drop(gone.accept().unwrap().0);
+        pool.push(c);
+    }
+    drop(gone);
+    let elsewhere = format!("127.0.0.1:{gone_port}");
+    let s = agree(&mut streamed, &mut dumped, "a service gone", |s| client_cw(s, &elsewhere) == 7);
+    let p = s.namespaces[0].ports.iter().find(|p| p.port == gone_port).unwrap();
+    assert!(!p.listening);
+    assert_eq!(p.client.get(&TcpState::CloseWait), Some(&7));
+    assert!(!s.namespaces[0].other.contains_key(&TcpState::CloseWait));
+
+    drop(pool);
     drop(held);
     drop(open);
     drop(listener);
