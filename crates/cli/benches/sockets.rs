@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cwlab_sampler::{holders, netns, Backend, PortSide, Query, States, Table, TcpState};
+use cwlab_sampler::{holders, netns, Backend, PortSide, Ports, Query, States, Table, TcpState};
 
 const STUCK: usize = 10_000;
 const DECOY_OPEN: usize = 2_000;
@@ -66,7 +66,7 @@ fn main() {
     let mut diag = Table::open(Backend::SockDiag).unwrap();
     // How `--count` splits the dump between its two threads.
     let mid = cwlab_sampler::ephemeral_middle();
-    let low = diag.count(&Query { peer: Some((0, mid)), ..q }).unwrap();
+    let low = diag.count(&Query { peer: Some(Ports { low: 0, high: mid }), ..q }).unwrap();
     let dump = time(|| assert_eq!(diag.count(&q).unwrap(), STUCK));
     let mut proc = Table::open(Backend::ProcNet).unwrap();
     let parse = time(|| assert_eq!(proc.count(&q).unwrap(), STUCK));

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use cwlab_model::exit;
+use cwlab_model::protocol::entry;
 
 /// closewait-lab: reproduce, watch and assert TCP's close sequence.
 #[derive(Parser)]
@@ -19,6 +20,7 @@ enum Command {
     /// List TCP sockets from the kernel (sock_diag), filtered by port and state, with their holders.
     Sockets(crate::sockets::Args),
     /// Run scenarios and check their expectations; the exit code is the verdict.
+    #[command(name = entry::RUN)]
     Run(crate::run::Args),
     /// Run your own server (any language) under the lab's witnesses: the verdict, who holds
     /// what, and the fix. `cwlab check -- python3 server.py {port}`
@@ -37,17 +39,17 @@ enum Command {
         dir: PathBuf,
     },
     /// Run a forking server (the runner starts this; it never starts a thread).
-    #[command(hide = true)]
+    #[command(hide = true, name = entry::SERVE)]
     Serve(crate::serve::Args),
     /// Run a user's server contained (the runner starts this for `cwlab check`).
-    #[command(hide = true)]
+    #[command(hide = true, name = entry::CONTAIN)]
     Contain(crate::serve::ContainArgs),
     /// Hold inherited descriptors until stdin closes (a handler starts this).
-    #[command(hide = true)]
+    #[command(hide = true, name = entry::HELPER)]
     Helper,
     /// When stdin closes (the runner ended, however), remove a tracefs instance (the runner
     /// starts this, so that even its SIGKILL leaves nothing behind).
-    #[command(hide = true)]
+    #[command(hide = true, name = entry::JANITOR)]
     Janitor {
         /// The instance's folder.
         dir: PathBuf,

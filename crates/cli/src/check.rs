@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::ValueEnum;
-use cwlab_model::events::{Reporter, Reporters};
+use cwlab_model::events::Reporter;
 use cwlab_model::report::Verdict;
 use cwlab_model::scenario::{
     CheckSettings, ClientCheckSettings, ClientRead, Closing, ServerCommand, WavePlan,
@@ -15,6 +15,7 @@ use cwlab_model::{exit, Scenario};
 use cwlab_runner::Options;
 
 use crate::app::Failure;
+use crate::faces::{Faces, Stdout};
 use crate::run::{check_writable, parse_duration, run_id, IsolationArg, MadeFolders};
 
 /// A minimal HTTP/1.0 request, which line servers also take as a line.
@@ -78,17 +79,11 @@ pub struct Args {
     /// Print the report JSON on stdout instead of the summary.
     #[arg(long)]
     json: bool,
-    /// Draw the run's timeline as an SVG chart.
-    #[arg(long, value_name = "FILE")]
-    svg: Option<PathBuf>,
-    /// Write JUnit XML.
-    #[arg(long, value_name = "FILE")]
-    junit: Option<PathBuf>,
     /// Write the run's packets as a pcap file: to FILE, or beside the report.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     pcap: Option<Option<PathBuf>>,
     #[command(flatten)]
-    figures: crate::figures::Figures,
+    faces: Faces,
     /// Check a client of yours instead of a server: CMD runs against the lab's server, which
     /// answers each request and closes a connection once it has been idle for --idle-close;
     /// `{url}`, `{host}`, `{port}` in CMD and URL, HOST, PORT in its environment point at it.
@@ -188,13 +183,13 @@ fn server_scenario(a: &Args) -> Result<Scenario, Failure> {
 fn judge(a: &Args, scenario: &Scenario) -> Result<i32, Failure> {
     let path = a.report.clone().unwrap_or_else(|| PathBuf::from("reports/check.json"));
     let mut made = MadeFolders::default();
-    if a.figures.ladder && a.json {
+    if a.faces.figures.ladder && a.json {
         return Err(Failure::bad_input("--ladder prints on stdout: it cannot go with --json"));
     }
-    for p in std::iter::once(&path).chain(&a.junit).chain(&a.svg).chain(a.figures.files()) {
+    for p in std::iter::once(&path).chain(a.faces.files()) {
         made.0.extend(check_writable(p)?);
     }
-    cwlab_runner::signals::install().map_err(Failure::bad_input)?;
+    cwlab_os::signals::install().map_err(Failure::bad_input)?;
     let opts = Options {
         exe: std::env::current_exe().map_err(Failure::bad_input)?,
         isolation: a.isolation.mode(),
@@ -208,28 +203,16 @@ fn judge(a: &Args, scenario: &Scenario) -> Result<i32, Failure> {
         grace: a.grace,
         ready_timeout: Some(a.ready_timeout),
         pace: None,
-        conn: a.figures.conn,
+        conn: a.faces.figures.conn,
         dial: a.address,
         spread: Duration::ZERO,
     };
-    let mut faces: Vec<Box<dyn Reporter>> = vec![Box::new(cwlab_report::Progress::new())];
-    faces.push(if a.json {
-        Box::new(cwlab_report::Json)
-    } else {
-        Box::new(crate::run::summary(cwlab_report::Summary::new(vec![path.clone()]), &a.figures))
-    });
-    if let Some(p) = &a.svg {
-        faces.push(Box::new(cwlab_report::Svg::new(p.clone())));
-    }
-    if let Some(p) = &a.junit {
-        faces.push(Box::new(cwlab_report::Junit::new(p.clone())));
-    }
-    faces.extend(a.figures.reporters(true));
-    let mut faces = Reporters(faces);
+    let stdout = if a.json { Stdout::Json } else { Stdout::Summary(vec![path.clone()]) };
+    let mut faces = a.faces.reporters(stdout, true);
     let report = crate::run::run_one(scenario, &opts, &mut faces, &path)?;
     faces.close().map_err(Failure::bad_input)?;
     if report.interrupted {
-        if let Some(sig) = cwlab_runner::signals::received() {
+        if let Some(sig) = cwlab_os::signals::received() {
             return Ok(128 + sig);
         }
     }

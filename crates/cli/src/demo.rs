@@ -1,10 +1,15 @@
-//! `cwlab demo`: scenarios side by side, live, for an audience (the view is
-//! `cwlab_report::live`).
+//! `cwlab demo`: scenarios side by side, live, for an audience. Each scenario runs as its own
+//! `cwlab run --events` process (so each has its own network namespace), started, moved on and
+//! stopped here; the view that draws their events is `cwlab_report::live`.
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
+use cwlab_model::events::RunEvent;
 use cwlab_model::Scenario;
+use cwlab_report::live::{Feed, Runs};
 
 use crate::app::Failure;
 
@@ -50,7 +55,117 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         Speed::Max => Duration::ZERO,
         Speed::Times(x) => PACE.div_f64(x),
     };
-    cwlab_report::live::show(scenarios, a.step, spread).map_err(Failure::bad_input)
+    let mut runs = Children::new(&scenarios, a.step, spread).map_err(Failure::bad_input)?;
+    cwlab_report::live::show(scenarios, a.step, &mut runs).map_err(Failure::bad_input)
+}
+
+/// The demo's runs: one `cwlab run --events` child per scenario, its stdout read line by line
+/// into the view's feed, its stdin the go-ahead of `--step`.
+struct Children {
+    exe: PathBuf,
+    /// Each scenario's name and file.
+    scenarios: Vec<(String, PathBuf)>,
+    step: bool,
+    spread: Duration,
+    /// Each scenario's run, once started.
+    running: Vec<Option<Running>>,
+}
+
+/// One started run.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Children {
+    fn new(scenarios: &[Scenario], step: bool, spread: Duration) -> std::io::Result<Children> {
+        Ok(Children {
+            exe: std::env::current_exe()?,
+            scenarios: scenarios.iter().map(|s| (s.name.clone(), s.file.clone())).collect(),
+            step,
+            spread,
+            running: scenarios.iter().map(|_| None).collect(),
+        })
+    }
+
+    /// Starts scenario `i`'s run, its events read into `feed` on a thread of their own.
+    fn spawn(&self, i: usize, feed: &Feed) -> std::io::Result<Running> {
+        let (name, file) = &self.scenarios[i];
+        let report = Path::new("reports").join(format!("demo-{name}.json"));
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(cwlab_model::protocol::entry::RUN)
+            .arg(file)
+            .arg("--events")
+            .arg("--report")
+            .arg(report);
+        if self.step {
+            cmd.arg("--step");
+        }
+        if !self.spread.is_zero() {
+            cmd.arg("--spread").arg(format!("{}ms", self.spread.as_millis()));
+        }
+        let mut child = cmd
+            .stdin(if self.step { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().expect("piped");
+        let feed = feed.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(ev) = serde_json::from_str::<RunEvent>(&line) {
+                    if feed.send((i, Some(ev))).is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = feed.send((i, None));
+        });
+        Ok(Running { child, stdin })
+    }
+}
+
+impl Runs for Children {
+    fn start(&mut self, feed: &Feed) -> std::io::Result<()> {
+        for i in 0..self.scenarios.len() {
+            self.running[i] = Some(self.spawn(i, feed)?);
+        }
+        Ok(())
+    }
+
+    fn go_on(&mut self, i: usize) {
+        if let Some(s) =
+            self.running.get_mut(i).and_then(Option::as_mut).and_then(|r| r.stdin.as_mut())
+        {
+            let _ = s.write_all(b"\n").and_then(|()| s.flush());
+        }
+    }
+
+    fn ended(&mut self, i: usize) {
+        if let Some(r) = self.running.get_mut(i).and_then(Option::as_mut) {
+            let _ = r.child.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        for r in self.running.iter_mut().flatten() {
+            r.stdin.take();
+            if matches!(r.child.try_wait(), Ok(Some(_))) {
+                // Already reaped ([`Runs::ended`]): its pid may be another process's by now.
+                continue;
+            }
+            // SIGTERM: the run tears down and writes its report, marked interrupted.
+            if let Some(pid) = rustix::process::Pid::from_raw(r.child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::Term);
+            }
+        }
+        for r in self.running.iter_mut() {
+            if let Some(mut r) = r.take() {
+                let _ = r.child.wait();
+            }
+        }
+    }
 }
 
 /// How long the connect and the close each take at `--speed 1`.

@@ -4,11 +4,13 @@ mod app;
 mod chart_cmd;
 mod check;
 mod demo;
+mod faces;
 mod figures;
 mod list;
 mod run;
 mod serve;
 mod sockets;
+mod step;
 mod watch;
 
 fn main() {

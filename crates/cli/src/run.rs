@@ -11,6 +11,7 @@ use cwlab_model::{exit, Scenario};
 use cwlab_runner::{IsolationMode, Options};
 
 use crate::app::Failure;
+use crate::faces::{Faces, Stdout};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,9 +36,6 @@ pub struct Args {
     /// beside the report as NAME.pcap.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     pcap: Option<Option<PathBuf>>,
-    /// Draw the timeline of the run(s) as an SVG chart, side by side on one scale.
-    #[arg(long, value_name = "FILE")]
-    svg: Option<PathBuf>,
     /// Print the run as JSON Lines events on stdout, the report last (see `cwlab demo`).
     #[arg(long, conflicts_with = "json")]
     events: bool,
@@ -48,12 +46,8 @@ pub struct Args {
     /// long (e.g. 3s; `cwlab demo` sets it).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     spread: Option<Duration>,
-    /// Write JUnit XML for CI (GitLab, Jenkins, test-report actions): one test case per
-    /// expectation, failures with the observed value.
-    #[arg(long, value_name = "FILE")]
-    junit: Option<PathBuf>,
     #[command(flatten)]
-    figures: crate::figures::Figures,
+    faces: Faces,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,15 +79,15 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     let paths: Vec<PathBuf> = scenarios.iter().map(|s| report_path(a, s)).collect();
     // Folders made for the reports go again if the command ends without a report in them.
     let mut made = MadeFolders::default();
-    if a.figures.ladder && (a.json || a.events) {
+    if a.faces.figures.ladder && (a.json || a.events) {
         return Err(Failure::bad_input(
             "--ladder prints on stdout: it cannot go with --json or --events",
         ));
     }
-    for p in paths.iter().chain(&a.junit).chain(&a.svg).chain(a.figures.files()) {
+    for p in paths.iter().chain(a.faces.files()) {
         made.0.extend(check_writable(p)?);
     }
-    cwlab_runner::signals::install().map_err(Failure::bad_input)?;
+    cwlab_os::signals::install().map_err(Failure::bad_input)?;
     let exe = std::env::current_exe().map_err(Failure::bad_input)?;
     let opts = Options {
         exe,
@@ -103,18 +97,25 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
         pcap: None,
         grace: cwlab_runner::GRACE,
         ready_timeout: None,
-        pace: a.step.then(cwlab_report::step::enter_keys),
-        conn: a.figures.conn,
+        pace: a.step.then(crate::step::enter_keys),
+        conn: a.faces.figures.conn,
         dial: None,
         spread: a.spread.unwrap_or_default(),
     };
-    let mut faces = reporters(a, &paths);
+    let stdout = if a.events {
+        Stdout::Events
+    } else if a.json {
+        Stdout::Json
+    } else {
+        Stdout::Summary(paths.clone())
+    };
+    let mut faces = a.faces.reporters(stdout, false);
     let mut worst = exit::PASS;
     for (i, (scenario, path)) in scenarios.iter().zip(&paths).enumerate() {
         let opts = Options { pcap: pcap_path(a, path, scenarios.len()), ..opts.clone() };
         let report = run_one(scenario, &opts, &mut faces, path)?;
         worst = worst.max(report.exit_code());
-        if let Some(sig) = cwlab_runner::signals::received() {
+        if let Some(sig) = cwlab_os::signals::received() {
             // A signal stopped this run (its report says so), or arrived after it ended: then
             // the scenarios after it do not run, and the exit status says why.
             if report.interrupted || i + 1 < scenarios.len() {
@@ -125,36 +126,6 @@ pub fn main(a: &Args) -> Result<i32, Failure> {
     }
     faces.close().map_err(Failure::bad_input)?;
     Ok(worst)
-}
-
-/// The faces this invocation asked for: one of the summary, `--json` or `--events` on stdout,
-/// the progress line on stderr, and the files `--svg` and `--junit` name.
-fn reporters(a: &Args, paths: &[PathBuf]) -> Reporters {
-    let mut faces: Vec<Box<dyn Reporter>> = vec![Box::new(cwlab_report::Progress::new())];
-    faces.push(if a.events {
-        Box::new(cwlab_report::EventLines)
-    } else if a.json {
-        Box::new(cwlab_report::Json)
-    } else {
-        Box::new(summary(cwlab_report::Summary::new(paths.to_vec()), &a.figures))
-    });
-    if let Some(p) = &a.svg {
-        faces.push(Box::new(cwlab_report::Svg::new(p.clone())));
-    }
-    if let Some(p) = &a.junit {
-        faces.push(Box::new(cwlab_report::Junit::new(p.clone())));
-    }
-    faces.extend(a.figures.reporters(false));
-    Reporters(faces)
-}
-
-/// The summary, without its ladder when `--ladder` prints them all.
-pub fn summary(s: cwlab_report::Summary, f: &crate::figures::Figures) -> cwlab_report::Summary {
-    if f.ladder {
-        s.without_ladder()
-    } else {
-        s
-    }
 }
 
 /// Runs one scenario, writes its report and tells the faces. A signal before the server listened
@@ -170,7 +141,7 @@ pub fn run_one(
         Err(cwlab_runner::RunError::Interrupted(sig)) => {
             return Err(Failure {
                 code: 128 + sig,
-                error: format!("interrupted by {}", cwlab_runner::signals::name(sig)).into(),
+                error: format!("interrupted by {}", cwlab_os::signals::name(sig)).into(),
             })
         }
         Err(e) => return Err(Failure::bad_input(e)),
@@ -183,7 +154,7 @@ pub fn run_one(
 pub fn write_report(path: &Path, report: &Report) -> Result<(), Failure> {
     let mut bytes = serde_json::to_vec_pretty(report).expect("reports serialize");
     bytes.push(b'\n');
-    cwlab_runner::write_atomically(path, &bytes).map_err(|e| {
+    cwlab_os::write_atomically(path, &bytes).map_err(|e| {
         Failure::bad_input(format!("{}: cannot write the report: {e}", path.display()))
     })
 }

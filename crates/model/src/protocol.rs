@@ -27,6 +27,22 @@ use serde::{Deserialize, Serialize};
 
 use crate::scenario::{Behaviour, ServerCommand, ServerLimits};
 
+/// The subcommands by which the lab's processes start one another (the `cwlab` binary
+/// re-executed): one name each, which the command line parses and every process that starts
+/// one names, so that the two cannot drift apart.
+pub mod entry {
+    /// `cwlab run`: scenarios (`cwlab demo` runs each of its scenarios as one).
+    pub const RUN: &str = "run";
+    /// `cwlab serve OPTIONS`: a forking server of the lab's (the runner starts it).
+    pub const SERVE: &str = "serve";
+    /// `cwlab contain OPTIONS`: a user's server or client, contained (the runner starts it).
+    pub const CONTAIN: &str = "contain";
+    /// `cwlab helper`: holds inherited descriptors until stdin closes (a handler starts it).
+    pub const HELPER: &str = "helper";
+    /// `cwlab janitor DIR`: removes a tracefs instance when stdin closes (the runner starts it).
+    pub const JANITOR: &str = "janitor";
+}
+
 /// How to start the lab's server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

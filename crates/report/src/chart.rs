@@ -48,7 +48,7 @@ impl Reporter for Svg {
     }
 
     fn close(&mut self) -> io::Result<()> {
-        cwlab_runner::write_atomically(&self.path, render(&self.reports).as_bytes())
+        cwlab_os::write_atomically(&self.path, render(&self.reports).as_bytes())
     }
 }
 
@@ -170,8 +170,20 @@ fn nice(n: u32) -> u32 {
     }
 }
 
-/// A phase's band on the time axis: (phase, start ms, end ms, x0, x1).
-pub type Band = (Phase, u64, u64, f64, f64);
+/// A phase's band on the time axis: when the phase ran, and where it is drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Band {
+    /// The phase.
+    pub phase: Phase,
+    /// When it began, ms into the run.
+    pub from_ms: u64,
+    /// When it ended, ms into the run.
+    pub to_ms: u64,
+    /// Where its band begins on the axis.
+    pub x0: f64,
+    /// Where its band ends on the axis.
+    pub x1: f64,
+}
 
 /// The time axis: each phase a band of [`MIN_PHASE_SHARE`] of the width, plus a share of the
 /// rest in proportion to its length. Returns the bands.
@@ -193,7 +205,7 @@ pub fn bands(r: &Report, x0: f64, width: f64) -> Vec<Band> {
         .iter()
         .map(|(p, a, b)| {
             let w = width * (floor + rest * (b - a) as f64 / total);
-            let band = (*p, *a, *b, x, x + w);
+            let band = Band { phase: *p, from_ms: *a, to_ms: *b, x0: x, x1: x + w };
             x += w;
             band
         })
@@ -202,14 +214,14 @@ pub fn bands(r: &Report, x0: f64, width: f64) -> Vec<Band> {
 
 /// Where time `t` (ms) falls on the axis of `bands`.
 fn at(bands: &[Band], t: f64) -> f64 {
-    for &(_, a, b, x0, x1) in bands {
-        let (a, b) = (a as f64, b as f64);
+    for &Band { from_ms, to_ms, x0, x1, .. } in bands {
+        let (a, b) = (from_ms as f64, to_ms as f64);
         if t <= b {
             let f = if b > a { (t - a).max(0.0) / (b - a) } else { 0.0 };
             return x0 + (x1 - x0) * f;
         }
     }
-    bands.last().map_or(0.0, |b| b.4)
+    bands.last().map_or(0.0, |b| b.x1)
 }
 
 /// One run's panel: its title, the phases, the three rows, the time axis.
@@ -306,7 +318,7 @@ fn head(s: &mut String, r: &Report, ox: f64) {
 /// The phases: shaded bands, each labelled in its own middle.
 fn phases(s: &mut String, bands: &[Band]) {
     let bottom = rows_bottom();
-    for (i, &(p, _, _, bx0, bx1)) in bands.iter().enumerate() {
+    for (i, &Band { phase: p, x0: bx0, x1: bx1, .. }) in bands.iter().enumerate() {
         if i % 2 == 1 {
             let _ = writeln!(
                 s,
@@ -411,7 +423,7 @@ fn descriptors(s: &mut String, r: &Report, row: &Row, bands: &[Band]) {
 fn time_axis(s: &mut String, r: &Report, bands: &[Band], ox: f64, pw: f64) {
     let oy = rows_bottom();
     let mut last_x = f64::NEG_INFINITY;
-    for &(_, a, _, bx0, _) in bands {
+    for &Band { from_ms: a, x0: bx0, .. } in bands {
         if bx0 - last_x >= 36.0 {
             let _ = writeln!(
                 s,
@@ -549,10 +561,10 @@ mod tests {
         ];
         let b = bands(&r, 0.0, 540.0);
         assert_eq!(b.len(), 4);
-        for (p, _, _, x0, x1) in &b {
-            assert!(x1 - x0 >= 540.0 * 0.12, "{p}: {x0}..{x1}");
+        for Band { phase, x0, x1, .. } in &b {
+            assert!(x1 - x0 >= 540.0 * 0.12, "{phase}: {x0}..{x1}");
         }
-        assert!((b[3].4 - 540.0).abs() < 1e-6, "the bands fill the axis");
+        assert!((b[3].x1 - 540.0).abs() < 1e-6, "the bands fill the axis");
     }
 
     #[test]

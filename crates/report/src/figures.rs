@@ -77,7 +77,7 @@ impl Reporter for LadderSvg {
     }
 
     fn close(&mut self) -> io::Result<()> {
-        cwlab_runner::write_atomically(&self.path, ladder::svg_all(&self.drawn).as_bytes())
+        cwlab_os::write_atomically(&self.path, ladder::svg_all(&self.drawn).as_bytes())
     }
 }
 
@@ -101,7 +101,7 @@ impl Reporter for DiagramSvg {
     }
 
     fn close(&mut self) -> io::Result<()> {
-        cwlab_runner::write_atomically(&self.path, diagram::svg_all(&self.drawn).as_bytes())
+        cwlab_os::write_atomically(&self.path, diagram::svg_all(&self.drawn).as_bytes())
     }
 }
 

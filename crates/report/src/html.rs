@@ -48,7 +48,7 @@ impl Reporter for Html {
     }
 
     fn close(&mut self) -> io::Result<()> {
-        cwlab_runner::write_atomically(&self.path, page(&self.reports, self.check).as_bytes())
+        cwlab_os::write_atomically(&self.path, page(&self.reports, self.check).as_bytes())
     }
 }
 

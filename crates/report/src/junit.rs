@@ -53,7 +53,7 @@ impl Reporter for Junit {
             x.push_str(s);
         }
         x.push_str("</testsuites>\n");
-        cwlab_runner::write_atomically(&self.path, x.as_bytes())
+        cwlab_os::write_atomically(&self.path, x.as_bytes())
     }
 }
 

@@ -28,7 +28,7 @@ pub mod ladder;
 pub mod live;
 pub mod palette;
 mod progress;
-pub mod step;
+pub mod sockets;
 pub mod summary;
 pub mod text;
 pub mod watch_view;

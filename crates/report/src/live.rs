@@ -1,13 +1,12 @@
-//! The live view of `cwlab demo`: scenarios side by side, live, for an audience. Each scenario
-//! runs as its own `cwlab run --events` process, so each has its own network namespace; this
-//! process only reads their events and draws. Each scenario's [`Panel`] is a [`Reporter`] fed
-//! with the events and the report its run prints. On a terminal it draws with ratatui (q quits
-//! and tears everything down, space pauses the view, r reruns, Enter goes on in `--step`);
-//! otherwise it prints plain lines and exits with the worst verdict.
+//! The live view of `cwlab demo`: scenarios side by side, live, for an audience. Each scenario's
+//! [`Panel`] is a [`Reporter`] fed with the events and the report its run prints; the runs
+//! themselves are the caller's ([`Runs`]: `cwlab demo` runs each as its own `cwlab run --events`
+//! process, so each has its own network namespace), and this module only reads their events and
+//! draws. On a terminal it draws with ratatui (q quits and tears everything down, space pauses
+//! the view, r reruns, Enter goes on in `--step`); otherwise it prints plain lines and exits with
+//! the worst verdict.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::{IsTerminal, Write};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
@@ -22,6 +21,24 @@ use ratatui::widgets::{Block, Paragraph};
 
 type Failure = std::io::Error;
 
+/// Where the runs' events arrive: `(i, Some(event))` for each event of run `i` (the scenario
+/// of the `i`-th panel), then `(i, None)` once its output has ended.
+pub type Feed = Sender<(usize, Option<RunEvent>)>;
+
+/// The runs the view shows, one per scenario, in the order of the scenarios: started, moved on
+/// and stopped by the caller, which owns them (`cwlab demo`'s processes). The view only draws
+/// and takes the keys.
+pub trait Runs {
+    /// Starts every run (again, after [`Runs::stop`]); each one's events go to `feed`.
+    fn start(&mut self, feed: &Feed) -> std::io::Result<()>;
+    /// Lets run `i`, which waits before its next phase (`--step`), go on.
+    fn go_on(&mut self, i: usize);
+    /// Run `i`'s output has ended: waits for the run to end.
+    fn ended(&mut self, i: usize);
+    /// Stops every run (each writes its report, marked interrupted) and waits for them.
+    fn stop(&mut self);
+}
+
 /// What one scenario's panel knows.
 pub struct Panel {
     scenario: Scenario,
@@ -31,8 +48,6 @@ pub struct Panel {
     hold_from_ms: Option<u64>,
     report: Option<Report>,
     waiting: Option<Phase>,
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
     ended: bool,
     /// Plain lines about what happened, for a pipe or a log.
     said: Vec<String>,
@@ -51,82 +66,42 @@ impl Panel {
             hold_from_ms: None,
             report: None,
             waiting: None,
-            child: None,
-            stdin: None,
             ended: false,
             said: Vec::new(),
             witnessed: None,
         }
     }
+
+    /// Back to a run about to start (a rerun): nothing seen yet.
+    fn restart(&mut self) {
+        self.phase = Phase::Listen;
+        self.last = None;
+        self.samples.clear();
+        self.hold_from_ms = None;
+        self.report = None;
+        self.waiting = None;
+        self.ended = false;
+        self.witnessed = None;
+    }
 }
 
-/// Runs `scenarios` side by side and shows them, each run's connect and close spread over
-/// `spread` (a room's pace); returns the exit code (the worst verdict, or 130 when the view was
-/// quit before the runs ended).
-pub fn show(scenarios: Vec<Scenario>, step: bool, spread: Duration) -> Result<i32, Failure> {
+/// Shows `scenarios` side by side as `runs` (one per scenario, in order) goes; `step` when the
+/// runs wait before each phase. Returns the exit code (the worst verdict, or 130 when the view
+/// was quit before the runs ended).
+pub fn show(scenarios: Vec<Scenario>, step: bool, runs: &mut dyn Runs) -> Result<i32, Failure> {
     let (tx, rx) = channel();
     let mut panels: Vec<Panel> = scenarios.into_iter().map(Panel::new).collect();
-    let runs = Runs { step, spread };
     start_all(&mut panels, runs, &tx)?;
     if std::io::stdout().is_terminal() {
-        live(&mut panels, runs, &tx, &rx)
+        live(&mut panels, step, runs, &tx, &rx)
     } else {
-        plain(&mut panels, step, &rx)
+        plain(&mut panels, step, runs, &rx)
     }
 }
 
-/// How the view starts its runs.
-#[derive(Debug, Clone, Copy)]
-struct Runs {
-    step: bool,
-    spread: Duration,
-}
-
-fn start_all(
-    panels: &mut [Panel],
-    Runs { step, spread }: Runs,
-    tx: &Sender<(usize, Option<RunEvent>)>,
-) -> Result<(), Failure> {
-    let exe = std::env::current_exe()?;
-    for (i, p) in panels.iter_mut().enumerate() {
-        let report = Path::new("reports").join(format!("demo-{}.json", p.scenario.name));
-        let mut cmd = Command::new(&exe);
-        cmd.arg("run").arg(&p.scenario.file).arg("--events").arg("--report").arg(report);
-        if step {
-            cmd.arg("--step");
-        }
-        if !spread.is_zero() {
-            cmd.arg("--spread").arg(format!("{}ms", spread.as_millis()));
-        }
-        let mut child = cmd
-            .stdin(if step { Stdio::piped() } else { Stdio::null() })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        p.stdin = child.stdin.take();
-        let out = child.stdout.take().expect("piped");
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(ev) = serde_json::from_str::<RunEvent>(&line) {
-                    if tx.send((i, Some(ev))).is_err() {
-                        return;
-                    }
-                }
-            }
-            let _ = tx.send((i, None));
-        });
-        p.child = Some(child);
-        p.phase = Phase::Listen;
-        p.last = None;
-        p.samples.clear();
-        p.hold_from_ms = None;
-        p.report = None;
-        p.waiting = None;
-        p.ended = false;
-        p.witnessed = None;
-    }
-    Ok(())
+fn start_all(panels: &mut [Panel], runs: &mut dyn Runs, tx: &Feed) -> Result<(), Failure> {
+    panels.iter_mut().for_each(Panel::restart);
+    runs.start(tx)
 }
 
 impl Reporter for Panel {
@@ -183,15 +158,14 @@ impl Reporter for Panel {
     }
 }
 
-/// Applies one event of a run's output (`None`: the run's output ended).
-fn apply(p: &mut Panel, ev: Option<RunEvent>) {
+/// Applies one event of run `i`'s output (`None`: the run's output ended).
+fn apply(panels: &mut [Panel], runs: &mut dyn Runs, i: usize, ev: Option<RunEvent>) {
+    let Some(p) = panels.get_mut(i) else { return };
     match ev {
         Some(ev) => p.event(&ev),
         None => {
             p.ended = true;
-            if let Some(c) = p.child.as_mut() {
-                let _ = c.wait();
-            }
+            runs.ended(i);
             if p.report.is_none() {
                 p.said.push(format!("[{}] ended without a report", p.scenario.name));
             }
@@ -224,29 +198,10 @@ fn worst(panels: &[Panel]) -> i32 {
         .unwrap_or(exit::PASS)
 }
 
-fn go_on(panels: &mut [Panel]) {
-    for p in panels.iter_mut().filter(|p| p.waiting.is_some()) {
-        if let Some(s) = p.stdin.as_mut() {
-            let _ = s.write_all(b"\n").and_then(|()| s.flush());
-        }
+fn go_on(panels: &mut [Panel], runs: &mut dyn Runs) {
+    for (i, p) in panels.iter_mut().enumerate().filter(|(_, p)| p.waiting.is_some()) {
+        runs.go_on(i);
         p.waiting = None;
-    }
-}
-
-fn stop_all(panels: &mut [Panel]) {
-    for p in panels.iter_mut() {
-        p.stdin.take();
-        if let Some(c) = p.child.as_mut() {
-            // SIGTERM: the run tears down and writes its report, marked interrupted.
-            if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::Term);
-            }
-        }
-    }
-    for p in panels.iter_mut() {
-        if let Some(mut c) = p.child.take() {
-            let _ = c.wait();
-        }
     }
 }
 
@@ -254,12 +209,13 @@ fn stop_all(panels: &mut [Panel]) {
 fn plain(
     panels: &mut [Panel],
     step: bool,
+    runs: &mut dyn Runs,
     rx: &Receiver<(usize, Option<RunEvent>)>,
 ) -> Result<i32, Failure> {
     let mut out = std::io::stdout().lock();
     while panels.iter().any(|p| !p.ended) {
         let Ok((i, ev)) = rx.recv() else { break };
-        apply(&mut panels[i], ev);
+        apply(panels, runs, i, ev);
         for line in panels[i].said.drain(..) {
             writeln!(out, "{line}")?;
         }
@@ -270,7 +226,7 @@ fn plain(
             let mut l = String::new();
             // A line on our stdin, or its end, lets every run go on.
             let _ = std::io::stdin().read_line(&mut l);
-            go_on(panels);
+            go_on(panels, runs);
         }
     }
     Ok(worst(panels))
@@ -278,8 +234,9 @@ fn plain(
 
 fn live(
     panels: &mut [Panel],
-    runs: Runs,
-    tx: &Sender<(usize, Option<RunEvent>)>,
+    step: bool,
+    runs: &mut dyn Runs,
+    tx: &Feed,
     rx: &Receiver<(usize, Option<RunEvent>)>,
 ) -> Result<i32, Failure> {
     let mut term = ratatui::try_init()?;
@@ -296,12 +253,12 @@ fn live(
             if !paused {
                 for (i, ev) in held.drain(..) {
                     if i < panels.len() {
-                        apply(&mut panels[i], ev);
+                        apply(panels, runs, i, ev);
                         panels[i].said.clear();
                     }
                 }
             }
-            term.draw(|f| draw(f, panels, paused, runs.step, view))?;
+            term.draw(|f| draw(f, panels, paused, step, view))?;
             if event::poll(Duration::from_millis(50))? {
                 if let Key::Key(k) = event::read()? {
                     if k.kind != KeyEventKind::Press {
@@ -319,12 +276,12 @@ fn live(
                             }
                         }
                         KeyCode::Char('r') => {
-                            stop_all(panels);
+                            runs.stop();
                             while rx.try_recv().is_ok() {}
                             held.clear();
                             start_all(panels, runs, tx)?;
                         }
-                        KeyCode::Enter | KeyCode::Char('n') => go_on(panels),
+                        KeyCode::Enter | KeyCode::Char('n') => go_on(panels, runs),
                         _ => {}
                     }
                 }
@@ -332,7 +289,7 @@ fn live(
         }
         Ok(())
     })();
-    stop_all(panels);
+    runs.stop();
     ratatui::restore();
     result?;
     let finished = panels.iter().all(|p| p.report.as_ref().is_some_and(|r| !r.interrupted));

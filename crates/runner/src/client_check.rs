@@ -127,7 +127,7 @@ impl Tracker {
 /// processes (those under `client_root`) in the role `client`.
 fn holders_of(cw: &[&SocketRecord], client_root: u32) -> Vec<Holder> {
     let inodes: HashSet<u64> = cw.iter().map(|r| r.inode).filter(|i| *i != 0).collect();
-    let (found, _) = holders::survey(&inodes);
+    let found = holders::find(&inodes);
     let mut rows = Vec::new();
     for r in cw {
         let held = found.of(r.inode);

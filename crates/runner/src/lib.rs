@@ -11,17 +11,16 @@ mod client_check;
 mod clients;
 mod hosts;
 mod isolation;
-mod output;
 mod pool;
 mod run;
 mod sampling;
 mod server;
-pub mod signals;
 mod stuck;
 mod witness;
 
+/// Moved to `cwlab-os`; re-exported while `cwlab watch`'s command still names them here.
+pub use cwlab_os::{signals, write_atomically, AtomicFile};
 pub use isolation::IsolationMode;
-pub use output::{write_atomically, AtomicFile};
 pub use run::{run, GoAhead, Options, Pace, GRACE};
 pub use server::RUN_MARK;
 pub use witness::janitor;

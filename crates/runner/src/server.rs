@@ -4,7 +4,6 @@
 use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -12,11 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cwlab_model::protocol::{ContainOptions, ServeOptions, ServerMessage};
+use cwlab_model::protocol::{entry, ContainOptions, ServeOptions, ServerMessage};
 use cwlab_model::report::ServerOutcome;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::process::Signal;
 
 use crate::{io, RunError};
 
@@ -206,8 +204,10 @@ impl Server {
     /// command's LISTEN socket is seen through sock_diag.
     pub fn start(l: &Launch<'_>) -> Result<Server, RunError> {
         let (sub, arg, pid_namespace) = match &l.program {
-            Program::Lab(o) => ("serve", o.to_arg(), o.pid_namespace),
-            Program::Command(o) | Program::Client(o) => ("contain", o.to_arg(), o.pid_namespace),
+            Program::Lab(o) => (entry::SERVE, o.to_arg(), o.pid_namespace),
+            Program::Command(o) | Program::Client(o) => {
+                (entry::CONTAIN, o.to_arg(), o.pid_namespace)
+            }
         };
         let mut cmd = Command::new(l.exe);
         cmd.arg(sub)
@@ -222,15 +222,16 @@ impl Server {
         // (prctl(2), getppid(2), _exit(2)) and allocates nothing.
         unsafe {
             cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                if nix::unistd::getppid().as_raw() != parent {
+                rustix::process::set_parent_process_death_signal(Some(Signal::Kill))?;
+                if rustix::process::Pid::as_raw(rustix::process::getppid()) != parent {
+                    // Raw libc: rustix has _exit only in its unstable runtime module.
                     libc::_exit(1);
                 }
                 Ok(())
             });
         }
         let mut child = cmd.spawn().map_err(io(format!("start {} {sub}", l.exe.display())))?;
-        crate::signals::guard_group(child.id() as i32);
+        cwlab_os::signals::guard_group(child.id() as i32);
         let lines = LineReader { out: child.stdout.take().expect("piped"), buf: Vec::new() };
         let output = Tail::drain(child.stderr.take().expect("piped"));
         let lifeline = child.stdin.take();
@@ -360,14 +361,14 @@ impl Server {
         if inodes.is_empty() {
             return None;
         }
-        let (found, _) = cwlab_sampler::holders::survey(&inodes);
+        let found = cwlab_sampler::holders::find(&inodes);
         let mine = self.child.id();
         found.processes.keys().copied().filter(|p| descends(*p, mine, &found.processes)).min()
     }
 
     /// Those of `inodes` a process of the server holds.
     fn held(&self, inodes: &HashSet<u64>) -> HashSet<u64> {
-        let (found, _) = cwlab_sampler::holders::survey(inodes);
+        let found = cwlab_sampler::holders::find(inodes);
         let mine = self.child.id();
         inodes
             .iter()
@@ -404,9 +405,9 @@ impl Server {
     }
 
     fn failed_to_start(&mut self, exited: Option<String>) -> RunError {
-        let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
+        signal_group(self.child.id(), Signal::Kill);
         let status = self.child.wait().ok();
-        crate::signals::guard_group(0);
+        cwlab_os::signals::guard_group(0);
         if self.contained {
             let how = exited.unwrap_or_else(|| "an unknown status".into());
             return RunError::Environment(format!(
@@ -432,7 +433,7 @@ impl Server {
 
     /// Sends SIGUSR1 to every process of the server: handlers waiting for their release go on.
     pub fn release(&self) {
-        let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGUSR1);
+        signal_group(self.child.id(), Signal::Usr1);
     }
 
     /// What the acceptor has reported so far.
@@ -447,19 +448,20 @@ impl Server {
     /// namespace, helpers included, wherever they moved.
     pub fn stop(&mut self, grace: Duration) {
         self.lifeline.take();
-        let group = Pid::from_raw(-(self.child.id() as i32));
         if self.contained && !grace.is_zero() {
             // The lifeline's end is the contained server's SIGTERM: its init signals every
             // process of the server (daemons included), waits the grace, and goes.
             wait_for_exit(self.child.id(), grace + Duration::from_secs(1));
         } else if !grace.is_zero() && matches!(self.child.try_wait(), Ok(None)) {
-            let _ = kill(group, Signal::SIGTERM);
+            signal_group(self.child.id(), Signal::Term);
             wait_for_exit(self.child.id(), grace);
         }
-        let _ = kill(group, Signal::SIGKILL);
-        let _ = kill(Pid::from_raw(self.acceptor as i32), Signal::SIGKILL);
+        signal_group(self.child.id(), Signal::Kill);
+        if let Some(acceptor) = rustix::process::Pid::from_raw(self.acceptor as i32) {
+            let _ = rustix::process::kill_process(acceptor, Signal::Kill);
+        }
         let _ = self.child.wait();
-        crate::signals::guard_group(0);
+        cwlab_os::signals::guard_group(0);
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
@@ -470,6 +472,13 @@ impl Drop for Server {
     fn drop(&mut self) {
         // A last resort (an error on the way, a panic): no grace.
         self.stop(Duration::ZERO);
+    }
+}
+
+/// Sends `sig` to the process group `pgid` (killpg(2)); a group already gone is no error.
+fn signal_group(pgid: u32, sig: Signal) {
+    if let Some(group) = rustix::process::Pid::from_raw(pgid as i32) {
+        let _ = rustix::process::kill_process_group(group, sig);
     }
 }
 
@@ -485,8 +494,8 @@ fn wait_for_exit(pid: u32, limit: Duration) {
         if left.is_zero() {
             return;
         }
-        let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
-        match rustix::event::poll(&mut fds, left.as_millis().min(60_000) as i32 + 1) {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut fds, left.as_millis().min(60_000) as i32 + 1) {
             Ok(0) | Err(rustix::io::Errno::INTR) => continue,
             _ => return,
         }
@@ -548,14 +557,13 @@ impl LineReader {
                     "timeout while waiting for the server to listen".into(),
                 ));
             }
-            let mut fds = [PollFd::new(self.out.as_fd(), PollFlags::POLLIN)];
-            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as i32 + 1)
-                .unwrap_or(PollTimeout::MAX);
-            if let Some(sig) = crate::signals::received() {
+            let mut fds = [PollFd::new(&self.out, PollFlags::IN)];
+            let ms = left.as_millis().min(60_000) as i32 + 1;
+            if let Some(sig) = cwlab_os::signals::received() {
                 return Err(RunError::Interrupted(sig));
             }
             match poll(&mut fds, ms) {
-                Ok(0) | Err(nix::Error::EINTR) => continue,
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
                 Ok(_) => {}
                 Err(e) => return Err(io("wait for the server")(e.into())),
             }

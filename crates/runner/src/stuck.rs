@@ -55,7 +55,7 @@ impl Tree {
 pub fn survey(records: &[SocketRecord], port: u16, tree: Tree) -> End {
     let stuck: Vec<&SocketRecord> = records.iter().filter(|r| !settled(r.state)).collect();
     let inodes: HashSet<u64> = stuck.iter().map(|r| r.inode).filter(|i| *i != 0).collect();
-    let (found, everyone) = holders::survey(&inodes);
+    let holders::Survey { holders: found, everyone } = holders::survey(&inodes);
     let mut holders = rows(&stuck, &found, port, tree);
     if let Tree::Command { clients_from, .. } = tree {
         workers(&mut holders, clients_from);

@@ -16,9 +16,9 @@ use cwlab_model::evidence::{
 use cwlab_model::report::Side;
 use cwlab_sampler::capture::{Capture, Tally};
 use cwlab_sampler::tracefs::{RawTransition, Tracer};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use rustix::event::{poll, PollFd, PollFlags};
 
-use crate::output::AtomicFile;
+use cwlab_os::AtomicFile;
 
 type Pcap = BufWriter<std::fs::File>;
 
@@ -26,12 +26,12 @@ type Pcap = BufWriter<std::fs::File>;
 /// removes the tracefs instance `DIR`, retrying while the runner's last open file in it closes.
 pub fn janitor(dir: &std::path::Path) -> i32 {
     let mut buf = [0u8; 64];
-    while matches!(nix::unistd::read(0, &mut buf), Ok(n) if n > 0) {}
+    while matches!(rustix::io::read(rustix::stdio::stdin(), &mut buf), Ok(n) if n > 0) {}
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         match std::fs::remove_dir(dir) {
             Err(e)
-                if e.raw_os_error() == Some(libc::EBUSY)
+                if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error())
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::yield_now()
@@ -49,7 +49,7 @@ struct Janitor {
 impl Janitor {
     fn start(exe: &std::path::Path, dir: &std::path::Path, mark: &str) -> Option<Janitor> {
         let child = std::process::Command::new(exe)
-            .arg("janitor")
+            .arg(cwlab_model::protocol::entry::JANITOR)
             .arg(dir)
             .env(crate::RUN_MARK, mark)
             .stdin(std::process::Stdio::piped())
@@ -72,9 +72,11 @@ impl Drop for Janitor {
 /// asked for at the start of a run, it is on before the capture's first packet (otherwise the
 /// first packets would be stamped when read).
 pub fn keep_stamping() -> Option<OwnedFd> {
-    use nix::sys::socket::{setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType};
-    let fd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).ok()?;
-    setsockopt(&fd, sockopt::ReceiveTimestampns, &true).ok()?;
+    use rustix::net::{socket_with, AddressFamily, SocketFlags, SocketType};
+    let fd =
+        socket_with(AddressFamily::INET, SocketType::DGRAM, SocketFlags::CLOEXEC, None).ok()?;
+    // nix: rustix has no SO_TIMESTAMPNS.
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimestampns, &true).ok()?;
     Some(fd)
 }
 
@@ -312,12 +314,12 @@ fn watch(
     while !stop.load(Ordering::SeqCst) {
         let mut fds = Vec::new();
         if let Some(fd) = tracer.as_ref().and_then(Tracer::fd) {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
         }
         if let Some(c) = capture.as_ref() {
-            fds.push(PollFd::new(c.fd(), PollFlags::POLLIN));
+            fds.push(PollFd::from_borrowed_fd(c.fd(), PollFlags::IN));
         }
-        let _ = poll(&mut fds, PollTimeout::from(20u16));
+        let _ = poll(&mut fds, 20);
         drop(fds);
         if let Some(t) = tracer.as_mut() {
             t.read_ready(&mut raw);

@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use rustix::time::ClockId;
+
 /// Bytes of each packet kept in the pcap file: the Ethernet, IP and TCP headers.
 pub const SNAPLEN: usize = 128;
 const LINKTYPE_ETHERNET: u32 = 1;
@@ -21,13 +23,22 @@ pub struct Tally {
     pub server_segments: BTreeMap<String, u64>,
     /// Segments the clients sent.
     pub client_segments: BTreeMap<String, u64>,
-    /// For each connection (the client's port), the flags the server and the client sent.
-    pub connections: HashMap<u16, (u8, u8)>,
+    /// For each connection (the client's port), the flags each side sent.
+    pub connections: HashMap<u16, Sent>,
     /// Every segment in the order read, with the kernel's time of it, up to [`KEEP_SEGMENTS`]:
     /// what a connection's ladder is drawn from.
     pub segments: Vec<Segment>,
     /// Packets the kernel dropped before we read them.
     pub dropped: u64,
+}
+
+/// The TCP flags each side of one connection sent, or-ed together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// The flags the server sent.
+    pub server: u8,
+    /// The flags the client sent.
+    pub client: u8,
 }
 
 /// Segments kept one by one (about 1.5 MB); past it only the counts go on.
@@ -53,8 +64,10 @@ pub use cwlab_model::evidence::FLAGS;
 impl Tally {
     /// Connections in which the server (or the client) sent a segment with `bit`.
     pub fn connections_with(&self, server: bool, bit: u8) -> u64 {
-        self.connections.values().filter(|(s, c)| (if server { *s } else { *c }) & bit != 0).count()
-            as u64
+        self.connections
+            .values()
+            .filter(|c| (if server { c.server } else { c.client }) & bit != 0)
+            .count() as u64
     }
 
     fn count(&mut self, server: bool, client_port: u16, flags: u8, t_us: i64, len: u32) {
@@ -68,11 +81,11 @@ impl Tally {
                 *m.entry(name.into()).or_insert(0) += 1;
             }
         }
-        let c = self.connections.entry(client_port).or_insert((0, 0));
+        let c = self.connections.entry(client_port).or_default();
         if server {
-            c.0 |= flags;
+            c.server |= flags;
         } else {
-            c.1 |= flags;
+            c.client |= flags;
         }
     }
 }
@@ -92,8 +105,9 @@ pub struct Capture<W: Write> {
 impl<W: Write> Capture<W> {
     /// Opens the capture on interface `iface` of the calling thread's network namespace.
     pub fn open(iface: &str, port: u16, mut out: Option<W>) -> io::Result<Capture<W>> {
-        let name = std::ffi::CString::new(iface)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"))?;
+        if iface.contains('\0') {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+        }
         let proto = (libc::ETH_P_ALL as u16).to_be();
         use rustix::net::{AddressFamily, SocketFlags, SocketType};
         let fd = rustix::net::socket_with(
@@ -102,7 +116,7 @@ impl<W: Write> Capture<W> {
             SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             Some(rustix::net::eth::ALL),
         )?;
-        let ifindex = nix::net::if_::if_nametoindex(name.as_c_str())?;
+        let ifindex = rustix::net::netdevice::name_to_index(&fd, iface)?;
         // SAFETY: sockaddr_ll is plain data; zeroed is valid.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -120,16 +134,15 @@ impl<W: Write> Capture<W> {
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
-        // Each packet stamped by the kernel as it arrives, read with it (SO_TIMESTAMPNS).
+        // Each packet stamped by the kernel as it arrives, read with it (SO_TIMESTAMPNS). nix:
+        // rustix has neither the option nor its control message.
         nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimestampns, &true)?;
         // A bigger queue only lowers the chance of drops: a refusal is no failure.
-        let _ =
-            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size_force(&fd, 8 << 20);
         if let Some(w) = out.as_mut() {
             write_header(w)?;
         }
-        let realtime_ahead_us = micros(nix::time::ClockId::CLOCK_REALTIME)
-            - micros(nix::time::ClockId::CLOCK_MONOTONIC);
+        let realtime_ahead_us = micros(ClockId::Realtime) - micros(ClockId::Monotonic);
         Ok(Capture {
             fd,
             port,
@@ -150,7 +163,8 @@ impl<W: Write> Capture<W> {
         self.fd.as_fd()
     }
 
-    /// Reads every packet ready, without blocking.
+    /// Reads every packet ready, without blocking. With nix's recvmsg: rustix's does not decode
+    /// the SO_TIMESTAMPNS control message.
     pub fn read_ready(&mut self) -> io::Result<()> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, LinkAddr, MsgFlags};
         let mut space = nix::cmsg_space!(nix::sys::time::TimeSpec);
@@ -186,7 +200,7 @@ impl<W: Write> Capture<W> {
                         _ => None,
                     })
                 })
-                .unwrap_or_else(|| micros(nix::time::ClockId::CLOCK_REALTIME));
+                .unwrap_or_else(|| micros(ClockId::Realtime));
             let n = msg.bytes;
             if outgoing_loopback {
                 continue;
@@ -240,8 +254,9 @@ fn dropped(fd: &OwnedFd) -> u64 {
     }
 }
 
-fn micros(clock: nix::time::ClockId) -> i64 {
-    nix::time::clock_gettime(clock).map_or(0, |t| t.tv_sec() * 1_000_000 + t.tv_nsec() / 1000)
+fn micros(clock: ClockId) -> i64 {
+    let t = rustix::time::clock_gettime(clock);
+    t.tv_sec * 1_000_000 + t.tv_nsec / 1000
 }
 
 /// What the lab reads of a TCP segment.

@@ -192,8 +192,13 @@ fn uts_hostname(pid: u32) -> io::Result<String> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/uts"))?;
     std::thread::scope(|s| {
         s.spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWUTS)?;
-            Ok(nix::unistd::gethostname()?.to_string_lossy().into_owned())
+            use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+            use std::os::fd::AsFd;
+            move_into_link_name_space(
+                ns.as_fd(),
+                Some(LinkNameSpaceType::HostNameAndNISDomainName),
+            )?;
+            Ok(rustix::system::uname().nodename().to_string_lossy().into_owned())
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("a thread in another UTS namespace panicked")))

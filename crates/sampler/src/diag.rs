@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 
-use crate::{Error, PortSide, Query, SocketRecord, TcpState};
+use crate::{Error, PortSide, Ports, Query, SocketRecord, TcpState};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// The original inet_diag request (`struct inet_diag_req`, message type 18): the kernel answers it
@@ -327,11 +327,11 @@ fn compile(conjs: &[Vec<(u8, u16)>]) -> Vec<u8> {
 
 /// `sport == P`, `dport == P`, or `sport == P || dport == P`; with `peer` set, the other end's
 /// port must also lie in that range (a slice of a dump that several threads share).
-pub(crate) fn bytecode(port: u16, side: PortSide, peer: Option<(u16, u16)>) -> Vec<u8> {
+pub(crate) fn bytecode(port: u16, side: PortSide, peer: Option<Ports>) -> Vec<u8> {
     let branch = |eq: u8, ge: u8, le: u8| {
         let mut c = vec![(eq, port)];
-        if let Some((lo, hi)) = peer {
-            c.extend([(ge, lo), (le, hi)]);
+        if let Some(Ports { low, high }) = peer {
+            c.extend([(ge, low), (le, high)]);
         }
         c
     };
@@ -376,13 +376,13 @@ mod tests {
 
     #[test]
     fn bytecode_slices_by_the_peer_port() {
-        let any = bytecode(8080, PortSide::Any, Some((40000, 49999)));
+        let any = bytecode(8080, PortSide::Any, Some(Ports { low: 40000, high: 49999 }));
         assert!(run(&any, 8080, 45000));
         assert!(run(&any, 45000, 8080));
         assert!(!run(&any, 8080, 50000));
         assert!(!run(&any, 50000, 8080));
         assert!(!run(&any, 1, 45000));
-        let local = bytecode(8080, PortSide::Local, Some((0, 100)));
+        let local = bytecode(8080, PortSide::Local, Some(Ports { low: 0, high: 100 }));
         assert!(run(&local, 8080, 100) && !run(&local, 8080, 101) && !run(&local, 100, 8080));
     }
 

@@ -11,46 +11,9 @@ use std::fs;
 use std::hash::BuildHasher;
 use std::os::fd::OwnedFd;
 
-/// A fast hash for keys the kernel made (inodes, pids, addresses): a rotation and one
-/// multiplication per word, where SipHash was a tenth of a watch's look at 10,000 sockets and
-/// more at 100,000 (perf). The keys are the kernel's, not an attacker's.
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
-
-impl std::hash::Hasher for FastHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-/// A map on [`FastHasher`].
-pub type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
-/// A map keyed by inode.
-pub type InodeMap<V> = FastMap<u64, V>;
-/// A set of inodes.
-pub type InodeSet = HashSet<u64, std::hash::BuildHasherDefault<FastHasher>>;
+use crate::bpf::Descriptor;
+// Their home is `crate::hash`; the watch names them here.
+pub use crate::hash::{FastHasher, FastMap, InodeMap, InodeSet};
 
 /// One descriptor of one process that refers to a socket.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -102,33 +65,52 @@ pub struct Brief {
     pub fds: u32,
 }
 
-/// Finds who holds each of `inodes` with one walk of `/proc`. Processes that vanish during the
-/// walk, or whose descriptors cannot be read, are passed over.
+/// What [`survey`] learns: the holders, and every process.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
+    /// Who holds each socket asked about, as [`find`] answers.
+    pub holders: Holders,
+    /// The parent, name and descriptor count of every process, by pid.
+    pub everyone: HashMap<u32, Brief>,
+}
+
+/// Finds who holds each of `inodes` in one read of every process's descriptors (the kernel's
+/// iterator, else a walk of `/proc`). Processes that vanish meanwhile, or whose descriptors
+/// cannot be read, are passed over.
 pub fn find<S: BuildHasher + Sync>(inodes: &HashSet<u64, S>) -> Holders {
     if inodes.is_empty() {
         return Holders::default();
     }
-    walk(inodes, false).0
+    walk(inodes, false).holders
 }
 
-/// One walk of `/proc` for two questions: who holds each of `inodes` (as [`find`] answers), and
-/// the parent, name and descriptor count of every process.
-pub fn survey<S: BuildHasher + Sync>(inodes: &HashSet<u64, S>) -> (Holders, HashMap<u32, Brief>) {
+/// One read of every process's descriptors for two questions: who holds each of `inodes` (as
+/// [`find`] answers), and the parent, name and descriptor count of every process.
+pub fn survey<S: BuildHasher + Sync>(inodes: &HashSet<u64, S>) -> Survey {
     walk(inodes, true)
 }
 
-fn walk<S: BuildHasher + Sync>(
-    inodes: &HashSet<u64, S>,
-    briefs: bool,
-) -> (Holders, HashMap<u32, Brief>) {
+fn walk<S: BuildHasher + Sync>(inodes: &HashSet<u64, S>, briefs: bool) -> Survey {
     match from_kernel(inodes) {
-        Some((found, counts)) => assemble(found, &counts, briefs),
+        Some(found) => assemble(found, briefs),
         None => walk_proc(inodes, briefs),
     }
 }
 
-/// The (pid, fd, inode) of each descriptor found, and each process's descriptor count.
-type Found = (Vec<(u32, i32, u64)>, Vec<(u32, u32)>);
+/// What one read of every process's descriptors found.
+struct Found {
+    /// The descriptors that refer to a socket asked about.
+    held: Vec<Descriptor>,
+    /// How many descriptors each process had open.
+    counts: Vec<Count>,
+}
+
+/// How many descriptors a process had open.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    pid: u32,
+    fds: u32,
+}
 
 /// Every (pid, fd, inode) of `inodes`, and every process's descriptor count, from the kernel's
 /// task-file iterator ([`crate::bpf`]) in one pass; `None` where it cannot be used.
@@ -137,23 +119,23 @@ fn from_kernel<S: BuildHasher + Sync>(inodes: &HashSet<u64, S>) -> Option<Found>
 }
 
 /// The descriptors of `inodes` among `all`, and each process's descriptor count.
-fn pick<S: BuildHasher + Sync>(all: &[crate::bpf::Descriptor], inodes: &HashSet<u64, S>) -> Found {
+fn pick<S: BuildHasher + Sync>(all: &[Descriptor], inodes: &HashSet<u64, S>) -> Found {
     let mut counts: HashMap<u32, u32> = HashMap::new();
-    let mut found = Vec::new();
+    let mut held = Vec::new();
     for d in all {
         *counts.entry(d.pid).or_insert(0) += 1;
         if d.inode != 0 && inodes.contains(&d.inode) {
-            found.push((d.pid, d.fd, d.inode));
+            held.push(*d);
         }
     }
-    (found, counts.into_iter().collect())
+    Found { held, counts: counts.into_iter().map(|(pid, fds)| Count { pid, fds }).collect() }
 }
 
 /// Every descriptor of every process, being read from the kernel on a thread of its own while
 /// the caller dumps the sockets it will ask about: [`Early::find`] then answers from it (from a
 /// walk of `/proc` where the kernel's iterator cannot be used). The two reads overlap, as a dump
 /// then a walk would follow each other: a socket closed in between is held by nobody.
-pub struct Early(Option<std::thread::JoinHandle<Option<Vec<crate::bpf::Descriptor>>>>);
+pub struct Early(Option<std::thread::JoinHandle<Option<Vec<Descriptor>>>>);
 
 /// Starts reading every descriptor (see [`Early`]).
 pub fn early() -> Early {
@@ -168,21 +150,15 @@ impl Early {
             return Holders::default();
         }
         match read {
-            Some(all) => {
-                let (found, counts) = pick(&all, inodes);
-                assemble(found, &counts, false).0
-            }
-            None => walk_proc(inodes, false).0,
+            Some(all) => assemble(pick(&all, inodes), false).holders,
+            None => walk_proc(inodes, false).holders,
         }
     }
 }
 
 /// The same by a walk of `/proc`: each process's `fd` folder listed, then a readlink of each
 /// descriptor.
-fn walk_proc<S: BuildHasher + Sync>(
-    inodes: &HashSet<u64, S>,
-    briefs: bool,
-) -> (Holders, HashMap<u32, Brief>) {
+fn walk_proc<S: BuildHasher + Sync>(inodes: &HashSet<u64, S>, briefs: bool) -> Survey {
     let Ok(procs) = fs::read_dir("/proc") else { return Default::default() };
     // First every process's descriptor numbers (one getdents walk each), then the readlinks,
     // which are most of the cost (about 6 µs each here), shared among threads by chunks: one
@@ -196,27 +172,23 @@ fn walk_proc<S: BuildHasher + Sync>(
             listed.push((pid, dir, fds));
         }
     }
-    let found = readlinks(&listed, inodes);
-    let counts: Vec<(u32, u32)> =
-        listed.iter().map(|(pid, _, fds)| (*pid, fds.len() as u32)).collect();
-    assemble(found, &counts, briefs)
+    let held = readlinks(&listed, inodes);
+    let counts =
+        listed.iter().map(|(pid, _, fds)| Count { pid: *pid, fds: fds.len() as u32 }).collect();
+    assemble(Found { held, counts }, briefs)
 }
 
 /// The holders from the descriptors found, with what `/proc` says of each process that holds
 /// one (and, with `briefs`, of every process).
-fn assemble(
-    found: Vec<(u32, i32, u64)>,
-    counts: &[(u32, u32)],
-    briefs: bool,
-) -> (Holders, HashMap<u32, Brief>) {
+fn assemble(found: Found, briefs: bool) -> Survey {
     let mut h = Holders::default();
     let mut all = HashMap::new();
     let mut held_by: HashSet<u32> = HashSet::new();
-    for (pid, fd, inode) in found {
+    for Descriptor { pid, fd, inode } in found.held {
         h.by_inode.entry(inode).or_default().push(Holding { pid, fd });
         held_by.insert(pid);
     }
-    for &(pid, count) in counts {
+    for Count { pid, fds: count } in found.counts {
         if held_by.contains(&pid) {
             match process(pid) {
                 Some(p) => {
@@ -239,7 +211,7 @@ fn assemble(
     for v in h.by_inode.values_mut() {
         v.sort();
     }
-    (h, all)
+    Survey { holders: h, everyone: all }
 }
 
 /// A process's `fd` folder, open, and the descriptor numbers in it; `None` when it cannot be read
@@ -265,12 +237,12 @@ fn fd_numbers(pid: u32) -> Option<(OwnedFd, Vec<i32>)> {
 /// Descriptors per chunk of work.
 const CHUNK: usize = 2048;
 
-/// Every (pid, fd, inode) whose descriptor is a socket in `inodes`, by readlinkat on the open
-/// `fd` folders, on up to as many threads as CPUs when there is enough to share.
+/// Every descriptor that is a socket in `inodes`, by readlinkat on the open `fd` folders, on up
+/// to as many threads as CPUs when there is enough to share.
 fn readlinks<S: BuildHasher + Sync>(
     listed: &[(u32, OwnedFd, Vec<i32>)],
     inodes: &HashSet<u64, S>,
-) -> Vec<(u32, i32, u64)> {
+) -> Vec<Descriptor> {
     let chunks: Vec<(u32, &OwnedFd, &[i32])> = listed
         .iter()
         .flat_map(|(pid, dir, fds)| fds.chunks(CHUNK).map(move |c| (*pid, dir, c)))
@@ -296,7 +268,7 @@ fn readlinks<S: BuildHasher + Sync>(
                 };
                 if let Some(inode) = target.to_str().ok().and_then(socket_inode) {
                     if inodes.contains(&inode) {
-                        out.push((*pid, fd, inode));
+                        out.push(Descriptor { pid: *pid, fd, inode });
                     }
                 }
                 buf = target.into_bytes();
@@ -435,10 +407,10 @@ mod tests {
         let set: HashSet<u64> = inodes.iter().copied().collect();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let outcome = loop {
-            let Some((found, counts)) = from_kernel(&set) else { break None };
-            let (by_kernel, _) = assemble(found, &counts, false);
-            let (by_proc, _) = walk_proc(&set, false);
-            let its = counts.iter().find(|(p, _)| *p == pid).map(|c| c.1);
+            let Some(found) = from_kernel(&set) else { break None };
+            let its = found.counts.iter().find(|c| c.pid == pid).map(|c| c.fds);
+            let by_kernel = assemble(found, false).holders;
+            let by_proc = walk_proc(&set, false).holders;
             let listed = fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u32).ok();
             // Asked after the reads (spawn may return before the exec, and a read on a loaded
             // machine can outlast the deadline): before it, the child holds each socket twice.

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod diag;
 pub mod fds;
+pub mod hash;
 pub mod holders;
 pub mod netns;
 pub mod procnet;
@@ -96,11 +97,27 @@ pub struct Query {
     pub port: Option<u16>,
     /// Which side the port is on.
     pub side: PortSide,
-    /// With a port: the other end's port must lie in this range (inclusive). Several threads
-    /// split one dump this way.
-    pub peer: Option<(u16, u16)>,
+    /// With a port: the other end's port must lie in this range. Several threads split one
+    /// dump this way.
+    pub peer: Option<Ports>,
     /// Ask the kernel for `tcp_info` too (sock_diag only): fills [`SocketRecord::idle_ms`].
     pub info: bool,
+}
+
+/// A range of ports, both ends included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// The lowest port of the range.
+    pub low: u16,
+    /// The highest port of the range.
+    pub high: u16,
+}
+
+impl Ports {
+    /// Whether `port` lies in the range.
+    pub fn contains(self, port: u16) -> bool {
+        self.low <= port && port <= self.high
+    }
 }
 
 impl Default for Query {
@@ -116,7 +133,7 @@ impl Query {
         if !self.states.contains(r.state) {
             return false;
         }
-        let peer_ok = |other: u16| self.peer.is_none_or(|(lo, hi)| lo <= other && other <= hi);
+        let peer_ok = |other: u16| self.peer.is_none_or(|p| p.contains(other));
         let local = |p| r.local.port() == p && peer_ok(r.remote.port());
         let remote = |p| r.remote.port() == p && peer_ok(r.local.port());
         match (self.port, self.side) {
@@ -221,7 +238,8 @@ pub fn count_split(q: &Query) -> Result<usize, Error> {
         return Table::open(Backend::SockDiag)?.count(q);
     };
     let mid = ephemeral_middle();
-    let halves = [((0, mid), first), ((mid + 1, u16::MAX), second)];
+    let halves =
+        [(Ports { low: 0, high: mid }, first), (Ports { low: mid + 1, high: u16::MAX }, second)];
     let counts: Vec<Result<usize, Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = halves
             .iter()
@@ -238,29 +256,31 @@ pub fn count_split(q: &Query) -> Result<usize, Error> {
 }
 
 /// A set of CPUs a thread may run on (`sched_setaffinity(2)`).
-struct CpuMask(nix::sched::CpuSet);
+struct CpuMask(rustix::process::CpuSet);
 
 impl CpuMask {
     /// The calling thread's mask.
     fn of_this_thread() -> Option<CpuMask> {
-        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok().map(CpuMask)
+        rustix::process::sched_getaffinity(None).ok().map(CpuMask)
     }
 
     fn one(cpu: usize) -> CpuMask {
-        let mut set = nix::sched::CpuSet::new();
-        let _ = set.set(cpu);
+        let mut set = rustix::process::CpuSet::new();
+        if cpu < rustix::process::CpuSet::MAX_CPU {
+            set.set(cpu);
+        }
         CpuMask(set)
     }
 
     fn contains(&self, cpu: usize) -> bool {
-        self.0.is_set(cpu).unwrap_or(false)
+        cpu < rustix::process::CpuSet::MAX_CPU && self.0.is_set(cpu)
     }
 
     /// Two CPUs of the mask: the one the caller runs on first (binding the first thread there
     /// moves nobody), then another.
     fn two_cpus(&self) -> Option<[usize; 2]> {
-        let here = nix::sched::sched_getcpu().ok();
-        let mut cpus = (0..nix::sched::CpuSet::count()).filter(|&c| self.contains(c));
+        let here = Some(rustix::process::sched_getcpu());
+        let mut cpus = (0..rustix::process::CpuSet::MAX_CPU).filter(|&c| self.contains(c));
         let first = here.filter(|&c| self.contains(c)).or_else(|| cpus.next())?;
         let second = cpus.find(|&c| c != first)?;
         Some([first, second])
@@ -268,7 +288,7 @@ impl CpuMask {
 
     /// Binds the calling thread to the mask. Best effort: a refusal leaves it where it was.
     fn apply(&self) {
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
+        let _ = rustix::process::sched_setaffinity(None, &self.0);
     }
 }
 

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Moves the calling thread into a new network namespace and brings its loopback up.
 pub fn enter_private() -> io::Result<()> {
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+    rustix::thread::unshare(rustix::thread::UnshareFlags::NEWNET)?;
     loopback_up()
 }
 
@@ -26,7 +26,8 @@ pub fn loopback_up() -> io::Result<()> {
 pub fn set_up(name: &str) -> io::Result<()> {
     let fd = inet_socket()?;
     let mut ifr = ifreq(name)?;
-    // SAFETY: fd is open and ifr is a valid ifreq for these requests.
+    // SAFETY: fd is open and ifr is a valid ifreq for these requests. Raw libc: rustix's
+    // netdevice calls only turn names into indexes and back, and nix has no interface calls.
     unsafe {
         if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
             return Err(io::Error::last_os_error());
@@ -52,7 +53,8 @@ pub fn set_ipv4(name: &str, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
             sin_addr: libc::in_addr { s_addr: u32::from(value).to_be() },
             sin_zero: [0; 8],
         };
-        // SAFETY: sockaddr_in fits in the ifreq's sockaddr union member (both 16 bytes).
+        // SAFETY: sockaddr_in fits in the ifreq's sockaddr union member (both 16 bytes). Raw
+        // libc, as in `set_up`: neither rustix nor nix sets an interface's address.
         unsafe {
             std::ptr::write(std::ptr::addr_of_mut!(ifr.ifr_ifru.ifru_addr).cast(), sin);
             if libc::ioctl(fd.as_raw_fd(), request, &ifr) != 0 {
@@ -72,7 +74,9 @@ pub fn in_namespace_at<T: Send>(
     let ns = std::fs::File::open(path)?;
     std::thread::scope(|s| {
         s.spawn(move || {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+            use std::os::fd::AsFd;
+            move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))?;
             f()
         })
         .join()

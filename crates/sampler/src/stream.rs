@@ -33,7 +33,7 @@ use std::io;
 
 pub use crate::bpf::Event;
 use crate::bpf::{ring::Ring, set_state, sys::Counters};
-use crate::holders::FastMap;
+use crate::hash::FastMap;
 use crate::{SocketRecord, States, TcpState};
 
 /// The ring's size: 4 MiB, about 87,000 events (48 bytes each with the ring's header).
@@ -140,9 +140,7 @@ impl Ledger {
 
 /// CLOCK_MONOTONIC now, in nanoseconds: the clock of [`Event::at_ns`].
 pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

@@ -63,12 +63,12 @@ fn tracefs_root() -> Result<PathBuf, String> {
             return Ok(PathBuf::from(d));
         }
     }
-    nix::mount::mount(
+    rustix::mount::mount2(
         Some("nodev"),
         "/sys/kernel/tracing",
         Some("tracefs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
+        rustix::mount::MountFlags::empty(),
+        None,
     )
     .map_err(|e| format!("tracefs is not mounted and cannot be mounted ({e})"))?;
     Ok(PathBuf::from("/sys/kernel/tracing"))
@@ -112,7 +112,7 @@ impl Tracer {
         write(&t.dir.join("tracing_on"), "1")?;
         let pipe = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(t.dir.join("trace_pipe"))
             .map_err(|e| format!("cannot open trace_pipe: {e}"))?;
         t.pipe = Some(pipe);

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cwlab_sampler::{holders, netns, Backend, PortSide, Query, States, Table, TcpState};
+use cwlab_sampler::{holders, netns, Backend, PortSide, Ports, Query, States, Table, TcpState};
 
 /// Enters a private namespace; without the privilege, skips (and fails under CI=true).
 fn private_ns(test: &str) -> bool {
@@ -141,7 +141,7 @@ fn exact_counts_on(ip: &str) {
         assert_eq!(allowed_cpus(), cpus[..1]);
         bind_to(&cpus);
         let mut procnet = Table::open(Backend::ProcNet).unwrap();
-        let half = Query { peer: Some((0, 40000)), ..q };
+        let half = Query { peer: Some(Ports { low: 0, high: 40000 }), ..q };
         assert_eq!(t.count(&half).unwrap(), procnet.count(&half).unwrap(), "{side:?}: a slice");
     }
 }
@@ -269,7 +269,8 @@ fn the_holder_of_a_forked_copy_is_the_child_and_its_fd() {
     assert_eq!(h.processes[&pid].ppid, std::process::id());
     // The survey finds the same holders, and every process's parent, name and descriptors: the
     // child kept the standard streams it was given, the socket and the gate.
-    let (surveyed, everyone) = holders::survey(&HashSet::from([socket.inode]));
+    let holders::Survey { holders: surveyed, everyone } =
+        holders::survey(&HashSet::from([socket.inode]));
     assert_eq!(surveyed.of(socket.inode), h.of(socket.inode));
     // SAFETY: fcntl(F_GETFD) only asks whether a descriptor is open.
     let streams = (0..3).filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0).count();

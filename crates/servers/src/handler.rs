@@ -115,7 +115,7 @@ fn spawn_helper(conn: &Socket, inherit: bool) {
         let _ = conn.set_cloexec(false);
     }
     let _ = std::process::Command::new("/proc/self/exe")
-        .arg("helper")
+        .arg(cwlab_model::protocol::entry::HELPER)
         .stdin(std::process::Stdio::inherit())
         .stdout(std::process::Stdio::null())
         .spawn();

@@ -54,16 +54,10 @@ impl Blob {
         // SAFETY: a private read-only mapping of `len` bytes of an open file; it is unmapped in
         // Drop and only read through `bytes` while it lives.
         let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-            )
+            use rustix::mm::{mmap, MapFlags, ProtFlags};
+            mmap(std::ptr::null_mut(), len, ProtFlags::READ, MapFlags::PRIVATE, &f, 0)
         };
-        if at != libc::MAP_FAILED && len > 0 {
+        if let (Ok(at), true) = (at, len > 0) {
             return Ok(Blob::Mapped { at, len });
         }
         let mut v = Vec::with_capacity(len + 1);
@@ -86,7 +80,7 @@ impl Drop for Blob {
     fn drop(&mut self) {
         if let Blob::Mapped { at, len } = self {
             // SAFETY: unmaps exactly the mapping made in `of`, which nothing refers to any more.
-            unsafe { libc::munmap(*at, *len) };
+            let _ = unsafe { rustix::mm::munmap(*at, *len) };
         }
     }
 }

@@ -7,7 +7,7 @@
 //! `BPF_RINGBUF_DISCARD_BIT`, `BPF_RINGBUF_HDR_SZ`); mmap(2).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::sys::{self, MapType};
@@ -35,36 +35,23 @@ impl Ring {
     /// A ring of `size` bytes (a power of two, at least a page), mapped.
     pub(crate) fn new(size: usize) -> io::Result<Ring> {
         let map = sys::map_create(MapType::Ringbuf, 0, 0, size as u32)?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let fd = map.as_raw_fd();
+        let page = rustix::param::page_size();
+        use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+        let null = std::ptr::null_mut();
         // SAFETY: the kernel's layout for a ring buffer map: one writable page at offset 0, then
         // the producer's page and twice the data, read-only; both unmapped in Drop.
         let (consumer, producer) = unsafe {
-            let c = libc::mmap(
-                std::ptr::null_mut(),
-                page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            );
-            if c == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                page + 2 * size,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                page as libc::off_t,
-            );
-            if p == libc::MAP_FAILED {
-                let e = io::Error::last_os_error();
-                libc::munmap(c, page);
-                return Err(e);
-            }
+            let c =
+                mmap(null, page, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, &map, 0)?;
+            let p =
+                mmap(null, page + 2 * size, ProtFlags::READ, MapFlags::SHARED, &map, page as u64);
+            let p = match p {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = munmap(c, page);
+                    return Err(e.into());
+                }
+            };
             (c.cast::<u64>(), p.cast::<u8>().cast_const())
         };
         Ok(Ring { map, consumer, producer, page, size })
@@ -112,8 +99,8 @@ impl Drop for Ring {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the two mappings made in `new`.
         unsafe {
-            libc::munmap(self.consumer.cast(), self.page);
-            libc::munmap(self.producer.cast_mut().cast(), self.page + 2 * self.size);
+            let _ = rustix::mm::munmap(self.consumer.cast(), self.page);
+            let _ = rustix::mm::munmap(self.producer.cast_mut().cast(), self.page + 2 * self.size);
         }
     }
 }

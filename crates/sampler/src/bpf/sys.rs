@@ -140,7 +140,8 @@ struct IterCreateAttr {
 /// bpf(2).
 unsafe fn bpf<A>(cmd: Cmd, attr: &mut A) -> io::Result<RawFd> {
     // SAFETY: the caller vouches for the layout and the pointers; the kernel reads (and for some
-    // commands writes) at most `size_of::<A>()` bytes of `attr`.
+    // commands writes) at most `size_of::<A>()` bytes of `attr`. Raw libc: neither rustix nor
+    // nix has bpf(2).
     let rc = unsafe {
         libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut A, size_of::<A>())
     };

@@ -16,6 +16,8 @@ static GROUP: AtomicI32 = AtomicI32::new(0);
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 static TEMPORARY: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
 
+/// The handler. Raw libc in it: signal-safety(7) names the calls a handler may make, and libc's
+/// functions are those calls with nothing around them.
 extern "C" fn on_signal(sig: libc::c_int) {
     if RECEIVED.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst).is_err() {
         // SAFETY: kill(2), unlink(2) and _exit(2) are async-signal-safe; `tmp` is null or a
@@ -54,22 +56,18 @@ pub fn install() -> std::io::Result<()> {
     if WAKE_READ.get().is_some() {
         return Ok(());
     }
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    use rustix::pipe::{pipe_with, PipeFlags};
+    let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
     // The write end lives as long as the process: the handler may write to it at any time.
     WAKE.store(write.into_raw_fd(), Ordering::SeqCst);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: a zeroed sigaction is valid; the handler does only async-signal-safe things
-        // (atomics, kill, unlink, write, _exit). No SA_RESTART, so blocking calls return EINTR
-        // and the run can look at what arrived. Raw libc: the handler's signature is the C one.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
+    // No SA_RESTART, so blocking calls return EINTR and the run can look at what arrived. nix:
+    // rustix installs no signal handler.
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler does only async-signal-safe things (atomics, kill, unlink, write,
+        // _exit), and replaces no handler another part of the process relies on.
+        unsafe { sigaction(sig, &action) }?;
     }
     let _ = WAKE_READ.set(read);
     Ok(())

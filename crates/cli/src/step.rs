@@ -1,6 +1,6 @@
 //! A presenter's pace: `--step` waits before each phase until a line arrives on stdin (Enter at
 //! a terminal, or a line from `cwlab demo`, which drives its runs this way). The lines are read
-//! here, on the reporter side; the runner only waits for the go-ahead.
+//! here, by the command; the runner only waits for the go-ahead.
 
 use cwlab_runner::{GoAhead, Pace};
 
