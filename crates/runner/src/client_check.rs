@@ -143,7 +143,7 @@ fn holders_of(cw: &[&SocketRecord], client_root: u32) -> Vec<Holder> {
                 fd,
                 role: match pid {
                     None => Role::Nobody,
-                    Some(p) if descends(p, client_root, &found.processes) => Role::Client,
+                    Some(p) if found.descends(p, client_root) => Role::Client,
                     Some(_) => Role::Other,
                 },
                 comm: p.map(|p| p.comm.clone()),
@@ -155,27 +155,6 @@ fn holders_of(cw: &[&SocketRecord], client_root: u32) -> Vec<Holder> {
     }
     rows.sort_by_key(|h| (h.pid, h.fd));
     rows
-}
-
-/// Whether `pid` is `root` or under it.
-fn descends(mut pid: u32, root: u32, procs: &HashMap<u32, holders::Process>) -> bool {
-    for _ in 0..64 {
-        if pid == root {
-            return true;
-        }
-        let parent = match procs.get(&pid) {
-            Some(p) => p.ppid,
-            None => match holders::process(pid) {
-                Some(p) => p.ppid,
-                None => return false,
-            },
-        };
-        if parent == 0 || parent == pid {
-            return false;
-        }
-        pid = parent;
-    }
-    false
 }
 
 /// The client command's first process: the oldest process under `root` that is not the lab's

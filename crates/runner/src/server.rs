@@ -363,7 +363,7 @@ impl Server {
         }
         let found = cwlab_sampler::holders::find(&inodes);
         let mine = self.child.id();
-        found.processes.keys().copied().filter(|p| descends(*p, mine, &found.processes)).min()
+        found.processes.keys().copied().filter(|p| found.descends(*p, mine)).min()
     }
 
     /// Those of `inodes` a process of the server holds.
@@ -373,7 +373,7 @@ impl Server {
         inodes
             .iter()
             .copied()
-            .filter(|i| found.of(*i).iter().any(|h| descends(h.pid, mine, &found.processes)))
+            .filter(|i| found.of(*i).iter().any(|h| found.descends(h.pid, mine)))
             .collect()
     }
 
@@ -599,29 +599,4 @@ impl LineReader {
             }
         }
     }
-}
-
-/// Whether `pid` is `root` or one of its descendants (by the parents the survey read).
-fn descends(
-    mut pid: u32,
-    root: u32,
-    procs: &std::collections::HashMap<u32, cwlab_sampler::holders::Process>,
-) -> bool {
-    for _ in 0..64 {
-        if pid == root {
-            return true;
-        }
-        let parent = match procs.get(&pid) {
-            Some(p) => p.ppid,
-            None => match cwlab_sampler::holders::process(pid) {
-                Some(p) => p.ppid,
-                None => return false,
-            },
-        };
-        if parent == 0 || parent == pid {
-            return false;
-        }
-        pid = parent;
-    }
-    false
 }

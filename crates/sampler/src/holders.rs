@@ -52,6 +52,28 @@ impl Holders {
     pub fn of(&self, inode: u64) -> &[Holding] {
         self.by_inode.get(&inode).map_or(&[], Vec::as_slice)
     }
+
+    /// Whether `pid` is `root` or one of its descendants, by the parents of the processes
+    /// found, else read from `/proc` (a parent that holds none of the sockets).
+    pub fn descends(&self, mut pid: u32, root: u32) -> bool {
+        for _ in 0..64 {
+            if pid == root {
+                return true;
+            }
+            let parent = match self.processes.get(&pid) {
+                Some(p) => p.ppid,
+                None => match process(pid) {
+                    Some(p) => p.ppid,
+                    None => return false,
+                },
+            };
+            if parent == 0 || parent == pid {
+                return false;
+            }
+            pid = parent;
+        }
+        false
+    }
 }
 
 /// What one walk of `/proc` learns of every process, for the descriptor counts per role.
