@@ -221,12 +221,13 @@ pub fn watch(args: &[&str]) -> std::process::Output {
 }
 
 /// Looks until the clients' FINs have all been acknowledged (their sockets in FIN-WAIT-2), to a
-/// deadline; the ACK of a FIN may be delayed.
+/// deadline; the ACK of a FIN may be delayed. `--stuck 0s`: a leak's CLOSE-WAIT is read as
+/// stuck at once.
 pub fn settled(l: &Leak) -> Snapshot {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let ns = l.netns.to_str().unwrap();
-        let out = watch(&["--netns", ns, "--once", "--json"]);
+        let out = watch(&["--netns", ns, "--once", "--json", "--stuck", "0s"]);
         assert_eq!(out.status.code(), Some(0), "{}", show(&out));
         let s: Snapshot = serde_json::from_slice(&out.stdout).unwrap();
         let p = &s.namespaces[0].ports[0];

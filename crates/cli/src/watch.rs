@@ -22,7 +22,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:19100";
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A service port to watch (repeatable; default: every port with a listener).
+    /// A service port to watch (repeatable; default: every port with a listener, and the port of
+    /// every service CLOSE-WAIT sockets here are stuck on).
     #[arg(long = "port", value_name = "P")]
     ports: Vec<u16>,
     /// How often to look (on screen, JSON lines, textfile).
@@ -40,8 +41,10 @@ pub struct Args {
     /// How many holders to name per port (server side) and per remote service (client side).
     #[arg(long, default_value_t = 5)]
     top: usize,
-    /// How long a client's CLOSE-WAIT socket may wait before the watch reads its pool: a pool
-    /// leak unless it was seen closing some and stays within what it held then.
+    /// How long a CLOSE-WAIT socket may wait before the watch reads it as stuck (a younger one
+    /// may still be closed by its server's handler or found by its client's pool): held open on
+    /// the server side; on the client side a pool leak unless it was seen closing some and
+    /// stays within what it held then.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     stuck: Duration,
     /// One JSON object per interval.

@@ -252,7 +252,7 @@ pub fn line(s: &Snapshot) -> String {
             continue;
         }
         for p in &ns.ports {
-            if p.listening || !p.server.is_empty() {
+            if p.listening || !p.server.is_empty() || p.remotes.is_empty() {
                 parts.push(port_line(ns.inode, p));
             }
             parts.extend(p.remotes.iter().map(|r| remote_line(ns.inode, r)));
@@ -362,7 +362,7 @@ mod tests {
             cleared: 0,
             bound: None,
             watched_s: 0.0,
-            stuck_s: 60.0,
+            stuck_s: 10.0,
             holders: &p.holders,
         });
         let ns = NamespaceView {

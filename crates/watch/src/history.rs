@@ -4,7 +4,7 @@
 //! its CLOSE-WAIT sockets it closed while watched and the most it held before it did (the bound
 //! its pool keeps to): the numbers the model's reading needs that one look cannot have.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -76,12 +76,29 @@ struct Seen {
 pub(crate) struct History {
     seen: HashMap<(u64, Key), Seen>,
     generation: u64,
+    /// What every process's pool of a remote service closed while watched, by namespace and
+    /// remote: summed when a look begins, added to as its pools are read.
+    cleared: HashMap<(u64, SocketAddr), u32>,
+    /// The namespaces this look could not read: what it did not see there, it knows nothing of.
+    failed: HashSet<u64>,
 }
 
 impl History {
     /// Starts a look.
     pub fn begin(&mut self) {
         self.generation += 1;
+        self.failed.clear();
+        self.cleared.clear();
+        for ((ns, key), s) in &self.seen {
+            if let Key::Pool(remote, _) = key {
+                *self.cleared.entry((*ns, *remote)).or_default() += s.cleared;
+            }
+        }
+    }
+
+    /// This look could not read namespace `ns`.
+    pub fn failed(&mut self, ns: u64) {
+        self.failed.insert(ns);
     }
 
     /// The server side of `port` in namespace `ns` has `close_wait` sockets now.
@@ -90,16 +107,14 @@ impl History {
         s.count(close_wait, now)
     }
 
-    /// The client side of `remote` in namespace `ns`, all holders together, has `close_wait`
-    /// sockets now.
-    pub fn client(
-        &mut self,
-        ns: u64,
-        remote: SocketAddr,
-        close_wait: u32,
-        now: Instant,
-    ) -> Reading {
-        self.entry(ns, Key::Client(remote), now).count(close_wait, now)
+    /// The client side of `remote` in namespace `ns`, all holders together, has these
+    /// CLOSE-WAIT sockets now (sorted inodes). Where no holder can be named, its closings are
+    /// the sockets that went (whoever closed them: the watch cannot tell one pool from another).
+    pub fn client(&mut self, ns: u64, remote: SocketAddr, inodes: &[u64], now: Instant) -> Reading {
+        let s = self.entry(ns, Key::Client(remote), now);
+        s.closed(inodes);
+        s.inodes = inodes.to_vec();
+        s.count(inodes.len() as u32, now)
     }
 
     /// Process `pid` holds these CLOSE-WAIT sockets to `remote` in namespace `ns` now (sorted
@@ -113,31 +128,55 @@ impl History {
         now: Instant,
     ) -> Reading {
         let s = self.entry(ns, Key::Pool(remote, pid), now);
-        s.closed(&inodes);
-        s.inodes = inodes;
         if s.holders.is_empty() {
             s.holders = vec![(pid, holders::start_time(pid))];
         }
+        let closed = s.closed(&inodes);
+        s.inodes = inodes;
         let n = s.inodes.len() as u32;
-        s.count(n, now)
+        let reading = s.count(n, now);
+        *self.cleared.entry((ns, remote)).or_default() += closed;
+        reading
     }
 
     /// What every process's pool of `remote` in namespace `ns` closed while watched.
     pub fn cleared(&self, ns: u64, remote: SocketAddr) -> u32 {
-        let of = |k: &(u64, Key)| k.0 == ns && matches!(k.1, Key::Pool(r, _) if r == remote);
-        self.seen.iter().filter(|(k, _)| of(k)).map(|(_, s)| s.cleared).sum()
+        self.cleared.get(&(ns, remote)).copied().unwrap_or(0)
     }
 
-    /// Ends a look: the pools it did not see hold no CLOSE-WAIT now (what they closed counts);
-    /// the server sides it did not see, and client sides unseen for [`KEEP`], are forgotten.
+    /// Ends a look. A pool it did not see (its holder not found this time, or its remote
+    /// without CLOSE-WAIT now) closed those of its sockets its remote no longer has; a remote
+    /// it did not see has none now. In a namespace the look could not read nothing changes.
+    /// The server sides it did not see, and client sides unseen for [`KEEP`], are forgotten.
     pub fn end(&mut self, now: Instant) {
         let generation = self.generation;
-        for ((_, key), s) in self.seen.iter_mut() {
-            if s.generation != generation && !matches!(key, Key::Server(_)) {
-                s.closed(&[]);
-                s.inodes.clear();
-                s.since = None;
+        let remotes: HashMap<(u64, SocketAddr), Vec<u64>> = self
+            .seen
+            .iter()
+            .filter_map(|((ns, key), s)| match key {
+                Key::Client(r) if s.generation == generation => Some(((*ns, *r), s.inodes.clone())),
+                _ => None,
+            })
+            .collect();
+        for ((ns, key), s) in self.seen.iter_mut() {
+            if s.generation == generation || self.failed.contains(ns) {
+                continue;
             }
+            let still: Vec<u64> = match key {
+                Key::Server(_) => continue,
+                Key::Client(_) => Vec::new(),
+                Key::Pool(remote, _) => {
+                    let now_there = remotes.get(&(*ns, *remote)).map_or(&[][..], |v| &v[..]);
+                    s.inodes
+                        .iter()
+                        .copied()
+                        .filter(|i| now_there.binary_search(i).is_ok())
+                        .collect()
+                }
+            };
+            s.closed(&still);
+            s.count(still.len() as u32, now);
+            s.inodes = still;
         }
         self.seen.retain(|(_, key), s| match key {
             Key::Server(_) => s.generation == generation,
@@ -192,20 +231,23 @@ impl Seen {
 
     /// The last look's sockets that are not among `now` were closed by their holder, when it is
     /// still the same process (one that exited took its sockets with it: nothing is counted
-    /// then).
-    fn closed(&mut self, now: &[u64]) {
+    /// then); where no holder is known (a remote's sockets all together), by whoever held them.
+    /// How many it counts.
+    fn closed(&mut self, now: &[u64]) -> u32 {
         let gone = self.inodes.iter().filter(|i| now.binary_search(i).is_err()).count() as u32;
         if gone == 0 {
-            return;
+            return 0;
         }
         let alive = self
             .holders
             .iter()
             .all(|(pid, start)| start.is_some() && holders::start_time(*pid) == *start);
-        if alive && !self.holders.is_empty() {
-            self.cleared += gone;
-            self.bound = Some(self.bound.unwrap_or(0).max(self.peak));
+        if !alive {
+            return 0;
         }
+        self.cleared += gone;
+        self.bound = Some(self.bound.unwrap_or(0).max(self.peak));
+        gone
     }
 }
 
@@ -243,6 +285,62 @@ mod tests {
         gone.begin();
         let r = gone.pool(1, remote, dead, vec![8], at(1));
         assert_eq!(r.cleared, 0);
+    }
+
+    #[test]
+    fn issue_19_a_pool_missing_from_one_look_closed_only_what_its_remote_no_longer_has() {
+        let remote: SocketAddr = "10.0.0.5:443".parse().unwrap();
+        let me = std::process::id();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut h = History::default();
+        h.begin();
+        h.client(1, remote, &[1, 2, 3], at(0));
+        h.pool(1, remote, me, vec![1, 2, 3], at(0));
+        h.end(at(0));
+        // Its holder was not found this look (or not among those read): its sockets are all
+        // still there, so it closed none.
+        h.begin();
+        h.client(1, remote, &[1, 2, 3], at(1));
+        h.end(at(1));
+        h.begin();
+        let r = h.pool(1, remote, me, vec![1, 2, 3], at(2));
+        h.client(1, remote, &[1, 2, 3], at(2));
+        h.end(at(2));
+        assert_eq!((r.cleared, r.bound), (0, None));
+        // A look that could not read the namespace knows nothing of it: nothing closed.
+        h.begin();
+        h.failed(1);
+        h.end(at(3));
+        h.begin();
+        let r = h.pool(1, remote, me, vec![1, 2, 3], at(4));
+        h.end(at(4));
+        assert_eq!((r.cleared, r.bound), (0, None));
+        // Its remote lost one of them while it went unseen: that one it closed.
+        h.begin();
+        h.client(1, remote, &[2, 3], at(5));
+        h.end(at(5));
+        assert_eq!(h.cleared(1, remote), 0, "summed when a look begins");
+        h.begin();
+        assert_eq!(h.cleared(1, remote), 1);
+        let r = h.pool(1, remote, me, vec![2, 3], at(6));
+        assert_eq!((r.cleared, r.bound), (1, Some(3)));
+    }
+
+    #[test]
+    fn issue_19_with_no_holder_named_a_remote_s_closings_are_its_sockets_that_went() {
+        let remote: SocketAddr = "10.0.0.5:443".parse().unwrap();
+        let t0 = Instant::now();
+        let mut h = History::default();
+        for (s, inodes) in [(0, vec![1, 2, 3]), (1, vec![4]), (2, vec![4, 5])] {
+            h.begin();
+            let r = h.client(1, remote, &inodes, t0 + Duration::from_secs(s));
+            h.end(t0 + Duration::from_secs(s));
+            match s {
+                0 => assert_eq!((r.cleared, r.bound), (0, None)),
+                _ => assert_eq!((r.cleared, r.bound), (3, Some(3))),
+            }
+        }
     }
 
     #[test]

@@ -23,11 +23,12 @@ pub(crate) struct Group<'a> {
     pub each: bool,
 }
 
-/// A top holder of a group, and the group's inodes it holds (when the group wants them).
+/// A holder of a group, and the group's inodes it holds (when the group wants them).
 pub(crate) type Held = (Holding, Vec<u64>);
 
-/// The processes holding the most of the group's inodes (each counted once per process, however
-/// many descriptors it holds it by), with their descriptor counts and limits.
+/// The processes holding the group's inodes, most first (each counted once per process, however
+/// many descriptors it holds it by): the top `top` of a server's group, every one of a
+/// client's.
 fn top_holders(g: &Group, found: &holders::Holders, top: usize) -> Vec<Held> {
     let mut per_pid: FastMap<u32, (u32, Vec<u64>)> = FastMap::default();
     for inode in g.inodes.iter().filter(|i| **i != 0) {
@@ -59,8 +60,23 @@ fn top_holders(g: &Group, found: &holders::Holders, top: usize) -> Vec<Held> {
         })
         .collect();
     v.sort_by(|a, b| b.0.sockets.cmp(&a.0.sockets).then(a.0.pid.cmp(&b.0.pid)));
-    v.truncate(top);
+    // A client's group keeps every holder: each pool is read, the top ones shown.
+    if !g.each {
+        v.truncate(top);
+    }
     v
+}
+
+/// Each group's shown holders' descriptor counts and limits, as they are now, and every
+/// holder's runtime (a pool not shown may still be the finding, its fix in its idiom).
+fn refresh_shown(answer: &mut [Vec<Held>], top: usize) {
+    for (i, h) in answer.iter_mut().flat_map(|g| g.iter_mut().enumerate()) {
+        if i < top {
+            refresh(&mut h.0);
+        } else if h.0.runtime.is_none() {
+            h.0.runtime = runtime(h.0.pid);
+        }
+    }
 }
 
 /// A holder's descriptor count and limit, as they are now, and its runtime where not read yet.
@@ -149,7 +165,7 @@ impl HolderCache {
         if let Some((last, answer)) = &self.last {
             if *last == print && fresh && self.unchanged() {
                 let mut answer = answer.clone();
-                answer.iter_mut().flatten().for_each(|h| refresh(&mut h.0));
+                refresh_shown(&mut answer, top);
                 return answer;
             }
         }
@@ -158,7 +174,7 @@ impl HolderCache {
         let found = self.holders(&inodes);
         let mut answer: Vec<Vec<Held>> =
             groups.iter().map(|g| top_holders(g, &found, top)).collect();
-        answer.iter_mut().flatten().for_each(|h| refresh(&mut h.0));
+        refresh_shown(&mut answer, top);
         self.last = Some((print, answer.clone()));
         answer
     }

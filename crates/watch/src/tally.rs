@@ -5,7 +5,7 @@
 //!
 //! The ports are the service ports (those with a listener, or those `--port` names) and, unless
 //! `--port` narrowed them, the port of every other service a CLOSE-WAIT socket here is stuck on
-//! ([`stuck_ports`]): so nothing stuck is counted in `other`.
+//! ([`stuck_ports`]): so nothing stuck is counted in `other` (beyond 32 such services, the least stuck are).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -156,25 +156,44 @@ impl Tally {
     }
 }
 
+/// How many ports of services with no listener here a namespace shows at the most (the most
+/// stuck first); the sockets of any beyond are counted in `other`: a bound on the rows and on
+/// the metrics' `port` label whatever a host's sockets look like.
+pub(crate) const MOST_STUCK_PORTS: usize = 32;
+
 /// The ports of the services CLOSE-WAIT sockets on no listening port are stuck on, from each
-/// one's (local, remote) ports: a client's connection (its local port in the namespace's
-/// ephemeral range from `ephemeral` up, or its peer's not) is stuck on its remote port; a
-/// server's whose listener has gone (its port below that range, its peer's in it) on its
-/// local port.
+/// one's (local, remote) ports. A socket whose local port is below the namespace's ephemeral
+/// range (from `ephemeral` up) is a server's whose listener has gone: its local port; one whose
+/// peer's port is below it is a client's: its remote port. Where both are in the range (a
+/// service on a high port, or a peer with another range), the port more of these sockets share
+/// is the service's: a service's port is shared by its connections, an ephemeral port is one
+/// connection's. At most [`MOST_STUCK_PORTS`], the most stuck first.
 pub(crate) fn stuck_ports(
     close_wait: impl Iterator<Item = (u16, u16)>,
     listening: &BTreeSet<u16>,
     ephemeral: u16,
 ) -> BTreeSet<u16> {
-    let mut ports = BTreeSet::new();
-    for (lp, rp) in close_wait {
-        if listening.contains(&lp) || listening.contains(&rp) {
-            continue;
-        }
-        let orphaned_server = lp < ephemeral && rp >= ephemeral;
-        ports.insert(if orphaned_server { lp } else { rp });
+    let cw: Vec<(u16, u16)> =
+        close_wait.filter(|(lp, rp)| !listening.contains(lp) && !listening.contains(rp)).collect();
+    let mut shared: FastMap<u16, u32> = FastMap::default();
+    for (lp, rp) in &cw {
+        *shared.entry(*lp).or_default() += 1;
+        *shared.entry(*rp).or_default() += 1;
     }
-    ports
+    let mut stuck: FastMap<u16, u32> = FastMap::default();
+    for (lp, rp) in cw {
+        let service = if lp < ephemeral {
+            lp
+        } else if rp < ephemeral || shared[&rp] >= shared[&lp] {
+            rp
+        } else {
+            lp
+        };
+        *stuck.entry(service).or_default() += 1;
+    }
+    let mut most: Vec<(u16, u32)> = stuck.into_iter().collect();
+    most.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    most.into_iter().take(MOST_STUCK_PORTS).map(|(p, _)| p).collect()
 }
 
 /// A socket's identity for its age: its inode, which no other socket has while it lives; for a
@@ -342,11 +361,21 @@ mod tests {
             (8080, 40001),  // a server's, on a service port
             (45000, 8080),  // a client's, of a local service
             (45001, 443),   // a client's, of a remote service
-            (40002, 50000), // a client's: both in the ephemeral range
+            (40002, 50000), // a client's: both in the ephemeral range, the remote's the service
             (9090, 51000),  // a server's whose listener has gone
+            (9091, 2000),   // a server's whose listener has gone, its peer's range another
         ];
         let ports = stuck_ports(cw.into_iter(), &listening, 32768);
-        assert_eq!(ports, BTreeSet::from([443, 9090, 50000]));
+        assert_eq!(ports, BTreeSet::from([443, 9090, 9091, 50000]));
+        // A server on a port in the ephemeral range whose listener has gone (gRPC's 50051):
+        // its connections share its port, each peer's port is its own. One row, not one each.
+        let cw = (0..40).map(|i| (50051, 40000 + i));
+        assert_eq!(stuck_ports(cw, &BTreeSet::new(), 32768), BTreeSet::from([50051]));
+        // However they look, at most MOST_STUCK_PORTS ports, the most stuck first.
+        let cw = (0..100u16).flat_map(|i| (0..=i / 50).map(move |k| (40000 + i * 2 + k, 1000 + i)));
+        let ports = stuck_ports(cw, &BTreeSet::new(), 32768);
+        assert_eq!(ports.len(), MOST_STUCK_PORTS);
+        assert!(ports.contains(&1050) && !ports.contains(&1000), "{ports:?}");
     }
 
     #[test]

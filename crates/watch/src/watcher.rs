@@ -23,9 +23,10 @@ use crate::tally::{self, Ages, PortStuck};
 use crate::targets::{self, Namespaces, Target};
 use crate::Error;
 
-/// How long a client-side CLOSE-WAIT socket may wait unclosed before the reading takes it for
-/// stuck, unless told ([`Watcher::with_stuck`]): a pool that checks its connections on their
-/// next use finds the FIN within its requests' pace.
+/// How long a CLOSE-WAIT socket may wait unclosed before the reading takes it for stuck, unless
+/// told ([`Watcher::with_stuck`]): a server's handler closes what it was given within its
+/// requests' time, and a pool that checks its connections on their next use finds the FIN
+/// within its requests' pace.
 pub const STUCK: Duration = Duration::from_secs(60);
 
 /// Looks at socket tables and remembers enough for rates.
@@ -80,7 +81,7 @@ impl Watcher {
         })
     }
 
-    /// The same watcher, taking client-side CLOSE-WAIT for stuck once it has waited `stuck`
+    /// The same watcher, taking CLOSE-WAIT for stuck once it has waited `stuck`
     /// (default [`STUCK`]).
     pub fn with_stuck(mut self, stuck: Duration) -> Watcher {
         self.stuck = stuck;
@@ -135,10 +136,10 @@ impl Watcher {
         self.dumps += 1;
         self.catch_up();
         let now = Instant::now();
+        self.history.begin();
         let (mut views, stuck) = self.tally(now);
         let groups = groups(&views, &stuck);
         let held = self.cache.top(&groups, self.top);
-        self.history.begin();
         self.read(&mut views, stuck, held, now);
         self.history.end(now);
         Snapshot {
@@ -173,6 +174,7 @@ impl Watcher {
                 }
                 Err(e) => {
                     view.error = Some(e);
+                    self.history.failed(t.inode);
                     t.failed();
                     stuck.push(Vec::new());
                 }
@@ -222,9 +224,9 @@ impl Watcher {
     }
 
     /// One remote service's client-side CLOSE-WAIT, read: each holder's pool on its own (one
-    /// process's closings say nothing of another's), the finding the first leak among them (they
-    /// come most sockets first), else the first bounded pool; all together where no holder
-    /// could be named.
+    /// process's closings say nothing of another's), every holder's, not only the top ones
+    /// shown; the finding the first leak among them (they come most sockets first), else the
+    /// first bounded pool; all together where no holder could be named.
     fn remote(
         &mut self,
         ns: u64,
@@ -234,7 +236,9 @@ impl Watcher {
         now: Instant,
     ) -> RemoteView {
         let n = r.stuck.len() as u32;
-        let all = self.history.client(ns, addr, n, now);
+        let mut inodes = r.stuck.clone();
+        inodes.sort_unstable();
+        let all = self.history.client(ns, addr, &inodes, now);
         let age: FastMap<u64, f64> = r.stuck.iter().copied().zip(r.ages.iter().copied()).collect();
         let mut findings = Vec::new();
         for (h, mut inodes) in held.iter().cloned() {
@@ -245,8 +249,9 @@ impl Watcher {
             let w = Watched { oldest_s: oldest, unfiled: 0, ..self.watched(addr, &p, &holders) };
             findings.extend(of_watch(&Watched { close_wait: holders[0].sockets, ..w }));
         }
-        let holders: Vec<Holding> = held.into_iter().map(|h| h.0).collect();
-        if holders.is_empty() {
+        let named = !held.is_empty();
+        let holders: Vec<Holding> = held.into_iter().take(self.top).map(|h| h.0).collect();
+        if !named {
             let unfiled = r.stuck.iter().filter(|i| **i == 0).count() as u32;
             let w = Watched {
                 close_wait: n,

@@ -56,18 +56,20 @@ pub struct Watched<'a> {
     pub bound: Option<u32>,
     /// How long the service has been watched with CLOSE-WAIT, in seconds (0 on the first look).
     pub watched_s: f64,
-    /// How long a client-side CLOSE-WAIT socket may wait before it is taken for stuck
-    /// (`cwlab watch --stuck`): younger ones may still be found by their pool.
+    /// How long a CLOSE-WAIT socket may wait before it is taken for stuck (`cwlab watch
+    /// --stuck`): a younger one may still be closed by its server's handler or found by its
+    /// client's pool.
     pub stuck_s: f64,
     /// Its top holders, most first.
     pub holders: &'a [Holding],
 }
 
 /// The watch's reading of one side of one service: a finding when something is wrong, none when
-/// nothing is (no CLOSE-WAIT, or client-side CLOSE-WAIT younger than `stuck_s` that its pool
-/// may still find).
+/// nothing is shown to be: no CLOSE-WAIT, or none older than `stuck_s` (a busy server's handler
+/// closes what it was given a moment ago; a pool may still find the FIN). One look shows no
+/// more than that: a socket's age is the watch's evidence.
 pub fn of_watch(w: &Watched<'_>) -> Option<Finding> {
-    if w.close_wait == 0 {
+    if w.close_wait == 0 || w.oldest_s.unwrap_or(0.0) < w.stuck_s {
         return None;
     }
     let f = match w.service {
@@ -166,9 +168,6 @@ fn server(w: &Watched<'_>) -> Finding {
 /// Client-side CLOSE-WAIT to one remote service, once its oldest has waited `stuck_s`: a pool
 /// that closes some and stays within what it held then is bounded; any other, a leak.
 fn client(w: &Watched<'_>, addr: SocketAddr) -> Option<Finding> {
-    if w.oldest_s.unwrap_or(0.0) < w.stuck_s {
-        return None;
-    }
     let (n, pace) = (w.close_wait, pace(w));
     let top = w.holders.first();
     let who = top.map_or("a process the watch cannot name".to_string(), named);
@@ -286,16 +285,19 @@ mod tests {
     }
 
     #[test]
-    fn issue_19_the_server_side_reads_as_the_watch_always_said_with_a_fix() {
+    fn issue_19_the_server_side_once_stuck_reads_as_the_watch_always_said_with_a_fix() {
         let mut h = holder(Some(Runtime::Native));
         h.name = "myserver".into();
         let hs = [h];
         let w = Watched {
             service: Service::Port(8080),
             per_min: Some(40.0),
-            stuck_s: 60.0,
+            stuck_s: 10.0,
             ..remote(100, 12.4, &hs)
         };
+        // Younger than --stuck, a server's CLOSE-WAIT may be its handlers at work: no finding.
+        assert_eq!(of_watch(&Watched { oldest_s: Some(9.9), ..w }), None);
+        assert_eq!(of_watch(&Watched { oldest_s: None, ..w }), None);
         let f = of_watch(&w).unwrap();
         assert_eq!(f.kind, FindingKind::HeldOpen);
         assert_eq!(f.explanation, "100 CLOSE-WAIT (growing 40/min, the oldest 12 s), held by pid 4242 `myserver`: this side got the peer's FIN and never closed; the holder keeps the last reference");
