@@ -4,7 +4,8 @@
 //! Prometheus's own tools accept, and behave as an HTTP server should. And on a client's leak
 //! (issue 19): a Python client whose service closed 50 connections its pool never notices,
 //! the service local or on another host, named in the table, the JSON and the metrics, and
-//! firing the client-side alert in a real Prometheus.
+//! firing the client-side alert in a real Prometheus. A clean busy server, whose handlers leave
+//! sockets in CLOSE-WAIT for a moment, is never read as stuck; its leaking twin is.
 
 mod util;
 mod watched;
@@ -590,4 +591,93 @@ fn issue_19_one_pool_s_closings_do_not_hide_another_s_leak_to_the_same_service()
     // SAFETY: kill(2) takes no memory; the watcher is our child, not yet reaped.
     unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
     assert_eq!(w.wait().unwrap().code(), Some(0));
+}
+
+/// A server in a namespace of its own under steady churn: clients connect, send a line and
+/// close; each handler reads it and takes 300 ms of work, then closes (`leaks`: never).
+/// Looks (`--stuck 1s`, every 100 ms) until one shows what `done` wants, to a deadline; how many
+/// looks saw the server's CLOSE-WAIT, and the last look.
+fn churn_watched(leaks: bool, done: &dyn Fn(&cwlab_model::watch::PortView, u32) -> bool) -> u32 {
+    let ns = watched::Namespace::new();
+    let listener = ns.run(|| TcpListener::bind("127.0.0.1:0"));
+    let port = listener.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (stop2, held2) = (stop.clone(), held.clone());
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let held = held2.clone();
+            std::thread::spawn(move || {
+                let mut line = [0u8; 64];
+                let _ = s.read(&mut line);
+                // The handler's work: the client has closed meanwhile, so its socket waits
+                // in CLOSE-WAIT for it (a busy server, not a leak).
+                // (Nothing is written back: a write to a closed peer brings its RST.)
+                std::thread::sleep(Duration::from_millis(300));
+                if leaks {
+                    held.lock().unwrap().push(s);
+                }
+            });
+        }
+    });
+    let path = ns.path.clone();
+    std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let c = cwlab_sampler::netns::in_namespace_at(&path, || {
+                let mut c = TcpStream::connect(("127.0.0.1", port))?;
+                c.write_all(b"GET\n")?;
+                Ok(c)
+            });
+            drop(c); // the client's FIN, before the handler's answer
+            std::thread::sleep(Duration::from_millis(20)); // the clients' pace
+        }
+    });
+    let mut w = Command::new(env!("CARGO_BIN_EXE_cwlab"))
+        .args(["watch", "--netns", ns.path.to_str().unwrap(), "--port", &port.to_string()])
+        .args(["--json", "--interval", "100ms", "--stuck", "1s"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(w.stdout.take().unwrap()));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = 0;
+    loop {
+        let s: Snapshot = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        let p = &s.namespaces[0].ports[0];
+        if p.server.get(&TcpState::CloseWait).is_some_and(|n| *n > 0) {
+            seen += 1;
+        }
+        if done(p, seen) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "timeout; the last look: {p:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: kill(2) takes no memory; the watcher is our child, not yet reaped.
+    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+    assert_eq!(w.wait().unwrap().code(), Some(0));
+    seen
+}
+
+#[test]
+fn issue_19_a_clean_busy_server_gets_no_finding_and_its_leaking_twin_does() {
+    if !can_isolate("watch-churn") {
+        return;
+    }
+    // Clean: its handlers close every socket within 300 ms. Twenty looks with CLOSE-WAIT on
+    // it (each younger than --stuck), and never a finding.
+    let seen = churn_watched(false, &|p, seen| {
+        assert_eq!(p.finding, None, "a clean server read as stuck: {p:?}");
+        seen >= 20
+    });
+    assert!(seen >= 20);
+    // The same, its handlers never closing: once the oldest has waited a second, held open.
+    churn_watched(true, &|p, _| {
+        p.finding.as_ref().is_some_and(|f| {
+            assert_eq!(f.kind, FindingKind::HeldOpen, "{f:?}");
+            assert_eq!(f.holders[0].pid, std::process::id(), "{f:?}");
+            true
+        })
+    });
 }
