@@ -187,6 +187,8 @@ fn client(w: &Watched<'_>, addr: SocketAddr) -> Option<Finding> {
     }
     let stays = "each stays half-closed until the process closes it or exits";
     let why = match (w.cleared, w.bound) {
+        // Told to read them at once (`--stuck 0s`): no wait to speak of.
+        (0, _) if w.watched_s == 0.0 && w.stuck_s < 1.0 => stays.to_string(),
         (0, _) if w.watched_s == 0.0 => {
             format!("the oldest has outlived the {:.0} s a pool may take to notice, and {stays}", w.stuck_s)
         }
@@ -263,6 +265,13 @@ mod tests {
         assert_eq!(of_watch(&remote(0, 600.0, &hs)), None);
         let f = of_watch(&Watched { stuck_s: 0.0, ..remote(3, 0.0, &hs) }).unwrap();
         assert_eq!(f.kind, FindingKind::PoolLeak);
+        assert!(
+            f.explanation.ends_with(
+                "the server's FIN; each stays half-closed until the process closes it or exits"
+            ),
+            "{}",
+            f.explanation
+        );
         let f = of_watch(&remote(50, 61.0, &hs)).unwrap();
         assert!(f.explanation.ends_with("the oldest has outlived the 60 s a pool may take to notice, and each stays half-closed until the process closes it or exits"), "{}", f.explanation);
         assert_eq!(f.idiom, None, "no runtime, the general sentence");
