@@ -150,33 +150,30 @@ impl History {
     /// The server sides it did not see, and client sides unseen for [`KEEP`], are forgotten.
     pub fn end(&mut self, now: Instant) {
         let generation = self.generation;
-        let remotes: HashMap<(u64, SocketAddr), Vec<u64>> = self
+        // What each pool not seen still holds: those of its sockets its remote still has.
+        let unseen = |ns: &u64, s: &Seen| s.generation != generation && !self.failed.contains(ns);
+        let still: Vec<((u64, Key), Vec<u64>)> = self
             .seen
             .iter()
-            .filter_map(|((ns, key), s)| match key {
-                Key::Client(r) if s.generation == generation => Some(((*ns, *r), s.inodes.clone())),
-                _ => None,
+            .filter(|((ns, key), s)| unseen(ns, s) && !matches!(key, Key::Server(_)))
+            .map(|(&(ns, key), s)| {
+                let there = match key {
+                    Key::Pool(remote, _) => self
+                        .seen
+                        .get(&(ns, Key::Client(remote)))
+                        .filter(|c| c.generation == generation)
+                        .map_or(&[][..], |c| &c.inodes[..]),
+                    _ => &[][..],
+                };
+                let held = s.inodes.iter().filter(|i| there.binary_search(i).is_ok());
+                ((ns, key), held.copied().collect())
             })
             .collect();
-        for ((ns, key), s) in self.seen.iter_mut() {
-            if s.generation == generation || self.failed.contains(ns) {
-                continue;
-            }
-            let still: Vec<u64> = match key {
-                Key::Server(_) => continue,
-                Key::Client(_) => Vec::new(),
-                Key::Pool(remote, _) => {
-                    let now_there = remotes.get(&(*ns, *remote)).map_or(&[][..], |v| &v[..]);
-                    s.inodes
-                        .iter()
-                        .copied()
-                        .filter(|i| now_there.binary_search(i).is_ok())
-                        .collect()
-                }
-            };
-            s.closed(&still);
-            s.count(still.len() as u32, now);
-            s.inodes = still;
+        for (k, held) in still {
+            let s = self.seen.get_mut(&k).expect("a key just read");
+            s.closed(&held);
+            s.count(held.len() as u32, now);
+            s.inodes = held;
         }
         self.seen.retain(|(_, key), s| match key {
             Key::Server(_) => s.generation == generation,
